@@ -1,0 +1,1 @@
+"""Benchmarks live outside testpaths: run them with `python -m pytest bench/ --benchmark-only`."""
