@@ -1,0 +1,207 @@
+"""BatchNorm2d -> ReLU -> MaxPool2d(k, stride=k) fused into one pass each way (CPU).
+
+The first block's activations (N x 32 x 102 x 159) are large and every
+unfused elementwise pass over them is memory-bound, so the pattern
+BN -> ReLU -> MaxPool with non-overlapping windows runs as:
+
+forward
+    the BatchNorm statistics pass (:func:`kernels.cpu.batchnorm.channel_stats`,
+    float64), then ONE pass that normalises, rectifies and pools, writing only
+    the pooled output and its argmax. The BN and ReLU outputs are never stored.
+backward
+    one reduction pass over the pooled positions only (the gradient of the pool
+    is non-zero only at argmaxes whose ReLU output is positive), then ONE pass
+    writing ``dx`` of the BN input.
+
+Results equal the unfused path (batchnorm -> relu -> maxpool kernels): the
+forward bit for bit (same float expressions, same tie rule on the ReLU output:
+first maximum in row-major order), the backward to float64 rounding of the
+per-channel sums (summation order differs). ``prange`` over channels for the
+reductions and over ``N*C`` planes for the passes. Dimension letters: ``N, C,
+H, W``, ``OH, OW`` (pooled).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from . import batchnorm as _bn
+
+__all__ = ["bn_relu_pool_forward_train", "bn_relu_pool_forward_eval", "bn_relu_pool_backward"]
+
+_FM = {"reassoc", "contract"}
+
+
+@njit(parallel=True, cache=True)
+def _fwd(out, argmax, x, sub, scale, shift, k):  # x (N,C,H,W), out/argmax (N,C,OH,OW)
+    n, c, h, w = x.shape
+    oh, ow = out.shape[2], out.shape[3]
+    for p in prange(n * c):
+        i_n = p // c
+        ch = p % c
+        s = sub[ch]
+        sc = scale[ch]
+        b = shift[ch]
+        for i in range(oh):
+            for j in range(ow):
+                h0 = i * k
+                w0 = j * k
+                best = (x[i_n, ch, h0, w0] - s) * sc + b
+                if not best > 0:
+                    best = 0.0
+                bi = h0 * w + w0
+                for a in range(k):
+                    for bb in range(k):
+                        v = (x[i_n, ch, h0 + a, w0 + bb] - s) * sc + b
+                        if not v > 0:
+                            v = 0.0
+                        if v > best:
+                            best = v
+                            bi = (h0 + a) * w + w0 + bb
+                out[i_n, ch, i, j] = best
+                argmax[i_n, ch, i, j] = bi
+
+
+def _check(x, out, argmax, k):
+    if x.ndim != 4 or x.dtype not in (np.float32, np.float64) or not x.flags.c_contiguous:
+        raise ValueError(f"x must be a C-contiguous 4-D (N, C, H, W) float32/float64 array, got {x.dtype} {x.shape}")
+    n, c, h, w = x.shape
+    if k < 1 or h < k or w < k:
+        raise ValueError(f"pool window {k} does not fit the plane ({h}, {w})")
+    shape = (n, c, (h - k) // k + 1, (w - k) // k + 1)
+    for name, a, dt in (("out", out, x.dtype), ("argmax", argmax, np.int32)):
+        if a.shape != shape or a.dtype != dt or not a.flags.c_contiguous:
+            raise ValueError(f"{name} must be C-contiguous {np.dtype(dt)} of shape {shape}, got {a.dtype} {a.shape}")
+
+
+def bn_relu_pool_forward_train(out, argmax, save_mean, save_invstd, x, gamma, beta, running_mean, running_var,
+                               momentum, eps, kernel_size):
+    """Fused BatchNorm2d (training) -> ReLU -> MaxPool2d(kernel_size, stride=kernel_size).
+
+    Parameters
+    ----------
+    out : np.ndarray [shape=(N, C, OH, OW), dtype=x.dtype]
+        Pooled output, ``OH = H // k``, ``OW = W // k`` (floor mode).
+    argmax : np.ndarray [shape=(N, C, OH, OW), dtype=int32]
+        Flat index ``h*W + w`` of each window's first maximum of the ReLU output.
+    save_mean, save_invstd : np.ndarray [shape=(C,), dtype=float64]
+        Batch statistics for the backward (as :func:`batchnorm_forward_train`).
+    x : np.ndarray [shape=(N, C, H, W)]
+        BatchNorm input (e.g. the conv output).
+    gamma, beta, running_mean, running_var : np.ndarray [shape=(C,)]
+        Running statistics are updated in place (PyTorch convention).
+    momentum, eps : float
+    kernel_size : int >= 1
+        Pool window and stride.
+
+    Raises
+    ------
+    ValueError
+        On wrong shapes, dtypes, or a window larger than the plane.
+    """
+    _check(x, out, argmax, kernel_size)
+    m = x.shape[0] * x.shape[2] * x.shape[3]
+    if m < 2:
+        raise ValueError(f"BatchNorm training needs N*H*W >= 2 values per channel, got x shape {x.shape}")
+    c = x.shape[1]
+    var = np.empty(c)
+    _bn.channel_stats(save_mean, var, x)
+    sub = np.empty(c, x.dtype)
+    scale = np.empty(c, x.dtype)
+    shift = np.empty(c, x.dtype)
+    _bn._finish_train(save_mean, save_invstd, sub, scale, shift, var, gamma, beta, running_mean, running_var,
+                      float(momentum), float(eps), m)
+    _fwd(out, argmax, x, sub, scale, shift, int(kernel_size))
+
+
+def bn_relu_pool_forward_eval(out, argmax, x, gamma, beta, running_mean, running_var, eps, kernel_size):
+    """Fused BatchNorm2d (eval, running statistics) -> ReLU -> MaxPool2d(k, stride=k); see the train version."""
+    _check(x, out, argmax, kernel_size)
+    sub, scale, shift = _bn.eval_coefficients(gamma, beta, running_mean, running_var, eps, x.dtype)
+    _fwd(out, argmax, x, sub, scale, shift, int(kernel_size))
+
+
+@njit(parallel=True, cache=True, fastmath=_FM)
+def _bwd_sums(sdy, sdyx, dout, argmax, x, sub, scale, shift, mean, invstd):
+    n, c, h, w = x.shape
+    oh, ow = dout.shape[2], dout.shape[3]
+    for ch in prange(c):
+        s_ = sub[ch]
+        sc = scale[ch]
+        b = shift[ch]
+        mu = mean[ch]
+        s = 0.0
+        sx = 0.0
+        for i_n in range(n):
+            for i in range(oh):
+                for j in range(ow):
+                    t = argmax[i_n, ch, i, j]
+                    xv = x[i_n, ch, t // w, t % w]
+                    if (xv - s_) * sc + b > 0:
+                        d = np.float64(dout[i_n, ch, i, j])
+                        s += d
+                        sx += d * (np.float64(xv) - mu)
+        sdy[ch] = s
+        sdyx[ch] = sx * invstd[ch]
+
+
+@njit(parallel=True, cache=True)
+def _bwd_apply(dx, dout, argmax, x, sub, scale, shift, cdy, cx, c0, csub):
+    n, c, h, w = x.shape
+    oh, ow = dout.shape[2], dout.shape[3]
+    zero = dout[0, 0, 0, 0] * 0
+    for p in prange(n * c):
+        i_n = p // c
+        ch = p % c
+        a = cdy[ch]
+        bx = cx[ch]
+        z = c0[ch]
+        ms = csub[ch]
+        for y in range(h):
+            for xx in range(w):
+                dx[i_n, ch, y, xx] = a * zero + bx * (x[i_n, ch, y, xx] - ms) + z
+        s_ = sub[ch]
+        sc = scale[ch]
+        b = shift[ch]
+        for i in range(oh):
+            for j in range(ow):
+                t = argmax[i_n, ch, i, j]
+                y = t // w
+                xx = t % w
+                xv = x[i_n, ch, y, xx]
+                if (xv - s_) * sc + b > 0:
+                    dx[i_n, ch, y, xx] = a * dout[i_n, ch, i, j] + bx * (xv - ms) + z
+
+
+def bn_relu_pool_backward(dx, dgamma, dbeta, dout, argmax, x, save_mean, save_invstd, gamma, beta, kernel_size):
+    """Backward of :func:`bn_relu_pool_forward_train` (overwrites ``dx``; ``dgamma``, ``dbeta`` ``+=``).
+
+    Parameters
+    ----------
+    dx : np.ndarray [shape=(N, C, H, W), dtype=x.dtype]
+        Gradient with respect to the BatchNorm input.
+    dgamma, dbeta : np.ndarray [shape=(C,)]
+        Accumulated parameter gradients.
+    dout, argmax : np.ndarray [shape=(N, C, OH, OW)]
+        Upstream gradient of the pooled output and the forward's argmax.
+    x : np.ndarray [shape=(N, C, H, W)]
+        The forward's BatchNorm input.
+    save_mean, save_invstd : np.ndarray [shape=(C,), dtype=float64]
+    gamma, beta : np.ndarray [shape=(C,)]
+        The values used in the forward (the ReLU mask is recomputed from them).
+    kernel_size : int
+    """
+    _check(x, dout, argmax, kernel_size)
+    if dx.shape != x.shape or dx.dtype != x.dtype or not dx.flags.c_contiguous:
+        raise ValueError(f"dx must be C-contiguous {x.dtype} of shape {x.shape}, got {dx.dtype} {dx.shape}")
+    c = x.shape[1]
+    m = x.shape[0] * x.shape[2] * x.shape[3]
+    # the forward's normalisation coefficients, recomputed exactly as _finish_train made them
+    sub = save_mean.astype(x.dtype)
+    scale = (gamma * save_invstd).astype(x.dtype)
+    shift = beta.astype(x.dtype)
+    sdy = np.empty(c)
+    sdyx = np.empty(c)
+    _bwd_sums(sdy, sdyx, dout, argmax, x, sub, scale, shift, save_mean, save_invstd)
+    cdy, cx, c0, csub = _bn.backward_coefficients(sdy, sdyx, save_mean, save_invstd, gamma, dgamma, dbeta, m, x.dtype)
+    _bwd_apply(dx, dout, argmax, x, sub, scale, shift, cdy, cx, c0, csub)
