@@ -1,0 +1,606 @@
+"""Spectrogram images: audio crop -> STFT (or mel) -> dB -> (C, H, W) in [0, 1].
+
+The per-track chain of the paper (Figure 2): a random 10 s window of each 30 s
+clip, its spectrogram in dB, resized to H x W = 102 x 159 (frequency x time),
+scaled to [0, 1] per image, mono (1 channel) or RGB (3 channels through a
+matplotlib colormap, 'viridis' by default).
+
+Conventions
+-----------
+- dB (librosa 0.11 ``power_to_db`` / ``amplitude_to_db``):
+  ``10 log10(max(amin, S)) - 10 log10(max(amin, ref))`` floored at
+  ``max - top_db``; ``amin = 1e-10`` for power (``1e-5`` for amplitude, i.e.
+  the same floor on ``|S|**2``), ``top_db = 80``. Digital silence gives
+  ``10 log10(amin) = -100 dB``, finite. The chain applies dB exactly once, to
+  the power ``|D|**2`` (equal to ``amplitude_to_db(|D|)``).
+- Linear STFT (the paper's default): ``amplitude_to_db(|stft(y)|, ref=1.0)``.
+  Mel: ``power_to_db(mel_filterbank @ |stft(y)|**2, ref=1.0)`` with librosa's
+  Slaney filterbank (``htk=False, norm='slaney'``).
+- Image: row 0 is the lowest frequency (DC / lowest mel band), column 0 the
+  earliest frame. Resize by a separable linear map ``R_h @ S_db @ R_w.T``:
+  area averaging (each output cell is the length-weighted mean of the input
+  cells it covers, OpenCV's INTER_AREA) when shrinking an axis, bilinear with
+  half-pixel centres (PyTorch ``align_corners=False``, edges clamped) when
+  enlarging it. Then per-image min-max to [0, 1]; a constant image (silence)
+  becomes zeros. NaN or inf raises before the colormap.
+- RGB: ``matplotlib.colormaps[colormap](img)[..., :3]`` (alpha dropped),
+  channels first.
+- Crops: ``n_crop = round(crop_seconds * sr)`` samples starting at
+  ``floor(u * (n - n_crop + 1))`` with ``u`` the first draw of
+  ``numpy.random.default_rng([seed, key])`` (``key`` = track id, or a CRC32 of
+  the file name), so a clip exactly ``crop_seconds`` long starts at 0 and
+  every run crops the same window. Only the window is decoded (soundfile
+  seek); the whole file is decoded only when the header's length proves wrong.
+  A shorter clip is zero-padded at the end to ``n_crop`` (status 'padded'); a
+  clip with less real audio than one STFT frame (``n_fft`` samples: nothing to
+  learn from, e.g. a truncated mp3 that decodes to 47 samples) raises
+  :class:`~pipeline.errors.PipelineError`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import zlib
+from functools import lru_cache
+
+import numpy as np
+
+from . import audio
+from .errors import PipelineError
+from .stft import stft
+
+__all__ = [
+    "SpectrogramConfig", "power_to_db", "amplitude_to_db", "mel_filterbank", "hz_to_mel",
+    "mel_to_hz", "resize_matrix", "resize", "spectrogram_db", "to_image", "colormap_lut",
+    "crop", "track_image", "track_images", "track_key",
+]
+
+MODES = ("mono", "rgb")
+SPECTROGRAMS = ("stft", "mel")
+
+
+@dataclasses.dataclass(frozen=True)
+class SpectrogramConfig:
+    """Every parameter of the audio -> image chain (all go into the cache hash).
+
+    Attributes
+    ----------
+    sr : int
+        Sample rate in Hz the audio is resampled to (22050).
+    crop_seconds : float
+        Length of the random crop in seconds (10.0, the paper's).
+    n_fft : int
+        STFT size in samples (2048 = 93 ms at 22050 Hz).
+    hop_length : int
+        STFT hop in samples (512 = 23 ms at 22050 Hz).
+    spectrogram : {'stft', 'mel'}
+        Linear STFT magnitude (the paper's) or a Slaney mel spectrogram.
+    n_mels : int
+        Mel bands when ``spectrogram='mel'`` (128).
+    mode : {'mono', 'rgb'}
+        1-channel grey image or 3-channel colormapped image.
+    height, width : int
+        Image size H x W (102 x 159, the paper's), frequency x time.
+    colormap : str
+        Matplotlib colormap name for 'rgb' ('viridis').
+    top_db : float
+        Dynamic range floor below the maximum, in dB (80).
+    pad_mode : str
+        STFT centring pad mode ('constant', librosa 0.11's).
+    """
+
+    sr: int = 22050
+    crop_seconds: float = 10.0
+    n_fft: int = 2048
+    hop_length: int = 512
+    spectrogram: str = "stft"
+    n_mels: int = 128
+    mode: str = "mono"
+    height: int = 102
+    width: int = 159
+    colormap: str = "viridis"
+    top_db: float = 80.0
+    pad_mode: str = "constant"
+
+    def __post_init__(self):
+        for name in ("sr", "n_fft", "hop_length", "n_mels", "height", "width"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or int(v) != v or v <= 0:
+                raise PipelineError(f"SpectrogramConfig.{name} must be a positive integer, got {v!r}")
+        if not (math.isfinite(self.crop_seconds) and self.crop_seconds > 0):
+            raise PipelineError(f"SpectrogramConfig.crop_seconds must be > 0, got {self.crop_seconds!r}")
+        if self.spectrogram not in SPECTROGRAMS:
+            raise PipelineError(
+                f"SpectrogramConfig.spectrogram must be one of {SPECTROGRAMS}, got {self.spectrogram!r}")
+        if self.mode not in MODES:
+            raise PipelineError(f"SpectrogramConfig.mode must be one of {MODES}, got {self.mode!r}")
+        if not (self.top_db is None or self.top_db >= 0):
+            raise PipelineError(f"SpectrogramConfig.top_db must be None or >= 0, got {self.top_db!r}")
+        if self.n_crop < self.n_fft // 2 + 1:
+            raise PipelineError(
+                f"crop of {self.crop_seconds} s at {self.sr} Hz = {self.n_crop} samples is shorter than "
+                f"half a frame (n_fft={self.n_fft})")
+        if self.mode == "rgb":
+            colormap_lut(self.colormap)  # raises on an unknown name
+
+    @property
+    def n_crop(self) -> int:
+        """Crop length in samples, ``round(crop_seconds * sr)``."""
+        return int(round(self.crop_seconds * self.sr))
+
+    @property
+    def n_channels(self) -> int:
+        """1 for 'mono', 3 for 'rgb'."""
+        return 1 if self.mode == "mono" else 3
+
+    @property
+    def image_shape(self) -> tuple:
+        """``(C, H, W)`` of one image."""
+        return (self.n_channels, self.height, self.width)
+
+    def to_dict(self) -> dict:
+        """Plain dict of every field (JSON-serialisable)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SpectrogramConfig":
+        """Inverse of :meth:`to_dict` (unknown keys raise PipelineError)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        extra = set(d) - names
+        if extra:
+            raise PipelineError(f"unknown SpectrogramConfig fields: {sorted(extra)}")
+        return cls(**d)
+
+    def hash(self, **extra) -> str:
+        """SHA-256 (hex) of the fields plus ``extra`` (sorted JSON)."""
+        blob = json.dumps({**self.to_dict(), **extra}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- dB
+
+def power_to_db(S, ref=1.0, amin: float = 1e-10, top_db: float | None = 80.0):
+    """Power spectrogram to decibels (librosa.power_to_db convention).
+
+    Parameters
+    ----------
+    S : np.ndarray [real, >= 0]
+        Power, e.g. ``|D|**2``.
+    ref : float or callable
+        Reference power: ``10 log10(max(amin, |ref|))`` is subtracted; a
+        callable (``np.max``) is applied to ``S``.
+    amin : float > 0
+        Floor on ``S`` and ``ref`` (1e-10 -> -100 dB), so silence is finite.
+    top_db : float >= 0 or None
+        Floor the output at ``max - top_db`` dB (80).
+
+    Returns
+    -------
+    np.ndarray [shape=S.shape, dtype=float32 for float32 input]
+        ``max(10 log10(max(amin, S)) - 10 log10(max(amin, ref)), max - top_db)``.
+
+    Raises
+    ------
+    PipelineError
+        ``amin <= 0``, ``top_db < 0`` or complex ``S``.
+    """
+    S = np.asarray(S)
+    if amin <= 0:
+        raise PipelineError(f"amin must be strictly positive, got {amin!r}")
+    if np.iscomplexobj(S):
+        raise PipelineError("power_to_db got a complex array: pass np.abs(D)**2 (power)")
+    ref_value = ref(S) if callable(ref) else np.abs(ref)
+    log_spec = 10.0 * np.log10(np.maximum(amin, S))
+    log_spec -= 10.0 * np.log10(np.maximum(amin, ref_value))
+    if top_db is not None:
+        if top_db < 0:
+            raise PipelineError(f"top_db must be non-negative, got {top_db!r}")
+        np.maximum(log_spec, log_spec.max() - top_db, out=log_spec)
+    return log_spec
+
+
+def amplitude_to_db(S, ref=1.0, amin: float = 1e-5, top_db: float | None = 80.0):
+    """Amplitude spectrogram to decibels (librosa.amplitude_to_db convention).
+
+    ``power_to_db(|S|**2, ref=|ref|**2, amin=amin**2, top_db)``: ``20 log10``
+    of the amplitude, floored at ``amin = 1e-5`` (= 1e-10 in power, -100 dB).
+
+    Parameters
+    ----------
+    S : np.ndarray
+        Amplitude (complex input uses its magnitude).
+    ref : float or callable
+        Reference amplitude (a callable is applied to ``|S|``).
+    amin : float > 0
+        Amplitude floor.
+    top_db : float >= 0 or None
+        Dynamic range in dB (80).
+
+    Returns
+    -------
+    np.ndarray [shape=S.shape, real]
+    """
+    magnitude = np.abs(np.asarray(S))
+    ref_value = ref(magnitude) if callable(ref) else np.abs(ref)
+    return power_to_db(np.square(magnitude), ref=ref_value ** 2, amin=amin ** 2, top_db=top_db)
+
+
+# ---------------------------------------------------------------- mel
+
+def hz_to_mel(f):
+    """Hz -> mel, Slaney scale (librosa ``htk=False``): linear below 1 kHz, log above."""
+    f = np.asarray(f, dtype=np.float64)
+    f_sp = 200.0 / 3
+    mels = f / f_sp
+    min_log_hz, min_log_mel, logstep = 1000.0, 1000.0 / f_sp, np.log(6.4) / 27.0
+    return np.where(f >= min_log_hz,
+                    min_log_mel + np.log(np.maximum(f, min_log_hz) / min_log_hz) / logstep, mels)
+
+
+def mel_to_hz(m):
+    """Mel -> Hz, Slaney scale (inverse of :func:`hz_to_mel`)."""
+    m = np.asarray(m, dtype=np.float64)
+    f_sp = 200.0 / 3
+    min_log_hz, min_log_mel, logstep = 1000.0, 1000.0 / f_sp, np.log(6.4) / 27.0
+    return np.where(m >= min_log_mel, min_log_hz * np.exp(logstep * (m - min_log_mel)), f_sp * m)
+
+
+@lru_cache(maxsize=8)
+def _mel_fb(sr, n_fft, n_mels, fmin, fmax):
+    fftfreqs = np.fft.rfftfreq(n_fft, d=1.0 / sr)
+    mel_f = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
+    fdiff = np.diff(mel_f)
+    ramps = np.subtract.outer(mel_f, fftfreqs)
+    lower = -ramps[:-2] / fdiff[:-1, None]
+    upper = ramps[2:] / fdiff[1:, None]
+    weights = np.maximum(0.0, np.minimum(lower, upper))
+    weights *= (2.0 / (mel_f[2:] - mel_f[:-2]))[:, None]
+    out = weights.astype(np.float32)
+    out.setflags(write=False)
+    return out
+
+
+def mel_filterbank(sr: int = 22050, n_fft: int = 2048, n_mels: int = 128, fmin: float = 0.0,
+                   fmax: float | None = None):
+    """Slaney mel filterbank, equal to ``librosa.filters.mel(htk=False, norm='slaney')``.
+
+    Parameters
+    ----------
+    sr : int > 0
+        Sample rate in Hz.
+    n_fft : int > 0
+        FFT size; the bank applies to ``1 + n_fft // 2`` bins.
+    n_mels : int > 0
+        Number of triangular bands (128).
+    fmin, fmax : float
+        Band edges in Hz (0 and ``sr / 2`` by default).
+
+    Returns
+    -------
+    np.ndarray [shape=(n_mels, 1 + n_fft // 2), dtype=float32]
+        Triangles on the Slaney mel scale, each scaled by
+        ``2 / (f[i + 2] - f[i])`` (area normalisation). Read-only (cached).
+
+    Raises
+    ------
+    PipelineError
+        Non-positive sizes or ``fmin >= fmax``.
+    """
+    fmax = sr / 2.0 if fmax is None else float(fmax)
+    if sr <= 0 or n_fft <= 0 or n_mels <= 0 or not (0 <= fmin < fmax):
+        raise PipelineError(
+            f"bad mel filterbank parameters: sr={sr}, n_fft={n_fft}, n_mels={n_mels}, fmin={fmin}, fmax={fmax}")
+    return _mel_fb(int(sr), int(n_fft), int(n_mels), float(fmin), float(fmax))
+
+
+# ---------------------------------------------------------------- images
+
+@lru_cache(maxsize=32)
+def _resize_matrix(n_in: int, n_out: int) -> np.ndarray:
+    R = np.zeros((n_out, n_in), np.float64)
+    if n_out <= n_in:  # area: overlap of [j, j+1) * n_in/n_out with input cells
+        scale = n_in / n_out
+        for j in range(n_out):
+            a, b = j * scale, (j + 1) * scale
+            i0, i1 = int(math.floor(a)), min(int(math.ceil(b)), n_in)
+            for i in range(i0, i1):
+                R[j, i] = min(b, i + 1) - max(a, i)
+            R[j] /= scale
+    else:  # bilinear, half-pixel centres, clamped edges
+        src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+        src = np.clip(src, 0, n_in - 1)
+        i0 = np.floor(src).astype(int)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        frac = src - i0
+        R[np.arange(n_out), i0] += 1.0 - frac
+        R[np.arange(n_out), i1] += frac
+    out = R.astype(np.float32)
+    out.setflags(write=False)
+    return out
+
+
+def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """Linear resampling operator along one axis (rows sum to 1).
+
+    Parameters
+    ----------
+    n_in, n_out : int > 0
+        Input and output lengths.
+
+    Returns
+    -------
+    np.ndarray [shape=(n_out, n_in), dtype=float32]
+        Area averaging when ``n_out <= n_in`` (OpenCV INTER_AREA), bilinear
+        with half-pixel centres (PyTorch ``align_corners=False``) otherwise.
+    """
+    if n_in <= 0 or n_out <= 0:
+        raise PipelineError(f"resize lengths must be positive, got n_in={n_in}, n_out={n_out}")
+    return _resize_matrix(int(n_in), int(n_out))
+
+
+def resize(S, height: int, width: int) -> np.ndarray:
+    """Resize a 2-D array to (height, width) with :func:`resize_matrix` on both axes.
+
+    Parameters
+    ----------
+    S : np.ndarray [shape=(n_bins, n_frames)]
+    height, width : int > 0
+
+    Returns
+    -------
+    np.ndarray [shape=(height, width), dtype=float32]
+        ``R_h @ S @ R_w.T``.
+    """
+    S = np.asarray(S, dtype=np.float32)
+    if S.ndim != 2:
+        raise PipelineError(f"resize expects a 2-D (n_bins, n_frames) array, got shape {S.shape}")
+    Rh = resize_matrix(S.shape[0], height)
+    Rw = resize_matrix(S.shape[1], width)
+    if height * S.shape[1] <= S.shape[0] * width:  # cheaper order first
+        return (Rh @ S) @ Rw.T
+    return Rh @ (S @ Rw.T)
+
+
+@lru_cache(maxsize=8)
+def colormap_lut(name: str = "viridis") -> np.ndarray:
+    """256-entry RGB table of a matplotlib colormap, alpha dropped.
+
+    Returns
+    -------
+    np.ndarray [shape=(256, 3), dtype=float32]
+        ``matplotlib.colormaps[name](np.arange(256) / 255)[:, :3]``; entry ``q``
+        is the colour of every value in ``[q/256, (q+1)/256)`` (matplotlib
+        quantises to 256 levels), so ``lut[uint8 image]`` is the colormap.
+
+    Raises
+    ------
+    PipelineError
+        Unknown colormap name.
+    """
+    import matplotlib
+
+    try:
+        cmap = matplotlib.colormaps[name]
+    except KeyError as exc:
+        raise PipelineError(f"unknown matplotlib colormap {name!r}") from exc
+    lut = cmap(np.arange(256) / 255.0)[:, :3].astype(np.float32)
+    lut.setflags(write=False)
+    return lut
+
+
+def spectrogram_db(y, config: SpectrogramConfig) -> np.ndarray:
+    """dB spectrogram of a mono signal with the config's transform.
+
+    Parameters
+    ----------
+    y : np.ndarray [shape=(n,), dtype=float32]
+        Audio at ``config.sr``.
+    config : SpectrogramConfig
+
+    Returns
+    -------
+    np.ndarray [shape=(n_bins, n_frames), dtype=float32]
+        ``n_bins = 1 + n_fft // 2`` (stft) or ``n_mels`` (mel); row 0 lowest
+        frequency; ``n_frames = 1 + n // hop_length``. dB re 1.0 (full-scale
+        sine amplitude ~ n_fft/4), floored at ``max - top_db``.
+    """
+    D = stft(y, n_fft=config.n_fft, hop_length=config.hop_length, center=True,
+             pad_mode=config.pad_mode)
+    power = np.square(D.real) + np.square(D.imag)  # |D|**2, float32
+    if config.spectrogram == "mel":
+        power = mel_filterbank(config.sr, config.n_fft, config.n_mels) @ power
+    return power_to_db(power, ref=1.0, amin=1e-10, top_db=config.top_db)
+
+
+def to_image(S_db, config: SpectrogramConfig) -> np.ndarray:
+    """dB spectrogram -> image in [0, 1] of shape (C, H, W).
+
+    Parameters
+    ----------
+    S_db : np.ndarray [shape=(n_bins, n_frames), real]
+        dB spectrogram (row 0 lowest frequency).
+    config : SpectrogramConfig
+        ``height``, ``width``, ``mode``, ``colormap``.
+
+    Returns
+    -------
+    np.ndarray [shape=(C, height, width), dtype=float32]
+        ``C = 1`` (mono: min-max scaled resized dB) or 3 (rgb: the colormap of
+        it, alpha dropped). A constant input gives zeros (mono) or the
+        colormap's first colour (rgb).
+
+    Raises
+    ------
+    PipelineError
+        Not 2-D, or NaN / inf anywhere (checked before the colormap).
+    """
+    S_db = np.asarray(S_db)
+    if S_db.ndim != 2 or S_db.size == 0:
+        raise PipelineError(f"to_image expects a non-empty 2-D (n_bins, n_frames) array, got shape {S_db.shape}")
+    if not np.all(np.isfinite(S_db)):
+        raise PipelineError("spectrogram contains NaN or inf values; refusing to make an image")
+    img = resize(S_db, config.height, config.width)
+    lo, hi = float(img.min()), float(img.max())
+    if hi - lo <= 1e-5 * max(1.0, abs(lo), abs(hi)):
+        img = np.zeros_like(img)
+    else:
+        img = (img - np.float32(lo)) * np.float32(1.0 / (hi - lo))
+        np.clip(img, 0.0, 1.0, out=img)
+    if config.mode == "mono":
+        return img[None]
+    import matplotlib
+
+    rgba = matplotlib.colormaps[config.colormap](img)  # (H, W, 4) float64
+    return np.ascontiguousarray(rgba[..., :3].transpose(2, 0, 1), dtype=np.float32)
+
+
+# ---------------------------------------------------------------- crops
+
+def track_key(path, track_id=None) -> int:
+    """Integer key that seeds a track's crop: its id, else CRC32 of its file name."""
+    if track_id is not None:
+        return int(track_id)
+    return zlib.crc32(os.path.basename(os.fspath(path)).encode())
+
+
+def _start(u: float, n_total: int, n_crop: int) -> int:
+    return int(math.floor(u * (n_total - n_crop + 1))) if n_total > n_crop else 0
+
+
+def crop(path, config: SpectrogramConfig, seed: int = 0, track_id=None):
+    """Decode the seeded random crop of one file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Audio file.
+    config : SpectrogramConfig
+        ``sr`` and ``crop_seconds`` are used.
+    seed : int
+        Global seed; the crop depends on ``(seed, track_key(path, track_id))``.
+    track_id : int or None
+        FMA track id (else the file name's CRC32 keys the crop).
+
+    Returns
+    -------
+    y : np.ndarray [shape=(config.n_crop,), dtype=float32]
+        The crop at ``config.sr``, zero-padded at the end if the file is short.
+    info : dict
+        ``status`` ('ok' or 'padded'), ``offset_s`` (start in seconds),
+        ``decoded_s`` (seconds of real audio in the crop), ``reason`` (why
+        padded, or a note such as 'digital silence').
+
+    Raises
+    ------
+    PipelineError
+        File missing, undecodable, or with fewer than ``n_fft`` decodable
+        samples (the message names it).
+    """
+    n_crop = config.n_crop
+    u = float(np.random.default_rng([int(seed) & 0xFFFFFFFF, track_key(path, track_id)]).random())
+    y = None
+    try:
+        hdr = audio.probe(path)
+        est = int(hdr.frames * config.sr // hdr.samplerate)
+    except PipelineError:
+        hdr, est = None, None
+    if est is not None and est > 0:
+        start = _start(u, est, n_crop)
+        # read two extra samples so resampling round-off never shortens the crop
+        y, _ = audio.load(path, sr=config.sr, offset=start / config.sr,
+                          duration=(n_crop + 2) / config.sr)
+        if len(y) < min(n_crop, est - start):
+            y = None  # the header lied (e.g. truncated mp3): decode it all below
+    if y is None:
+        full, _ = audio.load(path, sr=config.sr)
+        if len(full) == 0:
+            raise PipelineError(f"no decodable audio in {os.fspath(path)!r} (0 samples)")
+        start = _start(u, len(full), n_crop)
+        y = full[start:start + n_crop]
+    if len(y) < config.n_fft:
+        raise PipelineError(
+            f"no usable audio in {os.fspath(path)!r}: {len(y)} samples ({len(y) / config.sr * 1e3:.1f} ms) "
+            f"decoded, fewer than one STFT frame (n_fft={config.n_fft})")
+    info = {"status": "ok", "offset_s": start / config.sr, "decoded_s": min(len(y), n_crop) / config.sr,
+            "reason": ""}
+    if len(y) < n_crop:
+        info["status"] = "padded"
+        info["reason"] = f"clip is {len(y) / config.sr:.3f} s, shorter than the {config.crop_seconds} s crop"
+        y = np.concatenate([y, np.zeros(n_crop - len(y), np.float32)])
+    else:
+        y = y[:n_crop]
+    if not np.any(y):
+        info["reason"] = (info["reason"] + "; " if info["reason"] else "") + "digital silence"
+    return np.ascontiguousarray(y), info
+
+
+def track_image(path, config: SpectrogramConfig, seed: int = 0, track_id=None):
+    """Image of the seeded random crop of one file (the per-track chain).
+
+    Parameters
+    ----------
+    path, config, seed, track_id
+        As :func:`crop`.
+
+    Returns
+    -------
+    image : np.ndarray [shape=(C, config.height, config.width), dtype=float32] in [0, 1]
+    info : dict
+        As :func:`crop` (``status`` 'ok' or 'padded').
+
+    Raises
+    ------
+    PipelineError
+        As :func:`crop`, or a non-finite spectrogram.
+    """
+    y, info = crop(path, config, seed, track_id)
+    return to_image(spectrogram_db(y, config), config), info
+
+
+def track_images(path, config: SpectrogramConfig, n_crops: int = 1):
+    """Images of ``n_crops`` evenly spaced crops of one file (for prediction).
+
+    The whole file is decoded once; crop ``k`` starts at
+    ``round(k * (n - n_crop) / (n_crops - 1))`` samples (0 for one crop), so the
+    crops span the clip from its start to its end; a short clip gives one
+    zero-padded crop repeated.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    config : SpectrogramConfig
+    n_crops : int > 0
+
+    Returns
+    -------
+    images : np.ndarray [shape=(n_crops, C, H, W), dtype=float32]
+    info : dict
+        ``status`` ('ok'/'padded'), ``offsets_s`` (list), ``duration_s``, ``reason``.
+
+    Raises
+    ------
+    PipelineError
+        Undecodable or empty file, ``n_crops < 1``.
+    """
+    if int(n_crops) != n_crops or n_crops < 1:
+        raise PipelineError(f"n_crops must be a positive integer, got {n_crops!r}")
+    full, _ = audio.load(path, sr=config.sr)
+    if len(full) == 0:
+        raise PipelineError(f"no decodable audio in {os.fspath(path)!r} (0 samples)")
+    n, n_crop = len(full), config.n_crop
+    info = {"status": "ok", "duration_s": n / config.sr, "reason": ""}
+    if n < n_crop:
+        full = np.concatenate([full, np.zeros(n_crop - n, np.float32)])
+        info["status"] = "padded"
+        info["reason"] = f"clip is {n / config.sr:.3f} s, shorter than the {config.crop_seconds} s crop"
+        starts = [0] * int(n_crops)
+    elif n_crops == 1:
+        starts = [0]
+    else:
+        starts = [int(round(k * (n - n_crop) / (n_crops - 1))) for k in range(int(n_crops))]
+    info["offsets_s"] = [s / config.sr for s in starts]
+    images = np.stack([to_image(spectrogram_db(full[s:s + n_crop], config), config) for s in starts])
+    return images, info
