@@ -1,0 +1,801 @@
+#!/usr/bin/env python
+"""hitcnn command line: train, preprocess, evaluate, predict, grid, reproduce,
+models, gradcheck, inspect.
+
+``python cli.py train`` with no data arguments trains on the embedded
+**synthetic** demo dataset (pipeline/synth.py), built once into
+``$HITCNN_CACHE`` (default ``~/.cache/hitcnn``). Run ``python cli.py CMD --help``
+for every flag and its default.
+
+Exit codes: 0 success; 1 unexpected error; 2 bad arguments or a missing /
+malformed dataset (the expected layout is printed); 3 NaN / inf loss;
+130 interrupted with Ctrl-C (a checkpoint was saved).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent
+
+MODEL_NAMES = ("cnn2_mono", "cnn4_mono", "cnn4_rgb", "cnn6_rgb")
+
+#: the paper's results (train / validation / test accuracy in %, per architecture)
+PAPER_RESULTS = {
+    "cnn2_mono": (44, 41, 42),
+    "cnn4_mono": (46, 51, 51),
+    "cnn4_rgb": (53, 55, 53),
+    "cnn6_rgb": (59, 63, 61),
+}
+
+#: the demo default: fewer epochs than the paper's 100 cap (the synthetic task is easy)
+DEMO_EPOCHS = 15
+
+EXPECTED_LAYOUT = """\
+expected dataset layouts:
+  FMA (github.com/mdeff/fma: unzip fma_metadata.zip and fma_small.zip):
+    --audio-dir DATA/fma_small --metadata DATA/fma_metadata/tracks.csv
+      DATA/fma_metadata/tracks.csv      FMA's tracks.csv (2 header rows + a track_id row)
+      DATA/fma_small/000/000002.mp3     AUDIO_DIR/{id:06d}[:3]/{id:06d}.mp3
+  any audio folder, labels from a CSV:
+    --audio-dir DIR --labels labels.csv     (columns: path,label[,group]; paths relative to DIR)
+  any audio folder, labels from file names:
+    --audio-dir DIR --label-regex '^(\\d)_'  (e.g. FSDD: DIR/7_jackson_32.wav is the digit 7)
+  a dataset cache made by `python cli.py preprocess`:
+    --data DATASET_DIR                      (holds manifest.json and the image arrays)"""
+
+
+class UsageError(Exception):
+    """Bad arguments or dataset path: exit code 2, message + expected layout."""
+
+    def __init__(self, msg, layout=False):
+        super().__init__(msg)
+        self.layout = layout
+
+
+# ============================================================================ helpers
+
+
+def code_version() -> str:
+    """``git describe --always --dirty --tags`` of the checkout, else the package version."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"], cwd=REPO,
+                             capture_output=True, text=True, timeout=5)
+        if out.returncode == 0 and out.stdout.strip():
+            return "git " + out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        from importlib.metadata import version
+
+        return "hitcnn " + version("hitcnn")
+    except Exception:
+        return "unknown"
+
+
+def print_table(title: str, rows, file=None) -> None:
+    """Print a 'Parameter | Value' table (as llm.c's train_gpt2 does)."""
+    file = file or sys.stdout
+    rows = [(str(k), str(v)) for k, v in rows]
+    w = max([len("Parameter")] + [len(k) for k, _ in rows])
+    v = max([len("Value")] + [len(x) for _, x in rows])
+    line = "+" + "-" * (w + 2) + "+" + "-" * (v + 2) + "+"
+    print(title, file=file)
+    print(line, file=file)
+    print(f"| {'Parameter':<{w}} | {'Value':<{v}} |", file=file)
+    print(line, file=file)
+    for k, x in rows:
+        print(f"| {k:<{w}} | {x:<{v}} |", file=file)
+    print(line, file=file)
+
+
+def _floats(s: str):
+    return [float(x) for x in s.split(",") if x.strip()]
+
+
+def _ints(s: str):
+    return [int(x) for x in s.split(",") if x.strip()]
+
+
+def _strs(s: str):
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def _device_check(device: str) -> None:
+    """Raise UsageError with the backend's message when the device is unusable."""
+    import kernels
+
+    try:
+        kernels.get_backend(device)
+    except (RuntimeError, ValueError) as exc:
+        raise UsageError(f"--device {device}: {exc}") from exc
+    if device == "gpu":
+        try:
+            import cupy
+
+            if cupy.cuda.runtime.getDeviceCount() < 1:
+                raise UsageError("--device gpu: no CUDA device found (cupy sees 0 devices); use --device cpu")
+        except UsageError:
+            raise
+        except Exception as exc:
+            raise UsageError(f"--device gpu: CUDA is unavailable ({exc}); use --device cpu") from exc
+
+
+# ============================================================================ arguments
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    """Flags that choose the data and how it becomes images (shared by train / preprocess / grid)."""
+    g = p.add_argument_group("data (none given: the embedded synthetic demo dataset)")
+    g.add_argument("--data", metavar="DATASET_DIR", default=None,
+                   help="a dataset cache made by `preprocess` (default: none)")
+    g.add_argument("--audio-dir", metavar="DIR", default=None,
+                   help="audio folder: FMA's fma_small/ (with --metadata), or any folder "
+                        "(with --labels or --label-regex) (default: none)")
+    g.add_argument("--metadata", metavar="TRACKS_CSV", default=None,
+                   help="FMA's fma_metadata/tracks.csv: popularity labels from ('track','listens') (default: none)")
+    g.add_argument("--labels", metavar="CSV", default=None,
+                   help="CSV with columns path,label[,group] for an audio folder (default: none)")
+    g.add_argument("--label-regex", metavar="REGEX", default=None,
+                   help=r"regex on file names whose group 1 (or (?P<label>..)) is the label, e.g. FSDD '^(\d)_' "
+                        "(default: none)")
+    g.add_argument("--group-regex", metavar="REGEX", default=None,
+                   help=r"regex on file names whose group 1 is the group for --split group, e.g. the FSDD "
+                        r"speaker '^\d_([a-z]+)_' (default: none)")
+    g.add_argument("--target", choices=("popularity", "genre"), default="popularity",
+                   help="FMA label: popularity buckets from listens, or genre_top (default: popularity)")
+    g.add_argument("--bucket-edges", metavar="E1,E2", default=None,
+                   help="explicit listens thresholds low < E1 <= medium < E2 <= high (default: quantiles "
+                        "reproducing the paper's shares 16.8/46.7/36.5%%)")
+    g.add_argument("--subset", choices=("small", "medium", "large"), default="small",
+                   help="FMA subset to use, subset <= this (default: small)")
+    g.add_argument("--split", choices=("stratified", "fma", "group"), default=None,
+                   help="stratified 80/10/10 by class; FMA's own ('set','split'); or group-disjoint (FMA: artist, "
+                        "folders: --group-regex / CSV group column) (default: fma for FMA data, else stratified)")
+    g.add_argument("--split-seed", type=int, default=0, help="seed of the stratified / group split (default: 0)")
+    g.add_argument("--cache-dir", metavar="DIR", default=None,
+                   help="where dataset caches (and the demo data) are built (default: $HITCNN_CACHE or "
+                        "~/.cache/hitcnn)")
+    g.add_argument("--workers", type=int, default=None,
+                   help="preprocessing processes (default: all cores)")
+    g.add_argument("--quiet", "-q", action="store_true", help="no progress bars (default: off)")
+    s = p.add_argument_group("spectrogram images (the paper's defaults)")
+    s.add_argument("--sr", type=int, default=22050, help="sample rate in Hz the audio is resampled to (default: 22050)")
+    s.add_argument("--crop-seconds", type=float, default=10.0,
+                   help="length of the seeded random crop of each clip, in seconds (default: 10)")
+    s.add_argument("--n-fft", type=int, default=2048, help="STFT size in samples (default: 2048 = 93 ms at 22050 Hz)")
+    s.add_argument("--hop-length", type=int, default=512, help="STFT hop in samples (default: 512 = 23 ms at 22050 Hz)")
+    s.add_argument("--spectrogram", choices=("stft", "mel"), default="stft",
+                   help="linear STFT (the paper's) or Slaney mel (default: stft)")
+    s.add_argument("--n-mels", type=int, default=128, help="mel bands with --spectrogram mel (default: 128)")
+    s.add_argument("--height", type=int, default=102, help="image height = frequency rows (default: 102)")
+    s.add_argument("--width", type=int, default=159, help="image width = time columns (default: 159)")
+    s.add_argument("--colormap", default="viridis", help="matplotlib colormap for the rgb models (default: viridis)")
+    d = p.add_argument_group("embedded demo dataset (used when no data flag is given)")
+    d.add_argument("--demo-tracks", type=int, default=360,
+                   help="number of synthetic clips (default: 360)")
+    d.add_argument("--demo-seconds", type=float, default=12.0,
+                   help="length of each synthetic clip in seconds, cropped to --crop-seconds (default: 12)")
+
+
+def add_train_args(p: argparse.ArgumentParser, grid: bool = False) -> None:
+    """Hyperparameters, device, seed (lists of values for ``grid``)."""
+    g = p.add_argument_group("training")
+    if not grid:
+        g.add_argument("--model", choices=MODEL_NAMES, default="cnn6_rgb",
+                       help="architecture (default: cnn6_rgb, the paper's best)")
+        g.add_argument("--batch-size", "-b", type=int, default=16, help="mini-batch size (default: 16)")
+        g.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate (default: 5e-4)")
+        g.add_argument("--dropout", type=float, default=0.4, help="dropout before the last layer (default: 0.4)")
+        g.add_argument("--weight-decay", type=float, default=0.0, help="Adam L2 weight decay (default: 0)")
+    g.add_argument("--epochs", "-e", type=int, default=None,
+                   help=f"maximum epochs (default: 100, the paper's cap; {DEMO_EPOCHS} on the embedded demo data)")
+    g.add_argument("--patience", type=int, default=None,
+                   help="early stopping: stop after this many epochs without a better validation accuracy "
+                        "(default: off)")
+    g.add_argument("--device", "-d", choices=("cpu", "gpu"), default="cpu",
+                   help="cpu (Numba kernels) or gpu (CuPy kernels; needs CuPy and CUDA) (default: cpu)")
+    g.add_argument("--seed", type=int, default=0, help="seed of weights, data order and dropout (default: 0)")
+    g.add_argument("--checkpoint-every", type=int, default=50,
+                   help="also checkpoint every N steps inside an epoch, for --resume (default: 50; 0 = epoch ends)")
+    g.add_argument("--max-steps", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser with every subcommand."""
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = argparse.ArgumentParser(
+        prog="python cli.py",
+        description="hitcnn: train CNNs from scratch (no deep-learning framework) on audio spectrograms. "
+                    "`python cli.py train` with no data flags trains on the embedded SYNTHETIC demo dataset.",
+        epilog=EXPECTED_LAYOUT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    t = sub.add_parser("train", help="train a model (no data flags: the synthetic demo)",
+                       description="Train a model into a run directory (config.json, metrics.jsonl, checkpoints/, "
+                                   "report.json, curves.png, confusion.png). With no data flags it builds and trains "
+                                   f"on the embedded SYNTHETIC demo dataset ({DEMO_EPOCHS} epochs unless --epochs).",
+                       epilog=EXPECTED_LAYOUT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_args(t)
+    add_train_args(t)
+    t.add_argument("--out", "-o", metavar="RUN_DIR", default=None,
+                   help="run directory (default: runs/<data>-<model>-<time>)")
+    t.add_argument("--resume", "-r", action="store_true",
+                   help="continue the run in --out from its last checkpoint, with its saved config (default: off)")
+    t.add_argument("--overfit-batch", action="store_true",
+                   help="debug: train on one fixed batch; the loss must go to ~0 (default: off)")
+    t.set_defaults(func=cmd_train)
+
+    pp = sub.add_parser("preprocess", help="build a dataset cache (images, labels, split, manifest)",
+                        description="Decode, crop and turn audio into spectrogram images once; writes a dataset "
+                                    "directory usable with `train --data DIR`.",
+                        epilog=EXPECTED_LAYOUT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_args(pp)
+    pp.add_argument("--mode", choices=("mono", "rgb"), default="rgb",
+                    help="image channels: mono for *_mono models, rgb for *_rgb (default: rgb)")
+    pp.add_argument("--out", "-o", metavar="PARENT_DIR", default=None,
+                    help="folder in which the dataset directory <name>-<hash> is made "
+                         "(default: <cache-dir>/datasets)")
+    pp.set_defaults(func=cmd_preprocess)
+
+    e = sub.add_parser("evaluate", help="test metrics of a run's best checkpoint", formatter_class=fmt,
+                       description="Accuracy, per-class precision/recall/F1, macro-F1, confusion matrix and the "
+                                   "majority-class baseline of a run's best checkpoint on one split.")
+    e.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by train")
+    e.add_argument("--split", choices=("train", "val", "test"), default="test", help="split to evaluate")
+    e.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint")
+    e.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    e.set_defaults(func=cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="class and probabilities of audio files", formatter_class=fmt,
+                        description="Class and probabilities for each audio file, averaged over --crops evenly "
+                                    "spaced crops of the clip (same spectrogram settings as the run's data).")
+    pr.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by train")
+    pr.add_argument("files", metavar="FILE", nargs="+", help="audio files (mp3, wav, flac, ogg)")
+    pr.add_argument("--crops", type=int, default=3, help="crops per clip whose probabilities are averaged")
+    pr.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint")
+    pr.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    pr.set_defaults(func=cmd_predict)
+
+    gr = sub.add_parser("grid", help="the paper's grid search over lr, batch size, dropout",
+                        description="Train one run per combination (each a normal run directory under --out) and "
+                                    "write grid.csv and grid.md: validation accuracy per combination, best first.",
+                        epilog=EXPECTED_LAYOUT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_args(gr)
+    add_train_args(gr, grid=True)
+    gr.add_argument("--model", type=_strs, default=["cnn6_rgb"], help="comma-separated architectures (default: cnn6_rgb)")
+    gr.add_argument("--lr", type=_floats, default=[1e-3, 5e-4, 1e-4], help="comma-separated learning rates "
+                                                                             "(default: 1e-3,5e-4,1e-4)")
+    gr.add_argument("--batch-size", type=_ints, default=[16, 32], help="comma-separated batch sizes (default: 16,32)")
+    gr.add_argument("--dropout", type=_floats, default=[0.3, 0.4, 0.5],
+                    help="comma-separated dropout rates (default: 0.3,0.4,0.5)")
+    gr.add_argument("--weight-decay", type=_floats, default=[0.0], help="comma-separated weight decays (default: 0)")
+    gr.add_argument("--out", "-o", metavar="DIR", default=None, help="grid directory (default: runs/grid-<time>)")
+    gr.set_defaults(func=cmd_grid)
+
+    rp = sub.add_parser("reproduce", help="the paper's results table (four architectures on FMA)",
+                        description="Train the four architectures with the paper's hyperparameters (batch 16, "
+                                    "lr 5e-4, dropout 0.4, up to 100 epochs) and write results.md: train / "
+                                    "validation / test accuracy beside the paper's numbers.",
+                        epilog=EXPECTED_LAYOUT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_args(rp)
+    add_train_args(rp, grid=True)
+    rp.add_argument("--models", type=_strs, default=list(MODEL_NAMES),
+                    help="comma-separated architectures (default: all four)")
+    rp.add_argument("--out", "-o", metavar="DIR", default=None, help="output directory (default: runs/reproduce-<time>)")
+    rp.set_defaults(func=cmd_reproduce)
+
+    m = sub.add_parser("models", help="layers, output shapes and parameter counts", formatter_class=fmt,
+                       description="Each architecture's layers, output shapes and parameter counts.")
+    m.add_argument("--model", choices=MODEL_NAMES, default=None, help="only this architecture (default: all)")
+    m.add_argument("--height", type=int, default=102, help="input height")
+    m.add_argument("--width", type=int, default=159, help="input width")
+    m.add_argument("--n-classes", type=int, default=3, help="output classes")
+    m.set_defaults(func=cmd_models)
+
+    gc = sub.add_parser("gradcheck", help="finite-difference gradient check in float64", formatter_class=fmt,
+                        description="Compare every parameter's backprop gradient with centred finite differences "
+                                    "in float64 on a tiny input; prints the relative error per parameter.")
+    gc.add_argument("--model", choices=MODEL_NAMES, default="cnn2_mono", help="architecture")
+    gc.add_argument("--height", type=int, default=None, help="input height (default: the smallest that fits)")
+    gc.add_argument("--width", type=int, default=None, help="input width (default: the smallest that fits)")
+    gc.add_argument("--batch", type=int, default=2, help="batch size of the tiny input")
+    gc.add_argument("--seed", type=int, default=0, help="seed of weights and input")
+    gc.add_argument("--tol", type=float, default=1e-6, help="maximum relative error allowed")
+    gc.set_defaults(func=cmd_gradcheck)
+
+    ins = sub.add_parser("inspect", help="per-layer activation / gradient / update statistics", formatter_class=fmt,
+                         description="For one training batch: per layer activation mean/std, fraction of dead "
+                                     "ReLUs, gradient norm and the ratio of the Adam update size to the weight size. "
+                                     "Written as inspect.md / inspect.json and inspect.png in the run directory.")
+    ins.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by train")
+    ins.add_argument("--split", choices=("train", "val", "test"), default="train", help="split the batch comes from")
+    ins.add_argument("--checkpoint", choices=("best", "last"), default="last", help="which checkpoint")
+    ins.add_argument("--batch-size", type=int, default=None, help="batch size (default: the run's)")
+    ins.set_defaults(func=cmd_inspect)
+    return p
+
+
+# ============================================================================ data
+
+
+def spectrogram_config(args, mode: str):
+    """``pipeline.spectrogram.SpectrogramConfig`` from the flags."""
+    from pipeline.spectrogram import SpectrogramConfig
+
+    return SpectrogramConfig(sr=args.sr, crop_seconds=args.crop_seconds, n_fft=args.n_fft,
+                             hop_length=args.hop_length, spectrogram=args.spectrogram, n_mels=args.n_mels,
+                             mode=mode, height=args.height, width=args.width, colormap=args.colormap)
+
+
+def data_source(args) -> dict:
+    """Which data the flags name (``kind`` = demo | cache | fma | csv | regex), validated.
+
+    Raises
+    ------
+    UsageError
+        Missing paths or contradicting flags (printed with the expected layout).
+    """
+    if args.data:
+        d = Path(args.data)
+        if not (d / "manifest.json").is_file():
+            raise UsageError(f"--data {args.data}: not a dataset cache (no manifest.json there)", layout=True)
+        return dict(kind="cache", data=str(d.resolve()))
+    if not args.audio_dir:
+        if args.metadata or args.labels or args.label_regex:
+            raise UsageError("--metadata / --labels / --label-regex need --audio-dir", layout=True)
+        return dict(kind="demo")
+    ad = Path(args.audio_dir)
+    if not ad.is_dir():
+        raise UsageError(f"--audio-dir {args.audio_dir}: no such directory", layout=True)
+    picked = [f for f in ("metadata", "labels", "label_regex") if getattr(args, f)]
+    if len(picked) != 1:
+        raise UsageError("--audio-dir needs exactly one of --metadata (FMA), --labels (CSV) or --label-regex "
+                         f"(file names); got {picked or 'none'}", layout=True)
+    if args.metadata:
+        if not Path(args.metadata).is_file():
+            raise UsageError(f"--metadata {args.metadata}: no such file", layout=True)
+        return dict(kind="fma", audio_dir=str(ad.resolve()), metadata=str(Path(args.metadata).resolve()))
+    if args.labels:
+        if not Path(args.labels).is_file():
+            raise UsageError(f"--labels {args.labels}: no such file", layout=True)
+        return dict(kind="csv", audio_dir=str(ad.resolve()), labels=str(Path(args.labels).resolve()))
+    return dict(kind="regex", audio_dir=str(ad.resolve()), label_regex=args.label_regex,
+                group_regex=args.group_regex)
+
+
+def cache_root(args) -> Path:
+    from pipeline.synth import default_cache_dir
+
+    return Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+
+
+def prepare_data(args, mode: str, out_dir=None, log=print):
+    """Build (or reuse) the dataset cache the flags describe and open it.
+
+    Returns
+    -------
+    dataset : pipeline.dataset.Dataset
+    source : dict
+        :func:`data_source` plus ``dataset_dir`` and, for the demo, its info.
+    """
+    from pipeline import dataset as pds
+
+    src = data_source(args)
+    if src["kind"] == "cache":
+        ds = pds.Dataset(src["data"])
+        src["dataset_dir"] = src["data"]
+        return ds, src
+    config = spectrogram_config(args, mode)
+    root = cache_root(args)
+    edges = _floats(args.bucket_edges) if args.bucket_edges else None
+    split = args.split
+    if src["kind"] == "demo":
+        from pipeline import synth
+
+        log(f"embedded demo: SYNTHETIC music in FMA layout ({args.demo_tracks} clips of {args.demo_seconds:g} s), "
+            f"built once under {root}")
+        info = synth.ensure_demo(root, progress=not getattr(args, "quiet", False),
+                                 n_tracks=args.demo_tracks, seconds=args.demo_seconds)
+        src.update(audio_dir=info["audio_dir"], metadata=info["metadata"], demo=info)
+        edges = edges or info["bucket_edges"]
+        split = split or "fma"
+    out_root = Path(out_dir) if out_dir else root / "datasets"
+    kw = dict(config=config, seed=args.split_seed, workers=args.workers,
+              progress=not getattr(args, "quiet", False))
+    if src["kind"] in ("demo", "fma"):
+        path = pds.prepare_fma(src["audio_dir"], src["metadata"], out_root, subset=args.subset,
+                               target=args.target, bucket_edges=edges, split=split or "fma", **kw)
+    elif src["kind"] == "csv":
+        path = pds.prepare_folder(src["audio_dir"], out_root, labels_csv=src["labels"],
+                                  split=split or "stratified", **kw)
+    else:
+        path = pds.prepare_folder(src["audio_dir"], out_root, label_regex=src["label_regex"],
+                                  group_regex=src["group_regex"], split=split or "stratified", **kw)
+    ds = pds.Dataset(path)
+    src["dataset_dir"] = str(Path(path).resolve())
+    return ds, src
+
+
+def _manifest_hash(ds) -> str:
+    man = getattr(ds, "manifest", {}) or {}
+    return str(man.get("param_hash") or man.get("hash") or "")
+
+
+def _status_report(ds, log=print) -> None:
+    """Print the tracks that preprocessing skipped or padded (from the manifest)."""
+    man = getattr(ds, "manifest", {}) or {}
+    tracks = man.get("tracks") or man.get("status") or []
+    items = tracks.items() if isinstance(tracks, dict) else enumerate(tracks)
+    bad = []
+    for k, t in items:
+        if isinstance(t, dict) and t.get("status", "ok") != "ok":
+            bad.append((t.get("path", k), t.get("status"), t.get("reason", "")))
+    if bad:
+        log(f"{len(bad)} track(s) skipped or padded:")
+        for path, st, why in bad:
+            log(f"  {st:8s} {path}  {why}")
+
+
+# ============================================================================ commands
+
+
+def _default_run_name(src: dict, model: str) -> str:
+    tag = {"demo": "demo", "fma": "fma", "csv": "folder", "regex": "folder", "cache": "data"}[src["kind"]]
+    if src["kind"] in ("csv", "regex", "fma"):
+        tag = Path(src["audio_dir"]).name or tag
+    return f"runs/{tag}-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _train_config(args, model=None, lr=None, batch_size=None, dropout=None, weight_decay=None, demo=False):
+    from engine.train import TrainConfig
+
+    epochs = args.epochs if args.epochs is not None else (DEMO_EPOCHS if demo else 100)
+    return TrainConfig(model=model or args.model, epochs=epochs,
+                       batch_size=batch_size if batch_size is not None else args.batch_size,
+                       lr=lr if lr is not None else args.lr,
+                       dropout=dropout if dropout is not None else args.dropout,
+                       weight_decay=weight_decay if weight_decay is not None else args.weight_decay,
+                       patience=args.patience, device=args.device, seed=args.seed,
+                       checkpoint_every=args.checkpoint_every,
+                       overfit_batch=bool(getattr(args, "overfit_batch", False)),
+                       progress=not args.quiet, max_steps=args.max_steps)
+
+
+def run_training(ds, src, cfg, out: Path, argv, resume=False, log=print) -> dict:
+    """Write config.json, print it, train, then write report.json and the plots."""
+    from engine import train as tr
+
+    out.mkdir(parents=True, exist_ok=True)
+    conf = {
+        "train": tr.config_dict(cfg),
+        "data": {k: v for k, v in src.items() if k != "demo"},
+        "demo": src.get("demo"),
+        "spectrogram": (getattr(ds, "manifest", {}) or {}).get("config"),
+        "classes": list(ds.classes),
+        "n_images": {s: int((ds.split == s).sum()) for s in ("train", "val", "test")},
+        "image_shape": list(ds.image_shape(tr.model_mode(cfg.model))),
+        "dataset_manifest_hash": _manifest_hash(ds),
+        "code_version": code_version(),
+        "command": "python cli.py " + " ".join(argv),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "threads": os.environ.get("NUMBA_NUM_THREADS") or str(os.cpu_count()),
+    }
+    if not resume:
+        (out / "config.json").write_text(json.dumps(conf, indent=2, default=str))
+    rows = [("run directory", out), ("data", src["kind"] + (" (SYNTHETIC demo)" if src["kind"] == "demo" else "")),
+            ("dataset", src.get("dataset_dir", "")), ("manifest hash", conf["dataset_manifest_hash"][:16]),
+            ("classes", ", ".join(conf["classes"])),
+            ("images train/val/test", "/".join(str(conf["n_images"][s]) for s in ("train", "val", "test"))),
+            ("image shape (C,H,W)", tuple(conf["image_shape"]))]
+    rows += [(k, v) for k, v in tr.config_dict(cfg).items() if k not in ("extra",)]
+    rows += [("code version", conf["code_version"]), ("resume", resume)]
+    print_table("configuration", rows)
+    res = tr.fit(ds, cfg, out, resume=resume, log=log)
+    log(f"training done: {len(res['history'])} epochs ({res['stopped']}), best validation accuracy "
+        f"{res['best_val_acc']:.4f} at epoch {res['best_epoch']}, {res['seconds']:.1f} s")
+    rep = tr.final_report(out, ds, cfg, log=log)
+    log(f"run directory: {out}  (report.json, metrics.jsonl, checkpoints/, curves.png, confusion.png)")
+    return dict(res, report=rep)
+
+
+def cmd_train(args, argv) -> int:
+    from engine.train import TrainConfig, model_mode
+
+    if args.resume:
+        if not args.out:
+            raise UsageError("--resume needs --out RUN_DIR (the run to continue)")
+        out = Path(args.out)
+        cf = out / "config.json"
+        if not cf.is_file():
+            raise UsageError(f"--resume: {cf} not found; is {out} a run directory?")
+        conf = json.loads(cf.read_text())
+        cfg = TrainConfig(**conf["train"])
+        cfg.progress = not args.quiet
+        if args.epochs is not None:
+            cfg.epochs = args.epochs
+        if args.max_steps is not None:
+            cfg.max_steps = args.max_steps
+        from pipeline.dataset import Dataset
+
+        _device_check(cfg.device)
+        ds = Dataset(conf["data"]["dataset_dir"])
+        print(f"resuming {out} with its saved configuration")
+        run_training(ds, conf["data"], cfg, out, argv, resume=True)
+        return 0
+    _device_check(args.device)
+    src0 = data_source(args)
+    out = Path(args.out) if args.out else Path(_default_run_name(src0, args.model))
+    if (out / "checkpoints" / "last.npz").exists():
+        raise UsageError(f"{out} already holds a run; continue it with --resume or pick another --out")
+    ds, src = prepare_data(args, model_mode(args.model))
+    _status_report(ds)
+    cfg = _train_config(args, demo=src["kind"] == "demo")
+    run_training(ds, src, cfg, out, argv)
+    return 0
+
+
+def cmd_preprocess(args, argv) -> int:
+    ds, src = prepare_data(args, args.mode, out_dir=args.out)
+    _status_report(ds)
+    n = {s: int((ds.split == s).sum()) for s in ("train", "val", "test")}
+    print(f"dataset ready: {src['dataset_dir']}  classes {list(ds.classes)}  images {n}  "
+          f"shape {tuple(ds.images.shape[1:])}")
+    print(f"train on it with: python cli.py train --data {src['dataset_dir']}")
+    return 0
+
+
+def _load_run(run_dir, which="best"):
+    """(config dict, TrainConfig, Dataset, model with the checkpoint loaded, extra)."""
+    from engine import train as tr
+    from pipeline.dataset import Dataset
+
+    run = Path(run_dir)
+    cf = run / "config.json"
+    if not cf.is_file():
+        raise UsageError(f"{run_dir}: not a run directory (no config.json); make one with `python cli.py train`")
+    conf = json.loads(cf.read_text())
+    cfg = tr.TrainConfig(**conf["train"])
+    ck = run / "checkpoints" / f"{which}.npz"
+    if not ck.is_file():
+        raise UsageError(f"{ck} not found (has the run finished an epoch?)")
+    _device_check(cfg.device)
+    ds = Dataset(conf["data"]["dataset_dir"])
+    mode = tr.model_mode(cfg.model)
+    model = tr.build_model(cfg, tr._in_shape(ds, mode), len(ds.classes))
+    extra = tr.load_state(ck, model, None)
+    return conf, cfg, ds, model, extra
+
+
+def cmd_evaluate(args, argv) -> int:
+    from engine import metrics
+    from engine import train as tr
+
+    conf, cfg, ds, model, extra = _load_run(args.run_dir, args.checkpoint)
+    loss, yt, yp, _ = tr.evaluate_split(model, ds, args.split, cfg.batch_size, cfg.device, tr.model_mode(cfg.model))
+    rep = metrics.classification_report(yt, yp, list(ds.classes))
+    rep.update(split=args.split, loss=loss, checkpoint=args.checkpoint, epoch=extra.get("best_epoch"))
+    if args.json:
+        print(json.dumps(rep, indent=2))
+    else:
+        print(metrics.format_report(rep, f"{args.run_dir}: {args.split} split, {args.checkpoint} checkpoint "
+                                         f"(loss {loss:.4f})"))
+    return 0
+
+
+def cmd_predict(args, argv) -> int:
+    import numpy as np
+
+    import kernels
+    from engine import train as tr
+    from pipeline.errors import PipelineError
+    from pipeline.spectrogram import SpectrogramConfig, track_images
+
+    conf, cfg, ds, model, _ = _load_run(args.run_dir, args.checkpoint)
+    spec = conf.get("spectrogram") or (getattr(ds, "manifest", {}) or {}).get("config")
+    if not spec:
+        raise UsageError(f"{args.run_dir}: the dataset manifest has no spectrogram config; cannot predict")
+    sc = SpectrogramConfig.from_dict(spec)
+    classes = list(ds.classes)
+    xp = kernels.get_backend(cfg.device).xp
+    model.eval()
+    rc = 0
+    if not args.json:
+        print(f"{'file':<40} {'class':>10}  " + "  ".join(f"{c:>8}" for c in classes))
+    for f in args.files:
+        try:
+            imgs, info = track_images(f, sc, n_crops=args.crops)
+        except PipelineError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            rc = 2
+            continue
+        x = imgs.astype(np.float32)
+        logits = tr.to_numpy(model.forward(xp.asarray(x) if xp is not np else x)).astype(np.float64)
+        p = np.exp(logits - logits.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        prob = p.mean(axis=0)
+        k = int(prob.argmax())
+        if args.json:
+            print(json.dumps({"file": f, "class": classes[k], "probabilities": dict(zip(classes, prob.tolist())),
+                              "crops": int(args.crops), "offsets_s": info.get("offsets_s"),
+                              "status": info.get("status")}))
+        else:
+            print(f"{f:<40} {classes[k]:>10}  " + "  ".join(f"{v:8.4f}" for v in prob))
+    return rc
+
+
+def cmd_grid(args, argv) -> int:
+    from engine.train import model_mode
+
+    _device_check(args.device)
+    base = Path(args.out) if args.out else Path(f"runs/grid-{time.strftime('%Y%m%d-%H%M%S')}")
+    base.mkdir(parents=True, exist_ok=True)
+    combos = list(itertools.product(args.model, args.lr, args.batch_size, args.dropout, args.weight_decay))
+    print(f"grid: {len(combos)} combinations into {base}")
+    rows = []
+    datasets = {}
+    for model, lr, bs, dr, wd in combos:
+        mode = model_mode(model)
+        if mode not in datasets:
+            datasets[mode] = prepare_data(args, mode)
+        ds, src = datasets[mode]
+        name = f"{model}_lr{lr:g}_bs{bs}_do{dr:g}_wd{wd:g}"
+        cfg = _train_config(args, model=model, lr=lr, batch_size=bs, dropout=dr, weight_decay=wd,
+                            demo=src["kind"] == "demo")
+        res = run_training(ds, src, cfg, base / name, argv)
+        best = next((h for h in res["history"] if h["epoch"] == res["best_epoch"]), {})
+        rows.append(dict(run=name, model=model, lr=lr, batch_size=bs, dropout=dr, weight_decay=wd,
+                         val_acc=res["best_val_acc"], train_acc=best.get("train_acc"),
+                         best_epoch=res["best_epoch"], test_acc=res["report"]["accuracy"]))
+    rows.sort(key=lambda r: -r["val_acc"])
+    _write_table(rows, base / "grid.csv", base / "grid.md", "Grid search: best validation accuracy per combination")
+    print((base / "grid.md").read_text())
+    return 0
+
+
+def _write_table(rows, csv_path, md_path, title):
+    keys = list(rows[0].keys()) if rows else []
+    with open(csv_path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+
+    def fmt(v):
+        return f"{v:.4f}" if isinstance(v, float) and abs(v) < 10 and v == v and v not in (0.0,) and v > 1e-3 \
+            else (f"{v:g}" if isinstance(v, float) else str(v))
+
+    lines = [f"# {title}", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(fmt(r[k]) for k in keys) + " |" for r in rows]
+    Path(md_path).write_text("\n".join(lines) + "\n")
+
+
+def cmd_reproduce(args, argv) -> int:
+    from engine.train import model_mode
+
+    _device_check(args.device)
+    for m in args.models:
+        if m not in MODEL_NAMES:
+            raise UsageError(f"--models: unknown architecture {m!r}; choose from {MODEL_NAMES}")
+    base = Path(args.out) if args.out else Path(f"runs/reproduce-{time.strftime('%Y%m%d-%H%M%S')}")
+    base.mkdir(parents=True, exist_ok=True)
+    rows = []
+    datasets = {}
+    for model in args.models:
+        mode = model_mode(model)
+        if mode not in datasets:
+            datasets[mode] = prepare_data(args, mode)
+        ds, src = datasets[mode]
+        cfg = _train_config(args, model=model, lr=5e-4, batch_size=16, dropout=0.4, weight_decay=0.0,
+                            demo=src["kind"] == "demo")
+        res = run_training(ds, src, cfg, base / model, argv)
+        best = next((h for h in res["history"] if h["epoch"] == res["best_epoch"]), {})
+        ptr, pva, pte = PAPER_RESULTS[model]
+        rows.append(dict(model=model, train=100 * best.get("train_acc", float("nan")),
+                         val=100 * res["best_val_acc"], test=100 * res["report"]["accuracy"],
+                         paper_train=ptr, paper_val=pva, paper_test=pte, best_epoch=res["best_epoch"]))
+    lines = ["# Results: accuracy (%) of the four architectures, ours beside the paper's", "",
+             "| model | train | val | test | paper train | paper val | paper test | best epoch |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['train']:.1f} | {r['val']:.1f} | {r['test']:.1f} | {r['paper_train']} | "
+                     f"{r['paper_val']} | {r['paper_test']} | {r['best_epoch']} |")
+    lines += ["", "The paper's best model (cnn6_rgb) reached 61 % test accuracy."]
+    (base / "results.md").write_text("\n".join(lines) + "\n")
+    with open(base / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
+        w.writeheader()
+        w.writerows(rows)
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_models(args, argv) -> int:
+    from engine import models
+
+    names = [args.model] if args.model else list(MODEL_NAMES)
+    for name in names:
+        c = 3 if name.endswith("rgb") else 1
+        model = models.build(name, in_shape=(c, args.height, args.width), n_classes=args.n_classes)
+        print(f"== {name}  input ({c}, {args.height}, {args.width})")
+        print(model.summary((c, args.height, args.width)))
+        print()
+    return 0
+
+
+def cmd_gradcheck(args, argv) -> int:
+    import numpy as np
+
+    from engine import gradcheck, models
+
+    c, widths = models.MODELS[args.model]
+    side = 2 ** len(widths)  # every MaxPool2d(2) halves H and W: the smallest input that fits
+    h, w = args.height or side, args.width or side + side // 2
+    model = models.build(args.model, in_shape=(c, h, w), n_classes=3, dropout=0.4, seed=args.seed,
+                         dtype=np.float64)
+    model.train()
+    x = np.random.default_rng(args.seed).standard_normal((args.batch, c, h, w))
+    res = gradcheck.gradcheck(model, x, seed=args.seed, check_input=False)
+    shapes = {n: tuple(p.shape) for n, p, _ in model.parameters()}
+    print(f"gradcheck {args.model}: float64, centred finite differences, input ({args.batch}, {c}, {h}, {w}), "
+          f"train mode (batch statistics, fixed dropout mask)")
+    print(f"{'parameter':<24} {'shape':<20} {'rel error':>10}")
+    worst = 0.0
+    for name, err in res.items():
+        worst = max(worst, float(err))
+        print(f"{name:<24} {str(shapes.get(name, '')):<20} {err:10.2e}")
+    ok = worst < args.tol
+    print(f"max relative error {worst:.2e}: {'PASS' if ok else 'FAIL'} (tolerance {args.tol:g})")
+    return 0 if ok else 1
+
+
+def cmd_inspect(args, argv) -> int:
+    from engine import inspect as insp
+
+    conf, cfg, ds, model, extra = _load_run(args.run_dir, args.checkpoint)
+    rows = insp.inspect_run(Path(args.run_dir), cfg, ds, model, split=args.split,
+                            batch_size=args.batch_size or cfg.batch_size, checkpoint=args.checkpoint)
+    print(insp.format_table(rows))
+    print(f"written: {Path(args.run_dir) / 'inspect.md'}, inspect.json, inspect.png")
+    return 0
+
+
+# ============================================================================ main
+
+
+def main(argv=None) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``), run the command, return the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from engine.train import TrainingError
+    from pipeline.errors import PipelineError
+
+    try:
+        return int(args.func(args, argv) or 0)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if exc.layout:
+            print(EXPECTED_LAYOUT, file=sys.stderr)
+        return 2
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        print(EXPECTED_LAYOUT, file=sys.stderr)
+        return 2
+    except TrainingError as exc:
+        print(f"\n{type(exc).__name__}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

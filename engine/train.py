@@ -1,0 +1,533 @@
+"""The training loop used by ``python cli.py train``.
+
+One run lives in a run directory ``OUT/``::
+
+    OUT/config.json            every setting (written by the caller, cli.py)
+    OUT/metrics.jsonl          one JSON line per epoch (see ``EPOCH_KEYS``)
+    OUT/checkpoints/last.npz   the latest state (mid-epoch too): resume from here
+    OUT/checkpoints/best.npz   the state of the epoch with the best validation accuracy
+    OUT/report.json            test metrics of the best checkpoint (engine.metrics)
+    OUT/curves.png, OUT/confusion.png
+
+Determinism and resume
+----------------------
+The data order of epoch ``e`` is fully given by ``epoch_seed(seed, e)`` (the
+seed handed to ``Dataset.batches``), so it needs no RNG state of its own.
+Checkpoints are written every ``checkpoint_every`` steps and at the end of
+every epoch; each stores the epoch, the number of batches already trained in
+it, the epoch's running sums (loss, correct, count), the early-stopping
+state, and the RNG state of every Dropout layer. On ``--resume`` the model,
+Adam and Dropout states are restored, ``metrics.jsonl`` is cut back to the
+finished epochs, and the finished batches of the current epoch are skipped
+(drawn from the same ordering and dropped), so a run killed with SIGKILL and
+resumed ends bit-identical to one never interrupted (on the CPU, same thread
+count).
+
+Signals and failures
+--------------------
+SIGINT (Ctrl-C) sets a flag; after the current step the loop saves
+``last.npz`` and raises :class:`Interrupted` whose message gives the resume
+command. A NaN or inf loss stops before backward (so no bad update is ever
+applied or saved) with :class:`NonFiniteLoss` naming the step and suggesting a
+lower learning rate; ``last.npz`` stays the last good checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+EPOCH_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds",
+              "images_per_s", "data_wait_share", "peak_rss_mib")
+
+
+class TrainingError(RuntimeError):
+    """A training run stopped abnormally; ``exit_code`` is what the CLI returns."""
+
+    exit_code = 1
+
+
+class Interrupted(TrainingError):
+    """SIGINT: a checkpoint was saved; the message says how to resume."""
+
+    exit_code = 130
+
+
+class NonFiniteLoss(TrainingError):
+    """The loss became NaN or inf; the message names the step."""
+
+    exit_code = 3
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (all land in ``config.json``).
+
+    Attributes
+    ----------
+    model : str
+        Architecture name in ``engine.models.MODELS`` (default 'cnn6_rgb', the paper's best).
+    epochs : int
+        Maximum number of epochs (100, the paper's cap).
+    batch_size : int
+        Mini-batch size (16, the paper's).
+    lr : float
+        Adam learning rate (5e-4).
+    dropout : float
+        Dropout probability before the last Linear (0.4).
+    weight_decay : float
+        Adam's L2 weight decay (0).
+    patience : int or None
+        Stop when validation accuracy has not improved for this many epochs (None: off).
+    device : {'cpu', 'gpu'}
+    seed : int
+        Seeds the weights, the data order and dropout.
+    checkpoint_every : int
+        Also checkpoint every this many steps inside an epoch (0: only at epoch ends).
+    overfit_batch : bool
+        Debug: every epoch trains one step on the same first training batch,
+        and "validation" is that batch in eval mode.
+    progress : bool
+        Show a tqdm progress bar per epoch.
+    max_steps : int or None
+        Stop after this many steps in total (debug / tests).
+    """
+
+    model: str = "cnn6_rgb"
+    epochs: int = 100
+    batch_size: int = 16
+    lr: float = 5e-4
+    dropout: float = 0.4
+    weight_decay: float = 0.0
+    patience: int | None = None
+    device: str = "cpu"
+    seed: int = 0
+    checkpoint_every: int = 50
+    overfit_batch: bool = False
+    progress: bool = True
+    max_steps: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Seed of epoch ``epoch``'s data order (a fixed function of the run seed)."""
+    return (int(seed) * 1_000_003 + 7919 * int(epoch) + 1) % (2 ** 31 - 1)
+
+
+def model_mode(name: str) -> str:
+    """'rgb' for the 3-channel models (``*_rgb``), else 'mono'."""
+    return "rgb" if name.endswith("rgb") else "mono"
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process in MiB (``ru_maxrss``: KiB on Linux)."""
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 1024.0 if sys.platform != "darwin" else r / 2 ** 20
+
+
+def to_numpy(a):
+    """A NumPy array from a NumPy or CuPy array."""
+    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
+
+
+def _as_device(x, xp):
+    return x if xp is np else xp.asarray(x)
+
+
+# ----------------------------------------------------------------------------- model / state
+
+
+def build_model(cfg: TrainConfig, in_shape, n_classes: int):
+    """``engine.models.build`` with the config's architecture, dropout and seed, on its device."""
+    from engine import models
+
+    model = models.build(cfg.model, in_shape=tuple(in_shape), n_classes=n_classes,
+                         dropout=cfg.dropout, seed=cfg.seed)
+    if cfg.device != "cpu":
+        moved = model.to(cfg.device)
+        model = moved if moved is not None else model
+    return model
+
+
+def make_optimizer(model, cfg: TrainConfig):
+    """PyTorch-convention Adam over every parameter of ``model``."""
+    from engine.optim import Adam
+
+    return Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def save_state(path, model, opt, extra: dict) -> None:
+    """``engine.checkpoint.save_checkpoint`` (weights, BN statistics, Adam, Dropout RNG states, ``extra``)."""
+    from engine.checkpoint import save_checkpoint
+
+    save_checkpoint(str(path), model, opt, extra)
+
+
+def load_state(path, model, opt=None) -> dict:
+    """Load a checkpoint written by :func:`save_state`; returns its ``extra`` dict."""
+    from engine.checkpoint import load_checkpoint
+
+    return load_checkpoint(str(path), model, opt) or {}
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def evaluate_split(model, dataset, split: str, batch_size: int, device: str = "cpu", mode=None,
+                   limit_batches=None):
+    """Forward every batch of ``split`` in eval mode.
+
+    Returns
+    -------
+    loss : float
+        Mean cross-entropy over the samples (sum of per-batch means weighted by size, float64).
+    y_true, y_pred : np.ndarray [shape=(N,), dtype=int64]
+    probs : np.ndarray [shape=(N, n_classes), dtype=float32]
+    """
+    import kernels
+    from engine.losses import SoftmaxCrossEntropy
+
+    xp = kernels.get_backend(device).xp
+    crit = SoftmaxCrossEntropy()
+    was_training = getattr(model, "training", True)
+    model.eval()
+    tot, n = 0.0, 0
+    ys, ps, pr = [], [], []
+    try:
+        for i, (x, y) in enumerate(dataset.batches(split, batch_size, shuffle=False, seed=0, mode=mode)):
+            if limit_batches is not None and i >= limit_batches:
+                break
+            xd, yd = _as_device(x, xp), _as_device(y, xp)
+            logits = model.forward(xd)
+            loss = float(crit.forward(logits, yd))
+            tot += loss * len(y)
+            n += len(y)
+            lg = to_numpy(logits).astype(np.float64)
+            p = np.exp(lg - lg.max(axis=1, keepdims=True))
+            p /= p.sum(axis=1, keepdims=True)
+            ys.append(np.asarray(y, dtype=np.int64))
+            ps.append(p.argmax(axis=1))
+            pr.append(p.astype(np.float32))
+    finally:
+        if was_training:
+            model.train()
+    if n == 0:
+        return float("nan"), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+    return tot / n, np.concatenate(ys), np.concatenate(ps).astype(np.int64), np.concatenate(pr)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+class _SigintFlag:
+    """Context manager: SIGINT sets ``.hit`` instead of raising KeyboardInterrupt."""
+
+    def __init__(self):
+        self.hit = False
+        self._old = None
+
+    def _handler(self, signum, frame):
+        if self.hit:  # a second Ctrl-C: give up immediately
+            raise KeyboardInterrupt
+        self.hit = True
+
+    def __enter__(self):
+        try:
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        except ValueError:  # not the main thread
+            self._old = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False
+
+
+def _read_history(path: Path, before_epoch: int) -> list:
+    """Lines of ``metrics.jsonl`` with ``epoch < before_epoch`` (the file is rewritten to them)."""
+    if not path.is_file():
+        return []
+    hist = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            if rec["epoch"] < before_epoch:
+                hist.append(rec)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(h) + "\n" for h in hist))
+    os.replace(tmp, path)
+    return hist
+
+
+def _bar(total, desc, enabled):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True, file=sys.stderr)
+
+
+def fit(dataset, cfg: TrainConfig, out_dir, resume: bool = False, log=print) -> dict:
+    """Train ``cfg.model`` on ``dataset`` into run directory ``out_dir``.
+
+    Parameters
+    ----------
+    dataset : pipeline.dataset.Dataset
+        Needs ``.classes``, ``.images`` (N, C, H, W) and
+        ``.batches(split, batch_size, shuffle, seed, mode)``.
+    cfg : TrainConfig
+    out_dir : path-like
+        The run directory (created; ``config.json`` is the caller's job).
+    resume : bool
+        Continue from ``out_dir/checkpoints/last.npz``.
+    log : callable
+        Where messages go (``print``).
+
+    Returns
+    -------
+    result : dict
+        ``history`` (list of epoch records), ``best_epoch``, ``best_val_acc``,
+        ``stopped`` ('epochs' | 'patience' | 'max_steps'), ``global_step``,
+        ``seconds``.
+
+    Raises
+    ------
+    Interrupted
+        On SIGINT, after saving ``last.npz``.
+    NonFiniteLoss
+        When the loss is NaN or inf (``last.npz`` stays the last good state).
+    FileNotFoundError
+        ``resume`` without a checkpoint in ``out_dir``.
+    """
+    import kernels
+    from engine.losses import SoftmaxCrossEntropy
+
+    out = Path(out_dir)
+    ck_dir = out / "checkpoints"
+    ck_dir.mkdir(parents=True, exist_ok=True)
+    last_path, best_path = ck_dir / "last.npz", ck_dir / "best.npz"
+    metrics_path = out / "metrics.jsonl"
+
+    xp = kernels.get_backend(cfg.device).xp
+    classes = list(dataset.classes)
+    mode = model_mode(cfg.model)
+    in_shape = _in_shape(dataset, mode)
+    model = build_model(cfg, in_shape, len(classes))
+    opt = make_optimizer(model, cfg)
+    crit = SoftmaxCrossEntropy()
+    model.train()
+
+    state = dict(epoch=0, step_in_epoch=0, global_step=0, loss_sum=0.0, correct=0, count=0,
+                 epoch_seconds=0.0, wait_seconds=0.0, best_val_acc=-1.0, best_epoch=-1, bad_epochs=0)
+    if resume:
+        if not last_path.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {last_path}; start the run without --resume")
+        extra = load_state(last_path, model, opt)
+        state.update({k: extra[k] for k in state if k in extra})
+        log(f"resumed from {last_path}: epoch {state['epoch'] + 1}, "
+            f"{state['step_in_epoch']} batches of it already done, step {state['global_step']}")
+        history = _read_history(metrics_path, state["epoch"])
+    else:
+        if metrics_path.exists():
+            metrics_path.unlink()
+        history = []
+
+    overfit_x = overfit_y = None
+    if cfg.overfit_batch:
+        overfit_x, overfit_y = next(iter(dataset.batches("train", cfg.batch_size, shuffle=False, seed=0, mode=mode)))
+        overfit_x, overfit_y = _as_device(overfit_x, xp), _as_device(overfit_y, xp)
+    n_train = 1 if cfg.overfit_batch else _split_size(dataset, "train")
+    steps_per_epoch = 1 if cfg.overfit_batch else math.ceil(n_train / cfg.batch_size)
+
+    def checkpoint(path=last_path):
+        save_state(path, model, opt, dict(state, classes=classes, model=cfg.model, mode=mode,
+                                           in_shape=list(in_shape)))
+
+    stopped = "epochs"
+    t_run = time.perf_counter()
+    with _SigintFlag() as sigint:
+        while state["epoch"] < cfg.epochs:
+            ep = state["epoch"]
+            skip = state["step_in_epoch"]
+            bar = _bar(steps_per_epoch, f"epoch {ep + 1}/{cfg.epochs}", cfg.progress)
+            if bar is not None and skip:
+                bar.update(skip)
+            if cfg.overfit_batch:
+                it = iter([(overfit_x, overfit_y)])
+            else:
+                it = iter(dataset.batches("train", cfg.batch_size, shuffle=True,
+                                          seed=epoch_seed(cfg.seed, ep), mode=mode))
+                for _ in range(skip):  # finished batches of an interrupted epoch
+                    next(it)
+            t_ep = time.perf_counter()
+            while True:
+                t0 = time.perf_counter()
+                try:
+                    x, y = next(it)
+                except StopIteration:
+                    break
+                t1 = time.perf_counter()
+                xd, yd = _as_device(x, xp), _as_device(y, xp)
+                model.zero_grad()
+                logits = model.forward(xd)
+                loss = float(crit.forward(logits, yd))
+                if not math.isfinite(loss):
+                    if bar is not None:
+                        bar.close()
+                    raise NonFiniteLoss(
+                        f"loss became {loss} at step {state['global_step'] + 1} (epoch {ep + 1}, batch "
+                        f"{state['step_in_epoch'] + 1} of {steps_per_epoch}) with lr={cfg.lr:g}; try a lower "
+                        f"learning rate, e.g. --lr {cfg.lr / 10:g}. The last good checkpoint is kept: "
+                        f"{last_path if last_path.is_file() else '(none saved yet)'}")
+                model.backward(crit.backward())
+                opt.step()
+                nb = len(y)
+                state["loss_sum"] += loss * nb
+                state["correct"] += int((to_numpy(logits).argmax(axis=1) == np.asarray(to_numpy(y))).sum())
+                state["count"] += nb
+                state["step_in_epoch"] += 1
+                state["global_step"] += 1
+                t2 = time.perf_counter()
+                state["wait_seconds"] += t1 - t0
+                state["epoch_seconds"] += t2 - t0
+                if bar is not None:
+                    bar.set_postfix(loss=f"{state['loss_sum'] / state['count']:.4f}",
+                                    acc=f"{state['correct'] / state['count']:.3f}",
+                                    img_s=f"{state['count'] / max(state['epoch_seconds'], 1e-9):.1f}",
+                                    refresh=False)
+                    bar.update(1)
+                if sigint.hit:
+                    checkpoint()
+                    if bar is not None:
+                        bar.close()
+                    raise Interrupted(
+                        f"interrupted at epoch {ep + 1}, batch {state['step_in_epoch']} of {steps_per_epoch} "
+                        f"(step {state['global_step']}); checkpoint saved to {last_path}.\n"
+                        f"Resume with: python cli.py train --resume --out {out}")
+                if cfg.max_steps is not None and state["global_step"] >= cfg.max_steps:
+                    stopped = "max_steps"
+                    break
+                if cfg.checkpoint_every and state["step_in_epoch"] % cfg.checkpoint_every == 0:
+                    checkpoint()
+            if bar is not None:
+                bar.close()
+            if stopped == "max_steps" and state["step_in_epoch"] < steps_per_epoch:
+                checkpoint()
+                break
+            # ---- end of epoch: validation, metrics line, best / last checkpoints
+            t_val = time.perf_counter()
+            if cfg.overfit_batch:
+                model.eval()
+                lg = model.forward(overfit_x)
+                val_loss = float(crit.forward(lg, overfit_y))
+                val_acc = float((to_numpy(lg).argmax(axis=1) == to_numpy(overfit_y)).mean())
+                model.train()
+            else:
+                val_loss, yt, yp, _ = evaluate_split(model, dataset, "val", cfg.batch_size, cfg.device, mode)
+                val_acc = float((yt == yp).mean()) if yt.size else float("nan")
+            cnt = max(state["count"], 1)
+            rec = dict(epoch=ep + 1, train_loss=state["loss_sum"] / cnt, train_acc=state["correct"] / cnt,
+                       val_loss=val_loss, val_acc=val_acc, lr=cfg.lr,
+                       seconds=round(state["epoch_seconds"] + (time.perf_counter() - t_val), 3),
+                       images_per_s=round(state["count"] / max(state["epoch_seconds"], 1e-9), 2),
+                       data_wait_share=round(state["wait_seconds"] / max(state["epoch_seconds"], 1e-9), 4),
+                       peak_rss_mib=round(peak_rss_mib(), 1))
+            history.append(rec)
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            improved = val_acc > state["best_val_acc"]
+            if improved:
+                state["best_val_acc"], state["best_epoch"], state["bad_epochs"] = val_acc, ep + 1, 0
+            else:
+                state["bad_epochs"] += 1
+            log(f"epoch {ep + 1:3d}/{cfg.epochs}  train loss {rec['train_loss']:.4f} acc {rec['train_acc']:.4f}  "
+                f"val loss {val_loss:.4f} acc {val_acc:.4f}{' *' if improved else '  '}  "
+                f"{rec['images_per_s']:.1f} img/s  data wait {100 * rec['data_wait_share']:.1f}%  "
+                f"{rec['seconds']:.1f}s")
+            state.update(epoch=ep + 1, step_in_epoch=0, loss_sum=0.0, correct=0, count=0,
+                         epoch_seconds=0.0, wait_seconds=0.0)
+            if improved:
+                checkpoint(best_path)
+            checkpoint(last_path)
+            if stopped == "max_steps":
+                break
+            if cfg.patience is not None and state["bad_epochs"] >= cfg.patience:
+                stopped = "patience"
+                log(f"early stopping: validation accuracy has not improved for {cfg.patience} epochs "
+                    f"(best {state['best_val_acc']:.4f} at epoch {state['best_epoch']})")
+                break
+            if sigint.hit:
+                raise Interrupted(
+                    f"interrupted after epoch {ep + 1}; checkpoint saved to {last_path}.\n"
+                    f"Resume with: python cli.py train --resume --out {out}")
+    return dict(history=history, best_epoch=state["best_epoch"], best_val_acc=state["best_val_acc"],
+                stopped=stopped, global_step=state["global_step"], seconds=time.perf_counter() - t_run,
+                model=model, optimizer=opt)
+
+
+def _split_size(dataset, split: str) -> int:
+    sp = np.asarray(dataset.split)
+    return int((sp == split).sum())
+
+
+def _in_shape(dataset, mode: str):
+    """(C, H, W) the model sees: the cache's H, W; C = 3 for rgb, 1 for mono."""
+    if hasattr(dataset, "image_shape") and callable(dataset.image_shape):
+        return tuple(int(v) for v in dataset.image_shape(mode))
+    shp = tuple(dataset.images.shape[1:])
+    return (3 if mode == "rgb" else 1, int(shp[-2]), int(shp[-1]))
+
+
+def final_report(run_dir, dataset, cfg: TrainConfig, log=print) -> dict:
+    """Evaluate the best checkpoint on the test split; write ``report.json`` and the PNG plots.
+
+    Returns the report dict (see :func:`engine.metrics.classification_report`)
+    with ``best_epoch``, ``val_accuracy``, ``train_accuracy`` of that epoch
+    added.
+    """
+    from engine import metrics, plots
+
+    run = Path(run_dir)
+    best = run / "checkpoints" / "best.npz"
+    if not best.is_file():
+        best = run / "checkpoints" / "last.npz"
+    mode = model_mode(cfg.model)
+    classes = list(dataset.classes)
+    model = build_model(cfg, _in_shape(dataset, mode), len(classes))
+    extra = load_state(best, model, None)
+    split = "train" if cfg.overfit_batch else "test"
+    loss, yt, yp, _ = evaluate_split(model, dataset, split, cfg.batch_size, cfg.device, mode,
+                                     limit_batches=1 if cfg.overfit_batch else None)
+    rep = metrics.classification_report(yt, yp, classes)
+    rep["split"] = split
+    rep["loss"] = loss
+    hist = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines() if s.strip()] \
+        if (run / "metrics.jsonl").is_file() else []
+    best_epoch = int(extra.get("best_epoch", -1))
+    rep["best_epoch"] = best_epoch
+    rec = next((h for h in hist if h["epoch"] == best_epoch), None)
+    if rec is not None:
+        rep["val_accuracy"] = rec["val_acc"]
+        rep["train_accuracy"] = rec["train_acc"]
+    rep["checkpoint"] = str(best)
+    (run / "report.json").write_text(json.dumps(rep, indent=2))
+    if hist:
+        plots.plot_curves(hist, run / "curves.png")
+    plots.plot_confusion(rep["confusion_matrix"], classes, run / "confusion.png",
+                         title=f"{split}: accuracy {rep['accuracy']:.3f}")
+    log(metrics.format_report(rep, f"{split} metrics of the best checkpoint (epoch {best_epoch}):"))
+    return rep
+
+
+def config_dict(cfg: TrainConfig) -> dict:
+    """``TrainConfig`` as a plain dict (for ``config.json``)."""
+    return asdict(cfg)
