@@ -8,8 +8,11 @@ Conventions
   first; ``audioread`` as the fallback when soundfile fails. When both fail the
   :class:`~pipeline.errors.PipelineError` names the file and quotes both
   backends' messages.
-- Seeking: soundfile seeks to ``offset`` (frame-accurate: mpg123 decodes from
-  the preceding frames) and reads only ``duration``; audioread cannot seek, so
+- Seeking: soundfile seeks to ``offset - PREROLL`` frames, reads
+  ``PREROLL + duration`` and drops the preroll: right after a seek mpg123
+  decodes the first ~5000 samples wrongly (its bit reservoir is empty), and
+  8192 frames of preroll make the window bit-identical to a full decode
+  (tests/test_audio.py); only ``PREROLL + duration`` is decoded; audioread cannot seek, so
   it decodes from the start and stops once ``offset + duration`` is read.
 - Lengths come from the decoded array, never from header metadata (an mp3
   header can claim 30 s for a file holding 47 samples). :func:`probe` exposes
@@ -37,7 +40,10 @@ import numpy as np
 
 from .errors import PipelineError
 
-__all__ = ["load", "probe", "resample", "AudioInfo"]
+__all__ = ["load", "probe", "resample", "AudioInfo", "PREROLL"]
+
+#: Native-rate frames decoded and dropped before a seek target (see _read_soundfile).
+PREROLL = 8192
 
 
 class AudioInfo(NamedTuple):
@@ -106,14 +112,18 @@ def _read_soundfile(path: str, offset: float, duration: float | None):
         native = int(f.samplerate)
         start = int(round(offset * native))
         n = -1 if duration is None else int(round(duration * native))
+        pre = 0
         if start > 0:
             if not f.seekable():
                 raise RuntimeError("stream is not seekable")
             if start >= f.frames:
                 return np.zeros((0, f.channels), np.float32), native
-            f.seek(start)
-        y = f.read(frames=n, dtype="float32", always_2d=True)
-    return y, native
+            # mpg123 decodes the first ~5000 samples after a seek wrongly (bit
+            # reservoir not primed): seek PREROLL earlier and drop them.
+            pre = min(start, PREROLL)
+            f.seek(start - pre)
+        y = f.read(frames=n if n < 0 else n + pre, dtype="float32", always_2d=True)
+    return y[pre:], native
 
 
 def _read_audioread(path: str, offset: float, duration: float | None):
@@ -246,7 +256,9 @@ def load(path, sr: int | None = 22050, mono: bool = True, offset: float = 0.0,
             y, native = reader(path, float(offset), duration)
             break
         except Exception as exc:  # any backend failure -> try the next one
-            errors.append(f"{name}: {type(exc).__name__}: {exc}".strip())
+            msg = str(exc).strip() or ("no installed audioread backend (ffmpeg, GStreamer, Core Audio) "
+                                       "could open it" if name == "audioread" else "no message")
+            errors.append(f"{name}: {type(exc).__name__}: {msg}")
     if y is None:
         raise PipelineError(f"cannot decode {path!r}: " + "; ".join(errors))
     if mono:

@@ -1,0 +1,147 @@
+"""pipeline.audio: decoding, mono, resampling, seeking, faults, descriptors."""
+import math
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+from scipy.signal import resample_poly
+
+from audio_fixtures import (sine, tags_only_mp3, text_as_mp3, truncated_mp3, write_mp3, write_wav,
+                            zero_byte)
+from pipeline import audio
+from pipeline.errors import PipelineError
+
+
+def test_wav_round_trip_native_rate(tmp_path):
+    y = sine(0.5, 8000, 440.0)
+    p = write_wav(tmp_path / "s.wav", y, 8000)
+    out, sr = audio.load(p, sr=None)
+    assert sr == 8000 and out.dtype == np.float32 and out.shape == y.shape
+    np.testing.assert_array_equal(out, y)
+
+
+def test_stereo_mono_is_mean_and_channels_first(tmp_path):
+    left, right = sine(0.3, 16000, 300.0), sine(0.3, 16000, 1234.0, amp=0.25)
+    p = write_wav(tmp_path / "st.wav", np.stack([left, right], axis=1), 16000)
+    mono, _ = audio.load(p, sr=None)
+    np.testing.assert_allclose(mono, (left + right) / 2, rtol=0, atol=1e-7)
+    both, _ = audio.load(p, sr=None, mono=False)
+    assert both.shape == (2, len(left))
+    np.testing.assert_array_equal(both[0], left)
+    np.testing.assert_array_equal(both[1], right)
+
+
+def test_resample_44k_to_22k_matches_scipy_and_keeps_pitch(tmp_path):
+    y = sine(1.0, 44100, 1000.0)
+    p = write_wav(tmp_path / "hi.wav", y, 44100)
+    out, sr = audio.load(p, sr=22050)
+    assert sr == 22050 and len(out) == 22050
+    np.testing.assert_allclose(out, resample_poly(y, 1, 2), atol=1e-6)
+    spec = np.abs(np.fft.rfft(out * np.hanning(len(out))))
+    assert abs(np.argmax(spec) * 22050 / len(out) - 1000.0) <= 1.0
+
+
+def test_resample_rates_reduced_by_gcd():
+    y = sine(0.5, 22050)
+    out = audio.resample(y, 22050, 8000)  # up/down = 160/441
+    assert len(out) == math.ceil(len(y) * 160 / 441)
+    np.testing.assert_allclose(out, resample_poly(y, 160, 441), atol=1e-6)
+    with pytest.raises(PipelineError, match="orig_sr"):
+        audio.resample(y, 0, 8000)
+
+
+def test_offset_and_duration_read_only_the_window(tmp_path):
+    y = np.random.default_rng(0).uniform(-0.5, 0.5, 3 * 8000).astype(np.float32)
+    p = write_wav(tmp_path / "n.wav", y, 8000)
+    seg, _ = audio.load(p, sr=None, offset=1.25, duration=0.5)
+    np.testing.assert_array_equal(seg, y[10000:14000])
+    tail, _ = audio.load(p, sr=None, offset=2.9, duration=5.0)  # runs past the end: shorter
+    np.testing.assert_array_equal(tail, y[23200:])
+    past, _ = audio.load(p, sr=None, offset=10.0)
+    assert past.shape == (0,)
+
+
+def test_mp3_seek_equals_full_decode(tmp_path):
+    y = sine(4.0, 22050, 523.0) + sine(4.0, 22050, 97.0, amp=0.2)
+    p = write_mp3(tmp_path / "s.mp3", y, 22050)
+    full, sr = audio.load(p, sr=None)
+    assert sr == 22050 and abs(len(full) - len(y)) < 2048
+    seg, _ = audio.load(p, sr=None, offset=1.5, duration=1.0)
+    start = int(round(1.5 * 22050))
+    np.testing.assert_allclose(seg, full[start:start + 22050], atol=1e-6)
+
+
+def test_length_comes_from_data_not_header(tmp_path):
+    p = truncated_mp3(tmp_path / "t.mp3", seconds=3.0, sr=22050, keep=0.4)
+    assert sf.info(p).frames == 3 * 22050  # the header still claims 3 s
+    y, _ = audio.load(p, sr=None)
+    assert 0 < len(y) < 0.6 * 3 * 22050
+
+
+@pytest.mark.parametrize("maker,pattern", [
+    (zero_byte, "empty"),
+    (text_as_mp3, "soundfile.*audioread"),
+    (tags_only_mp3, "soundfile.*audioread"),
+])
+def test_bad_files_raise_naming_the_file(tmp_path, maker, pattern):
+    p = maker(tmp_path / "bad.mp3")
+    with pytest.raises(PipelineError, match=pattern) as info:
+        audio.load(p)
+    assert "bad.mp3" in str(info.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(PipelineError, match="not found.*nope.wav"):
+        audio.load(tmp_path / "nope.wav")
+
+
+@pytest.mark.parametrize("kwargs,name", [({"offset": -1.0}, "offset"), ({"duration": 0.0}, "duration"),
+                                         ({"sr": 0}, "sr"), ({"offset": float("nan")}, "offset")])
+def test_bad_arguments(tmp_path, kwargs, name):
+    p = write_wav(tmp_path / "s.wav", sine(0.1, 8000), 8000)
+    with pytest.raises(PipelineError, match=name):
+        audio.load(p, **kwargs)
+
+
+def test_audioread_fallback_when_soundfile_fails(tmp_path, monkeypatch):
+    y = sine(0.5, 8000, 440.0)
+    p = write_wav(tmp_path / "pcm.wav", y, 8000, subtype="PCM_16")
+    ref, _ = audio.load(p, sr=None)
+
+    def broken(*a, **k):
+        raise RuntimeError("simulated libsndfile failure")
+
+    monkeypatch.setattr(audio, "_read_soundfile", broken)
+    out, sr = audio.load(p, sr=None, offset=0.1, duration=0.2)  # audioread's stdlib wave backend
+    assert sr == 8000
+    np.testing.assert_allclose(out, ref[800:2400], atol=1e-6)
+
+
+def test_error_quotes_both_backends(tmp_path, monkeypatch):
+    p = text_as_mp3(tmp_path / "x.mp3")
+    with pytest.raises(PipelineError) as info:
+        audio.load(p)
+    msg = str(info.value)
+    assert "soundfile:" in msg and "audioread:" in msg and "x.mp3" in msg
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_no_file_descriptor_leak(tmp_path):
+    good = write_mp3(tmp_path / "g.mp3", sine(0.5, 22050), 22050)
+    bad = text_as_mp3(tmp_path / "b.mp3")
+    trunc = truncated_mp3(tmp_path / "t.mp3", seconds=1.0)
+    audio.load(good)  # warm up lazy imports
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(100):
+        audio.load(good, offset=0.1, duration=0.2)
+        audio.load(trunc)
+        with pytest.raises(PipelineError):
+            audio.load(bad)
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_probe_reports_header(tmp_path):
+    p = write_wav(tmp_path / "st.wav", np.zeros((4410, 2), np.float32), 44100)
+    info = audio.probe(p)
+    assert info == audio.AudioInfo(44100, 4410, 2)
