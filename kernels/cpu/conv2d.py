@@ -1,4 +1,4 @@
-"""Conv2d on the CPU: im2col / col2im in Numba, the GEMMs in NumPy's BLAS.
+"""Conv2d on the CPU: blocked im2col / col2im in Numba around single-threaded BLAS GEMMs.
 
 Dimension letters: ``N, C, H, W`` input, ``F`` filters, ``KH, KW`` kernel,
 ``OH, OW`` output, ``P = OH*OW`` output pixels per image, ``K = C*KH*KW`` the
@@ -6,46 +6,57 @@ GEMM's reduction length (row ``k = (c*KH + i)*KW + j`` of the column matrix).
 Convention: PyTorch's ``conv2d`` (cross-correlation, zero padding, weight
 ``(F, C, KH, KW)``), ``OH = (H + 2*padding - KH)//stride + 1``.
 
-Two layouts of the column matrix, chosen per shape by :func:`choose_layout`
-(measured on the paper's shapes, see bench/conv_vs_torch.py):
+Algorithm (chosen by measurement, see bench/conv_vs_torch.py and the report
+in the commit history). The output is cut into *chunks* of whole output rows,
+sized so that a chunk's column matrix (``K+1`` rows x ``L`` pixels) stays in
+the core's L2 cache (:data:`CHUNK_BYTES`): inside one image when ``OH*OW`` is
+large (first layers), or groups of whole images when it is small (deep
+layers, where a per-image GEMM would be too thin for BLAS). One ``prange``
+over Numba's threads; each thread runs its chunks one after another:
 
-``'image'``  cols ``(N, K+1, P)``: one GEMM per image, ``W (F, K+1) @ cols[n]``,
-             written straight into ``out[n]`` (NCHW, no transpose). Best when
-             ``P`` is large (first layers).
-``'batch'``  cols ``(K+1, N*P)``: one GEMM for the whole batch, then a Numba
-             transpose ``(F, N, P) -> (N, F, P)``. Best when ``P`` is small
-             (deep layers), where per-image GEMMs are too thin for BLAS.
+* forward: im2col of the chunk (plus a row of ones: the bias is folded into
+  the GEMM as an extra weight column), then ``W (F, K+1) @ cols (K+1, L)``
+  written straight into ``out`` (or via a small buffer when the chunk spans
+  images).
+* backward_input: ``dcols (K, L) = W.T @ dout_chunk``, then col2im adds every
+  tap into ``dx`` (correct for overlapping windows, ``stride < KH``). Each
+  image's ``dx`` belongs to exactly one thread, which adds its chunks in a
+  fixed order, so the result is deterministic and race-free.
+* backward_weight: each thread accumulates ``dout_chunk @ cols.T`` into its
+  own ``(F, K)`` buffer (GEMM with beta = 1); the buffers are then summed in
+  thread order into ``dweight`` (``+=``). ``dbias`` is summed in float64.
 
-The bias is folded into the forward GEMM as a row of ones in ``cols`` and a
-column ``bias`` in the weight matrix. Backward to the input is a GEMM to
-``dcols`` and then col2im as a *gather*: one thread owns each ``(n, c)`` plane
-of ``dx`` and adds the taps that read it in fixed ``(i, j, oh, ow)`` order, so
-it is deterministic and correct for overlapping windows (``stride < KH``).
-Parameter gradients accumulate (``+=``), ``dx`` is overwritten; ``dbias`` is
-summed in float64. Every scratch buffer comes from the caller's
-``kernels.Workspace`` so a training step allocates nothing after warm-up.
-Parallelism: ``prange`` over ``N*C`` planes (im2col, col2im), ``N`` (transposes)
-or ``F`` (reductions); BLAS uses its own threads.
+Results depend only on the inputs and the Numba thread count. The GEMM is
+SciPy's BLAS called from inside the Numba threads (:mod:`kernels.cpu.blas`),
+so only one thread pool runs. Every scratch buffer comes from the caller's
+``kernels.Workspace``: a training step allocates nothing after warm-up.
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight", "choose_layout"]
+from .blas import gemm
 
-#: Force a layout for every call ('image' or 'batch'); None = :func:`choose_layout`. For benchmarks.
-FORCE_LAYOUT = None
+__all__ = ["conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight", "plan_chunks"]
+
+#: Target size in bytes of one thread's column block (L2-resident). Tuned on the paper's shapes.
+CHUNK_BYTES = 1 << 20
 
 
-def choose_layout(n, c, f, oh, ow, kh, kw):
-    """Pick the column layout: ``'image'`` for ``P = OH*OW >= 2048``, else ``'batch'``.
+def plan_chunks(n, oh, ow, k1, itemsize, chunk_bytes=None):
+    """Rows per chunk ``R`` and chunks per image (``0`` = chunks of ``R // OH`` whole images).
 
-    Measured (2 cores, OpenBLAS SkylakeX kernels, batch 16): per-image GEMMs
-    write NCHW directly and win on 102x159 (P = 16218); from 51x79 down the
-    single batch GEMM is faster than per-image GEMMs even after the transpose.
+    ``R = max(1, chunk_bytes // ((K+1) * OW * itemsize))``. If ``R < OH`` each
+    image is cut into ``ceil(OH / R)`` chunks of ``R`` rows; otherwise a chunk
+    holds ``R // OH`` whole images.
     """
-    return "image" if oh * ow >= 2048 and n > 1 else "batch"
+    cb = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
+    r = max(1, cb // (k1 * ow * itemsize))
+    if r < oh:
+        return r, -(-oh // r)
+    return (r // oh) * oh, 0
 
 
 # ----------------------------------------------------------------------------- Numba kernels
@@ -59,92 +70,175 @@ def _valid(o_n, pad, tap, stride, size):
     return o0, max(o0, o1)
 
 
-@njit(cache=True, parallel=True)
-def _im2col(cols, x, kh, kw, stride, pad, oh, ow, sn, sk):
-    """cols[n*sn + k*sk + r*OW + o] = xpad[n, c, r*s + i, o*s + j]; row K = ones."""
+@njit(cache=True, inline="always")
+def _chunk(q, r, cpi, n_, oh):
+    """Global output-row range [g0, g1) of chunk q (global row g = n*OH + r)."""
+    if cpi > 0:
+        n = q // cpi
+        r0 = (q - n * cpi) * r
+        return n * oh + r0, n * oh + min(oh, r0 + r)
+    return q * r, min(n_ * oh, (q + 1) * r)
+
+
+@njit(cache=True)
+def _im2col_rows(cols, x, g0, g1, kh, kw, s, pad, oh, ow, ones):
+    """cols[k, (g-g0)*OW + o] = xpad[n, c, r*s + i, o*s + j] for global rows g in [g0, g1)."""
     n_, c_, h_, w_ = x.shape
-    kk = c_ * kh * kw
-    for t in prange(n_ * c_):
-        n = t // c_
-        c = t - n * c_
+    ll = (g1 - g0) * ow
+    for c in range(c_):
         for i in range(kh):
-            r0, r1 = _valid(oh, pad, i, stride, h_)
             for j in range(kw):
-                base = n * sn + ((c * kh + i) * kw + j) * sk
-                o0, o1 = _valid(ow, pad, j, stride, w_)
-                for r in range(oh):
-                    d = base + r * ow
-                    if r < r0 or r >= r1:
-                        for o in range(ow):
-                            cols[d + o] = 0
+                base = ((c * kh + i) * kw + j) * ll
+                o0, o1 = _valid(ow, pad, j, s, w_)
+                for g in range(g0, g1):
+                    n = g // oh
+                    h = (g - n * oh) * s - pad + i
+                    d = base + (g - g0) * ow
+                    if h < 0 or h >= h_:
+                        cols[d:d + ow] = 0
                         continue
-                    h = r * stride - pad + i
-                    for o in range(o0):
-                        cols[d + o] = 0
-                    if stride == 1:
-                        src = x[n, c, h]
-                        off = j - pad
-                        for o in range(o0, o1):
-                            cols[d + o] = src[o + off]
+                    cols[d:d + o0] = 0
+                    src = x[n, c, h]
+                    if s == 1:
+                        cols[d + o0:d + o1] = src[o0 - pad + j:o1 - pad + j]
                     else:
                         for o in range(o0, o1):
-                            cols[d + o] = x[n, c, h, o * stride - pad + j]
-                    for o in range(o1, ow):
-                        cols[d + o] = 0
-        if c == 0:  # the ones row that folds the bias into the GEMM
-            d = n * sn + kk * sk
-            for p in range(oh * ow):
-                cols[d + p] = 1
+                            cols[d + o] = src[o * s - pad + j]
+                    cols[d + o1:d + ow] = 0
+    if ones:
+        k = c_ * kh * kw
+        cols[k * ll:(k + 1) * ll] = 1
 
 
-@njit(cache=True, parallel=True)
-def _col2im(dx, dcols, kh, kw, stride, pad, oh, ow, sn, sk):
-    """dx[n, c] = sum over taps (i, j) of dcols rows reading it (gather, fixed order)."""
+@njit(cache=True)
+def _col2im_rows(dx, dcols, g0, g1, kh, kw, s, pad, oh, ow):
+    """dx[n, c, r*s - pad + i, o*s - pad + j] += dcols[k, (g-g0)*OW + o] (fixed order)."""
     n_, c_, h_, w_ = dx.shape
-    for t in prange(n_ * c_):
-        n = t // c_
-        c = t - n * c_
-        plane = dx[n, c]
-        plane[:, :] = 0
+    ll = (g1 - g0) * ow
+    for c in range(c_):
         for i in range(kh):
-            r0, r1 = _valid(oh, pad, i, stride, h_)
             for j in range(kw):
-                base = n * sn + ((c * kh + i) * kw + j) * sk
-                o0, o1 = _valid(ow, pad, j, stride, w_)
-                for r in range(r0, r1):
-                    row = plane[r * stride - pad + i]
-                    s = base + r * ow
-                    if stride == 1:
-                        off = j - pad
-                        for o in range(o0, o1):
-                            row[o + off] += dcols[s + o]
+                base = ((c * kh + i) * kw + j) * ll
+                o0, o1 = _valid(ow, pad, j, s, w_)
+                for g in range(g0, g1):
+                    n = g // oh
+                    h = (g - n * oh) * s - pad + i
+                    if h < 0 or h >= h_:
+                        continue
+                    row = dx[n, c, h]
+                    d = base + (g - g0) * ow
+                    if s == 1:
+                        row[o0 - pad + j:o1 - pad + j] += dcols[d + o0:d + o1]
                     else:
                         for o in range(o0, o1):
-                            row[o * stride - pad + j] += dcols[s + o]
+                            row[o * s - pad + j] += dcols[d + o]
 
 
-@njit(cache=True, parallel=True)
-def _fnp_to_nfp(out, big):
-    """out[n, f, p] = big[f, n*P + p]  (batch-GEMM result to NCHW)."""
-    n_, f_, p_ = out.shape
-    for n in prange(n_):
+@njit(cache=True)
+def _gather_dout(buf, d3, g0, g1, oh, ow):
+    """buf[f, (g-g0)*OW + o] = dout[n, f, r*OW + o]  (chunk of dout as an (F, L) matrix)."""
+    f_ = d3.shape[1]
+    ll = (g1 - g0) * ow
+    for g in range(g0, g1):
+        n = g // oh
+        p0 = (g - n * oh) * ow
         for f in range(f_):
-            src = big[f, n * p_:(n + 1) * p_]
-            dst = out[n, f]
-            for p in range(p_):
-                dst[p] = src[p]
+            buf[f * ll + (g - g0) * ow:f * ll + (g - g0 + 1) * ow] = d3[n, f, p0:p0 + ow]
 
 
 @njit(cache=True, parallel=True)
-def _nfp_to_fnp(big, dout):
-    """big[f, n*P + p] = dout[n, f, p]  (NCHW gradient to the batch-GEMM layout)."""
-    n_, f_, p_ = dout.shape
+def _forward(out3, x, wa, kh, kw, s, pad, oh, ow, r, cpi, cols, obuf):
+    n_, f_, pp = out3.shape
+    k1 = wa.shape[1]
+    nt = cols.shape[0]
+    nc = n_ * cpi if cpi > 0 else -(-n_ * oh // r)
+    wflat = wa.reshape(-1)
+    oflat = out3.reshape(-1)
+    for t in prange(nt):
+        cb = cols[t]
+        ob = obuf[t]
+        for q in range(t * nc // nt, (t + 1) * nc // nt):
+            g0, g1 = _chunk(q, r, cpi, n_, oh)
+            ll = (g1 - g0) * ow
+            _im2col_rows(cb, x, g0, g1, kh, kw, s, pad, oh, ow, True)
+            if cpi > 0:  # one image: write into out[n, :, rows] directly (row stride P)
+                n = g0 // oh
+                gemm(oflat, n * f_ * pp + (g0 - n * oh) * ow, pp, wflat, 0, k1, False, cb, 0, ll, False, f_, ll, k1, 0.0)
+            else:
+                gemm(ob, 0, ll, wflat, 0, k1, False, cb, 0, ll, False, f_, ll, k1, 0.0)
+                for g in range(g0, g1):
+                    n = g // oh
+                    p0 = (g - n * oh) * ow
+                    for f in range(f_):
+                        out3[n, f, p0:p0 + ow] = ob[f * ll + (g - g0) * ow:f * ll + (g - g0 + 1) * ow]
+
+
+@njit(cache=True, parallel=True)
+def _backward_input(dx, d3, w2, kh, kw, s, pad, oh, ow, r, cpi, dcols, dbuf):
+    n_, f_, pp = d3.shape
+    k = w2.shape[1]
+    nt = dcols.shape[0]
+    wflat = w2.reshape(-1)
+    dflat = d3.reshape(-1)
+    for t in prange(nt):
+        if cpi > 0:  # all chunks of images [t*N/nt, (t+1)*N/nt): this thread owns those dx planes
+            qa = (t * n_ // nt) * cpi
+            qb = ((t + 1) * n_ // nt) * cpi
+        else:  # chunks of whole images
+            nc = -(-n_ * oh // r)
+            qa = t * nc // nt
+            qb = (t + 1) * nc // nt
+        db = dbuf[t]
+        dc = dcols[t]
+        for q in range(qa, qb):
+            g0, g1 = _chunk(q, r, cpi, n_, oh)
+            ll = (g1 - g0) * ow
+            if cpi == 0:
+                dx[g0 // oh:g1 // oh] = 0
+            elif q % cpi == 0:
+                dx[g0 // oh] = 0
+            if cpi > 0:
+                n = g0 // oh
+                gemm(dc, 0, ll, wflat, 0, k, True, dflat, n * f_ * pp + (g0 - n * oh) * ow, pp, False, k, ll, f_, 0.0)
+            else:
+                _gather_dout(db, d3, g0, g1, oh, ow)
+                gemm(dc, 0, ll, wflat, 0, k, True, db, 0, ll, False, k, ll, f_, 0.0)
+            _col2im_rows(dx, dc, g0, g1, kh, kw, s, pad, oh, ow)
+
+
+@njit(cache=True, parallel=True)
+def _backward_weight(dwt, d3, x, kh, kw, s, pad, oh, ow, r, cpi, cols, dbuf):
+    n_, f_, pp = d3.shape
+    nt, _, k = dwt.shape
+    nc = n_ * cpi if cpi > 0 else -(-n_ * oh // r)
+    dflat = d3.reshape(-1)
+    for t in prange(nt):
+        acc = dwt[t].reshape(-1)
+        acc[:] = 0
+        cb = cols[t]
+        db = dbuf[t]
+        for q in range(t * nc // nt, (t + 1) * nc // nt):
+            g0, g1 = _chunk(q, r, cpi, n_, oh)
+            ll = (g1 - g0) * ow
+            _im2col_rows(cb, x, g0, g1, kh, kw, s, pad, oh, ow, False)
+            if cpi > 0:
+                n = g0 // oh
+                gemm(acc, 0, k, dflat, n * f_ * pp + (g0 - n * oh) * ow, pp, False, cb, 0, ll, True, f_, k, ll, 1.0)
+            else:
+                _gather_dout(db, d3, g0, g1, oh, ow)
+                gemm(acc, 0, k, db, 0, ll, False, cb, 0, ll, True, f_, k, ll, 1.0)
+
+
+@njit(cache=True, parallel=True)
+def _sum_threads_acc(dw, dwt):
+    """dw[f, k] += sum_t dwt[t, f, k] in thread order."""
+    nt, f_, k_ = dwt.shape
     for f in prange(f_):
-        dst = big[f]
-        for n in range(n_):
-            src = dout[n, f]
-            for p in range(p_):
-                dst[n * p_ + p] = src[p]
+        for kk in range(k_):
+            acc = dwt[0, f, kk]
+            for t in range(1, nt):
+                acc += dwt[t, f, kk]
+            dw[f, kk] += acc
 
 
 @njit(cache=True, parallel=True)
@@ -160,18 +254,6 @@ def _dbias_acc(dbias, dout):
                 s += src[p]
             acc += s
         dbias[f] += acc
-
-
-@njit(cache=True, parallel=True)
-def _sum_batch_acc(dw, tmp):
-    """dw[f, k] += sum_n tmp[n, f, k] (fixed order over n)."""
-    n_, f_, k_ = tmp.shape
-    for f in prange(f_):
-        for k in range(k_):
-            s = tmp[0, f, k]
-            for n in range(1, n_):
-                s += tmp[n, f, k]
-            dw[f, k] += s
 
 
 # ----------------------------------------------------------------------------- validation
@@ -219,8 +301,9 @@ def _contig(a, ws, name):
     return buf
 
 
-def _layout(n, c, f, oh, ow, kh, kw):
-    return FORCE_LAYOUT or choose_layout(n, c, f, oh, ow, kh, kw)
+def _plan(n, k1, oh, ow, dt, f):
+    r, cpi = plan_chunks(n, oh, ow, k1, dt.itemsize)
+    return r, cpi, min(r, n * oh) * ow, numba.get_num_threads()
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -232,13 +315,14 @@ def conv2d_forward(out, x, weight, bias, stride, padding, ws):
     out : np.ndarray [shape=(N, F, OH, OW), C-contiguous, dtype of x]
         Overwritten. ``OH = (H + 2*padding - KH)//stride + 1``, same for ``OW``.
     x : np.ndarray [shape=(N, C, H, W), float32 or float64]
+        Non-contiguous input is copied into a workspace buffer first.
     weight : np.ndarray [shape=(F, C, KH, KW)]
     bias : np.ndarray [shape=(F,)] or None
     stride : int >= 1
     padding : int >= 0
-        Zero padding on each side.
+        Zero padding on each side of H and W.
     ws : kernels.Workspace
-        Scratch buffers ('conv_cols', 'conv_w', 'conv_big').
+        Scratch buffers ('conv_w', 'conv_cols', 'conv_obuf').
 
     Raises
     ------
@@ -253,20 +337,14 @@ def conv2d_forward(out, x, weight, bias, stride, padding, ws):
         _check("bias", bias, (f,), dt)
     _check("out", out, (n, f, oh, ow), dt, out=True)
     x = _contig(x, ws, "conv_x")
-    k, pp = c * kh * kw, oh * ow
+    k = c * kh * kw
     wa = ws.get("conv_w", (f, k + 1), dt)
     wa[:, :k] = weight.reshape(f, k)
     wa[:, k] = 0 if bias is None else bias
-    if _layout(n, c, f, oh, ow, kh, kw) == "image":
-        cols = ws.get("conv_cols", (n, k + 1, pp), dt)
-        _im2col(cols.reshape(-1), x, kh, kw, s, p, oh, ow, (k + 1) * pp, pp)
-        np.matmul(wa, cols, out=out.reshape(n, f, pp))
-    else:
-        cols = ws.get("conv_cols", (k + 1, n * pp), dt)
-        _im2col(cols.reshape(-1), x, kh, kw, s, p, oh, ow, pp, n * pp)
-        big = ws.get("conv_big", (f, n * pp), dt)
-        np.matmul(wa, cols, out=big)
-        _fnp_to_nfp(out.reshape(n, f, pp), big)
+    r, cpi, lmax, nt = _plan(n, k + 1, oh, ow, dt, f)
+    cols = ws.get("conv_cols", (nt, (k + 1) * lmax), dt)
+    obuf = ws.get("conv_obuf", (nt, f * lmax if cpi == 0 else 1), dt)
+    _forward(out.reshape(n, f, oh * ow), x, wa, kh, kw, s, p, oh, ow, r, cpi, cols, obuf)
 
 
 def conv2d_backward_input(dx, dout, weight, stride, padding, ws):
@@ -275,12 +353,13 @@ def conv2d_backward_input(dx, dout, weight, stride, padding, ws):
     Parameters
     ----------
     dx : np.ndarray [shape=(N, C, H, W), C-contiguous]
-        Output; its shape gives ``H, W`` (several ``H`` map to one ``OH`` when ``stride > 1``).
+        Output; its shape gives ``H, W`` (with ``stride > 1`` several ``H`` give
+        the same ``OH``; rows no window reads get 0).
     dout : np.ndarray [shape=(N, F, OH, OW)]
     weight : np.ndarray [shape=(F, C, KH, KW)]
     stride, padding : int
     ws : kernels.Workspace
-        Scratch buffers ('conv_dcols', 'conv_big').
+        Scratch buffers ('conv_dcols', 'conv_dbuf').
 
     Raises
     ------
@@ -295,18 +374,12 @@ def conv2d_backward_input(dx, dout, weight, stride, padding, ws):
     _check("weight", weight, weight.shape, dt)
     _check("dout", dout, (n, f, oh, ow), dt)
     dout = _contig(dout, ws, "conv_dout")
-    k, pp = c * kh * kw, oh * ow
-    w2 = weight.reshape(f, k)
-    if _layout(n, c, f, oh, ow, kh, kw) == "image":
-        dcols = ws.get("conv_dcols", (n, k, pp), dt)
-        np.matmul(w2.T, dout.reshape(n, f, pp), out=dcols)
-        _col2im(dx, dcols.reshape(-1), kh, kw, s, p, oh, ow, k * pp, pp)
-    else:
-        big = ws.get("conv_big", (f, n * pp), dt)
-        _nfp_to_fnp(big, dout.reshape(n, f, pp))
-        dcols = ws.get("conv_dcols", (k, n * pp), dt)
-        np.matmul(w2.T, big, out=dcols)
-        _col2im(dx, dcols.reshape(-1), kh, kw, s, p, oh, ow, pp, n * pp)
+    weight = _contig(weight, ws, "conv_wc")
+    k = c * kh * kw
+    r, cpi, lmax, nt = _plan(n, k + 1, oh, ow, dt, f)
+    dcols = ws.get("conv_dcols", (nt, k * lmax), dt)
+    dbuf = ws.get("conv_dbuf", (nt, f * lmax if cpi == 0 else 1), dt)
+    _backward_input(dx, dout.reshape(n, f, oh * ow), weight.reshape(f, k), kh, kw, s, p, oh, ow, r, cpi, dcols, dbuf)
 
 
 def conv2d_backward_weight(dweight, dbias, dout, x, stride, padding, ws):
@@ -323,7 +396,7 @@ def conv2d_backward_weight(dweight, dbias, dout, x, stride, padding, ws):
         The forward input.
     stride, padding : int
     ws : kernels.Workspace
-        Scratch buffers ('conv_cols', 'conv_big', 'conv_dw').
+        Scratch buffers ('conv_cols', 'conv_dbuf', 'conv_dwt').
 
     Raises
     ------
@@ -340,22 +413,13 @@ def conv2d_backward_weight(dweight, dbias, dout, x, stride, padding, ws):
     _check("dout", dout, (n, f, oh, ow), dt)
     x = _contig(x, ws, "conv_x")
     dout = _contig(dout, ws, "conv_dout")
-    k, pp = c * kh * kw, oh * ow
-    d3 = dout.reshape(n, f, pp)
+    k = c * kh * kw
+    d3 = dout.reshape(n, f, oh * ow)
     if dbias is not None:
         _dbias_acc(dbias, d3)
-    dw2 = dweight.reshape(f, k)
-    if _layout(n, c, f, oh, ow, kh, kw) == "image":
-        cols = ws.get("conv_cols", (n, k + 1, pp), dt)
-        _im2col(cols.reshape(-1), x, kh, kw, s, p, oh, ow, (k + 1) * pp, pp)
-        tmp = ws.get("conv_dw", (n, f, k), dt)
-        np.matmul(d3, cols[:, :k, :].transpose(0, 2, 1), out=tmp)
-        _sum_batch_acc(dw2, tmp)
-    else:
-        cols = ws.get("conv_cols", (k + 1, n * pp), dt)
-        _im2col(cols.reshape(-1), x, kh, kw, s, p, oh, ow, pp, n * pp)
-        big = ws.get("conv_big", (f, n * pp), dt)
-        _nfp_to_fnp(big, d3)
-        tmp = ws.get("conv_dw", (f, k), dt)
-        np.matmul(big, cols[:k].T, out=tmp)
-        dw2 += tmp
+    r, cpi, lmax, nt = _plan(n, k + 1, oh, ow, dt, f)
+    cols = ws.get("conv_cols", (nt, (k + 1) * lmax), dt)
+    dbuf = ws.get("conv_dbuf", (nt, f * lmax if cpi == 0 else 1), dt)
+    dwt = ws.get("conv_dwt", (nt, f, k), dt)
+    _backward_weight(dwt, d3, x, kh, kw, s, p, oh, ow, r, cpi, cols, dbuf)
+    _sum_threads_acc(dweight.reshape(f, k), dwt)
