@@ -1,0 +1,212 @@
+"""pipeline.spectrogram: dB, mel, resize, images, crops (ok / padded / skipped)."""
+import matplotlib
+import numpy as np
+import pytest
+
+from audio_fixtures import sine, tags_only_mp3, truncated_mp3, write_mp3, write_wav, zero_byte
+from pipeline import spectrogram as S
+from pipeline.errors import PipelineError
+
+SMALL = S.SpectrogramConfig(sr=8000, crop_seconds=1.0, n_fft=256, hop_length=64)
+
+
+# ------------------------------------------------------------------ dB
+
+def test_power_to_db_formula_and_silence_is_finite():
+    P = np.array([[0.0, 1e-12, 1e-10], [1.0, 100.0, 1e4]], np.float32)
+    db = S.power_to_db(P, top_db=None)
+    np.testing.assert_allclose(db, [[-100, -100, -100], [0, 20, 40]], atol=1e-4)
+    db80 = S.power_to_db(P)  # floor at max - 80 = -40
+    np.testing.assert_allclose(db80, [[-40, -40, -40], [0, 20, 40]], atol=1e-4)
+    silence = S.power_to_db(np.zeros((5, 7), np.float32))
+    assert np.all(np.isfinite(silence)) and np.all(silence == pytest.approx(-100.0))
+    np.testing.assert_allclose(S.power_to_db(P, ref=np.max, top_db=None)[1], [-40, -20, 0], atol=1e-4)
+
+
+def test_amplitude_to_db_is_power_to_db_of_square():
+    A = np.abs(np.random.default_rng(0).standard_normal((20, 30))).astype(np.float32)
+    np.testing.assert_allclose(S.amplitude_to_db(A), S.power_to_db(A ** 2), rtol=1e-6)
+    np.testing.assert_allclose(S.amplitude_to_db(np.array([10.0]), top_db=None), [20.0])
+
+
+@pytest.mark.parametrize("ref", [1.0, np.max, 3.5])
+@pytest.mark.parametrize("top_db", [80.0, None, 40.0])
+def test_db_equals_librosa(ref, top_db):
+    librosa = pytest.importorskip("librosa")
+    rng = np.random.default_rng(1)
+    A = (np.abs(rng.standard_normal((64, 50))) * rng.uniform(0, 1, (64, 50)) ** 8).astype(np.float32)
+    A[:3] = 0.0  # digital silence rows
+    np.testing.assert_allclose(S.amplitude_to_db(A, ref=ref, top_db=top_db),
+                               librosa.amplitude_to_db(A, ref=ref, top_db=top_db), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(S.power_to_db(A ** 2, ref=ref, top_db=top_db),
+                               librosa.power_to_db(A ** 2, ref=ref, top_db=top_db), rtol=1e-5, atol=1e-4)
+
+
+def test_db_bad_arguments():
+    with pytest.raises(PipelineError, match="amin"):
+        S.power_to_db(np.ones(3), amin=0)
+    with pytest.raises(PipelineError, match="top_db"):
+        S.power_to_db(np.ones(3), top_db=-1)
+    with pytest.raises(PipelineError, match="complex"):
+        S.power_to_db(np.ones(3, np.complex64))
+
+
+# ------------------------------------------------------------------ mel
+
+@pytest.mark.parametrize("sr,n_fft,n_mels", [(22050, 2048, 128), (8000, 256, 40), (44100, 1024, 64)])
+def test_mel_filterbank_equals_librosa(sr, n_fft, n_mels):
+    librosa = pytest.importorskip("librosa")
+    ours = S.mel_filterbank(sr, n_fft, n_mels)
+    ref = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, htk=False, norm="slaney")
+    assert ours.shape == ref.shape == (n_mels, 1 + n_fft // 2) and ours.dtype == np.float32
+    np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-9)
+
+
+def test_mel_scale_slaney_points():
+    # Slaney: linear 200/3 Hz per mel below 1 kHz, 15 mel at 1 kHz, log above.
+    np.testing.assert_allclose(S.hz_to_mel([0, 200 / 3, 1000, 6400]), [0, 1, 15, 42], atol=1e-9)
+    np.testing.assert_allclose(S.mel_to_hz(S.hz_to_mel([55.0, 440.0, 3520.0])), [55.0, 440.0, 3520.0])
+
+
+def test_mel_filterbank_rows_are_ordered_triangles():
+    fb = S.mel_filterbank(22050, 2048, 128)
+    peaks = fb.argmax(axis=1)
+    assert np.all(np.diff(peaks) >= 0) and np.all(fb >= 0)
+    assert np.all(fb.sum(axis=1) > 0)
+
+
+# ------------------------------------------------------------------ resize and images
+
+def test_resize_matrix_area_and_bilinear():
+    R = S.resize_matrix(4, 2)
+    np.testing.assert_allclose(R, [[0.5, 0.5, 0, 0], [0, 0, 0.5, 0.5]])
+    R3 = S.resize_matrix(3, 2)  # cells cover 1.5 inputs each
+    np.testing.assert_allclose(R3, [[2 / 3, 1 / 3, 0], [0, 1 / 3, 2 / 3]], atol=1e-7)
+    U = S.resize_matrix(2, 4)  # half-pixel bilinear, clamped
+    np.testing.assert_allclose(U, [[1, 0], [0.75, 0.25], [0.25, 0.75], [0, 1]])
+    for n_in, n_out in [(1025, 102), (431, 159), (129, 102), (126, 159)]:
+        np.testing.assert_allclose(S.resize_matrix(n_in, n_out).sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_to_image_shape_range_and_orientation():
+    cfg = S.SpectrogramConfig()
+    y = sine(10.0, 22050, 200.0)  # low tone -> bright near row 0
+    img = S.to_image(S.spectrogram_db(y, cfg), cfg)
+    assert img.shape == (1, 102, 159) and img.dtype == np.float32
+    assert img.min() == 0.0 and img.max() == pytest.approx(1.0, abs=1e-6)
+    bright_row = img[0].mean(axis=1).argmax()
+    assert bright_row == int(200 / 11025 * 102)  # row 0 = lowest frequency
+    rgb = S.to_image(S.spectrogram_db(y, S.SpectrogramConfig(mode="rgb")), S.SpectrogramConfig(mode="rgb"))
+    assert rgb.shape == (3, 102, 159) and rgb.dtype == np.float32
+    expect = matplotlib.colormaps["viridis"](img[0])[..., :3].transpose(2, 0, 1)
+    np.testing.assert_allclose(rgb, expect, atol=1e-7)
+
+
+def test_to_image_constant_gives_zeros_and_nan_raises():
+    cfg = S.SpectrogramConfig()
+    z = S.to_image(np.full((1025, 431), -100.0, np.float32), cfg)
+    assert np.array_equal(z, np.zeros((1, 102, 159), np.float32))
+    bad = np.zeros((1025, 431), np.float32)
+    bad[5, 5] = np.nan
+    with pytest.raises(PipelineError, match="NaN"):
+        S.to_image(bad, S.SpectrogramConfig(mode="rgb"))
+    bad[5, 5] = np.inf
+    with pytest.raises(PipelineError, match="inf"):
+        S.to_image(bad, cfg)
+
+
+def test_colormap_lut_matches_matplotlib_quantisation():
+    lut = S.colormap_lut("viridis")
+    q = np.arange(256, dtype=np.uint8)
+    np.testing.assert_allclose(lut[q], matplotlib.colormaps["viridis"](q / 255.0)[:, :3], atol=1e-7)
+    with pytest.raises(PipelineError, match="colormap"):
+        S.colormap_lut("no-such-map")
+
+
+def test_mel_config_image():
+    cfg = S.SpectrogramConfig(spectrogram="mel", n_mels=128)
+    y = sine(10.0, 22050, 3000.0)
+    db = S.spectrogram_db(y, cfg)
+    assert db.shape == (128, 431)
+    assert S.to_image(db, cfg).shape == (1, 102, 159)
+
+
+@pytest.mark.parametrize("field,value", [("mode", "grey"), ("spectrogram", "cqt"), ("sr", 0),
+                                         ("crop_seconds", -1.0), ("height", 0), ("n_fft", 2.5)])
+def test_config_validation(field, value):
+    with pytest.raises(PipelineError, match=field):
+        S.SpectrogramConfig(**{field: value})
+
+
+# ------------------------------------------------------------------ crops
+
+def test_crop_reproducible_and_seeded(tmp_path):
+    y = np.random.default_rng(0).uniform(-0.5, 0.5, 5 * 8000).astype(np.float32)
+    p = write_wav(tmp_path / "noise.wav", y, 8000)
+    a, ia = S.crop(p, SMALL, seed=3, track_id=17)
+    b, ib = S.crop(p, SMALL, seed=3, track_id=17)
+    assert ia == ib and np.array_equal(a, b) and ia["status"] == "ok"
+    start = int(round(ia["offset_s"] * 8000))
+    np.testing.assert_array_equal(a, y[start:start + 8000])  # the crop is the window it claims
+    offsets = {S.crop(p, SMALL, seed=s, track_id=17)[1]["offset_s"] for s in range(8)}
+    assert len(offsets) > 4  # different seeds, different windows
+    assert all(0 <= o <= 4.0 for o in offsets)
+
+
+def test_crop_of_exact_length_starts_at_zero(tmp_path):
+    p = write_wav(tmp_path / "one.wav", sine(1.0, 8000), 8000)
+    for seed in range(5):
+        y, info = S.crop(p, SMALL, seed=seed)
+        assert info["offset_s"] == 0.0 and info["status"] == "ok" and len(y) == 8000
+
+
+def test_short_clip_is_padded_and_flagged(tmp_path):
+    p = write_wav(tmp_path / "short.wav", sine(0.3, 8000), 8000)
+    y, info = S.crop(p, SMALL, seed=0)
+    assert len(y) == 8000 and info["status"] == "padded" and "0.300 s" in info["reason"]
+    assert np.all(y[2400:] == 0) and np.any(y[:2400] != 0)
+
+
+def test_silence_gives_zero_image(tmp_path):
+    p = write_wav(tmp_path / "silence.wav", np.zeros(16000, np.float32), 8000)
+    img, info = S.track_image(p, SMALL, seed=0)
+    assert np.array_equal(img, np.zeros((1, 102, 159), np.float32))
+    assert info["status"] == "ok" and "silence" in info["reason"]
+
+
+def test_truncated_mp3_header_lie_gives_padded_crop(tmp_path):
+    p = truncated_mp3(tmp_path / "t.mp3", seconds=3.0, sr=22050, keep=0.4)
+    cfg = S.SpectrogramConfig(crop_seconds=2.0)
+    y, info = S.crop(p, cfg, seed=1)
+    assert len(y) == 44100 and info["status"] == "padded"
+    assert 0.3 < info["decoded_s"] < 1.8  # real data, not the header's 3 s
+
+
+@pytest.mark.parametrize("maker", [zero_byte, tags_only_mp3])
+def test_unusable_files_raise(tmp_path, maker):
+    p = maker(tmp_path / "bad.mp3")
+    with pytest.raises(PipelineError, match="bad.mp3"):
+        S.track_image(p, SMALL)
+
+
+def test_stereo_44k_mp3_end_to_end(tmp_path):
+    y = np.stack([sine(12.0, 44100, 440.0), sine(12.0, 44100, 880.0)], axis=1)
+    p = write_mp3(tmp_path / "st.mp3", y, 44100)
+    img, info = S.track_image(p, S.SpectrogramConfig(mode="rgb"), seed=0, track_id=2)
+    assert img.shape == (3, 102, 159) and info["status"] == "ok"
+    assert 0.0 <= img.min() and img.max() <= 1.0 and 0 <= info["offset_s"] <= 2.0
+
+
+def test_track_images_evenly_spaced(tmp_path):
+    p = write_wav(tmp_path / "three.wav", sine(3.0, 8000), 8000)
+    imgs, info = S.track_images(p, SMALL, n_crops=3)
+    assert imgs.shape == (3, 1, 102, 159) and info["offsets_s"] == [0.0, 1.0, 2.0]
+    with pytest.raises(PipelineError, match="n_crops"):
+        S.track_images(p, SMALL, n_crops=0)
+
+
+def test_fma_mini_real_clip(fma_mini):
+    p = fma_mini / "fma_small" / "000" / "000002.mp3"
+    img, info = S.track_image(p, S.SpectrogramConfig(), seed=0, track_id=2)
+    assert img.shape == (1, 102, 159) and info["status"] == "ok" and info["decoded_s"] == 10.0
+    assert img.std() > 0.05  # real music, not a flat image
