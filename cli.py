@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import itertools
 import json
 import os
@@ -206,6 +207,7 @@ def add_train_args(p: argparse.ArgumentParser, grid: bool = False) -> None:
     g.add_argument("--checkpoint-every", type=int, default=50,
                    help="also checkpoint every N steps inside an epoch, for --resume (default: 50; 0 = epoch ends)")
     g.add_argument("--max-steps", type=int, default=None, help=argparse.SUPPRESS)
+    g.add_argument("--step-delay", type=float, default=0.0, help=argparse.SUPPRESS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -467,7 +469,7 @@ def _train_config(args, model=None, lr=None, batch_size=None, dropout=None, weig
                        patience=args.patience, device=args.device, seed=args.seed,
                        checkpoint_every=args.checkpoint_every,
                        overfit_batch=bool(getattr(args, "overfit_batch", False)),
-                       progress=not args.quiet, max_steps=args.max_steps)
+                       progress=not args.quiet, max_steps=args.max_steps, step_delay=args.step_delay)
 
 
 def run_training(ds, src, cfg, out: Path, argv, resume=False, log=print) -> dict:
@@ -522,8 +524,10 @@ def cmd_train(args, argv) -> int:
         cfg.progress = not args.quiet
         if args.epochs is not None:
             cfg.epochs = args.epochs
-        if args.max_steps is not None:
-            cfg.max_steps = args.max_steps
+        cfg.max_steps = args.max_steps
+        cfg.step_delay = args.step_delay
+        if args.patience is not None:
+            cfg.patience = args.patience
         from pipeline.dataset import Dataset
 
         _device_check(cfg.device)
@@ -597,13 +601,17 @@ def cmd_predict(args, argv) -> int:
     import kernels
     from engine import train as tr
     from pipeline.errors import PipelineError
-    from pipeline.spectrogram import SpectrogramConfig, track_images
+    from pipeline.spectrogram import SpectrogramConfig, colormap_lut, track_images
 
     conf, cfg, ds, model, _ = _load_run(args.run_dir, args.checkpoint)
     spec = conf.get("spectrogram") or (getattr(ds, "manifest", {}) or {}).get("config")
     if not spec:
         raise UsageError(f"{args.run_dir}: the dataset manifest has no spectrogram config; cannot predict")
-    sc = SpectrogramConfig.from_dict(spec)
+    # the cache stores mono images quantised to uint8 and applies the colormap when batches are read
+    # (pipeline.dataset): do exactly the same here so predictions see what training saw
+    sc = dataclasses.replace(SpectrogramConfig.from_dict(spec), mode="mono")
+    mode = tr.model_mode(cfg.model)
+    lut = colormap_lut(sc.colormap) if mode == "rgb" else None
     classes = list(ds.classes)
     xp = kernels.get_backend(cfg.device).xp
     model.eval()
@@ -617,7 +625,11 @@ def cmd_predict(args, argv) -> int:
             print(f"error: {exc}", file=sys.stderr)
             rc = 2
             continue
-        x = imgs.astype(np.float32)
+        q = np.rint(255.0 * imgs[:, 0]).astype(np.uint8)
+        if lut is None:
+            x = (q.astype(np.float32) * np.float32(1.0 / 255.0))[:, None]
+        else:
+            x = np.ascontiguousarray(lut[q].transpose(0, 3, 1, 2)).astype(np.float32)
         logits = tr.to_numpy(model.forward(xp.asarray(x) if xp is not np else x)).astype(np.float64)
         p = np.exp(logits - logits.max(axis=1, keepdims=True))
         p /= p.sum(axis=1, keepdims=True)

@@ -99,6 +99,8 @@ class TrainConfig:
         Show a tqdm progress bar per epoch.
     max_steps : int or None
         Stop after this many steps in total (debug / tests).
+    step_delay : float
+        Seconds to sleep after every step (tests: makes a run slow enough to kill mid-epoch).
     """
 
     model: str = "cnn6_rgb"
@@ -114,6 +116,7 @@ class TrainConfig:
     overfit_batch: bool = False
     progress: bool = True
     max_steps: int | None = None
+    step_delay: float = 0.0
     extra: dict = field(default_factory=dict)
 
 
@@ -397,6 +400,8 @@ def fit(dataset, cfg: TrainConfig, out_dir, resume: bool = False, log=print) -> 
                 state["step_in_epoch"] += 1
                 state["global_step"] += 1
                 t2 = time.perf_counter()
+                if cfg.step_delay:
+                    time.sleep(cfg.step_delay)
                 state["wait_seconds"] += t1 - t0
                 state["epoch_seconds"] += t2 - t0
                 if bar is not None:
