@@ -1,0 +1,207 @@
+"""pipeline.dataset: cache build (hash, resume, workers, timeout), Dataset batches, prepare_*."""
+import json
+import multiprocessing
+import time
+
+import numpy as np
+import pytest
+
+from audio_fixtures import sine, text_as_mp3, write_wav, zero_byte
+import pipeline.dataset as D
+from pipeline.errors import PipelineError
+from pipeline.spectrogram import SpectrogramConfig, colormap_lut, track_image
+
+CFG = SpectrogramConfig(sr=8000, crop_seconds=1.0, n_fft=256, hop_length=64)
+HAS_FORK = "fork" in multiprocessing.get_all_start_methods()
+
+
+def _items(tmp_path, n=12, bad=()):
+    """n tiny wav tracks (2 classes), with the indices in ``bad`` replaced by broken files."""
+    items = []
+    for i in range(n):
+        p = tmp_path / f"t{i:02d}.wav"
+        if i in bad:
+            (zero_byte if i % 2 else text_as_mp3)(p)
+        else:
+            write_wav(p, sine(1.5, 8000, 200.0 + 150 * i), 8000)
+        items.append({"path": str(p), "key": i, "label": i % 2, "split": ("train", "val", "test")[i % 3],
+                      "id": f"t{i}"})
+    return items
+
+
+def test_build_and_read_back(tmp_path):
+    items = _items(tmp_path, bad=(5,))
+    m = D.build_cache(tmp_path / "ds", items, CFG, ["a", "b"], seed=0, workers=0, progress=False)
+    assert m["status_counts"] == {"ok": 11, "padded": 0, "skipped": 1}
+    assert m["tracks"][5]["status"] == "skipped" and "t05.wav" in m["tracks"][5]["reason"]
+    ds = D.Dataset(tmp_path / "ds")
+    assert isinstance(ds.images, np.memmap) and ds.images.shape == (11, 102, 159) and ds.images.dtype == np.uint8
+    assert ds.labels.dtype == np.int64 and ds.labels.tolist() == [i % 2 for i in range(12) if i != 5]
+    assert ds.ids.tolist() == [f"t{i}" for i in range(12) if i != 5]
+    # stored rows are exactly the quantised mono images of the chain
+    img, _ = track_image(items[3]["path"], CFG, seed=0, track_id=3)
+    np.testing.assert_array_equal(ds.images[3], np.rint(img[0] * 255).astype(np.uint8))
+    assert not (tmp_path / "ds" / "work").exists()
+    on_disk = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    assert on_disk["param_hash"] == m["param_hash"] and on_disk["config"]["n_fft"] == 256
+
+
+def test_batches_mono_rgb_shuffle_and_prefetch(tmp_path):
+    D.build_cache(tmp_path / "ds", _items(tmp_path), CFG, ["a", "b"], workers=0, progress=False)
+    ds = D.Dataset(tmp_path / "ds")
+    assert ds.n_channels("mono") == 1 and ds.n_channels("rgb") == 3 and ds.image_shape("rgb") == (3, 102, 159)
+    train = ds.indices("train")
+    seen = []
+    for x, y in ds.batches("train", batch_size=3, shuffle=True, seed=5, mode="mono"):
+        assert x.dtype == np.float32 and x.shape[1:] == (1, 102, 159) and y.dtype == np.int64
+        seen.append((x, y))
+    xs = np.concatenate([x for x, _ in seen])
+    ys = np.concatenate([y for _, y in seen])
+    order = train[np.random.default_rng(5).permutation(len(train))]
+    np.testing.assert_array_equal(xs[:, 0], ds.images[order].astype(np.float32) * np.float32(1 / 255))
+    np.testing.assert_array_equal(ys, ds.labels[order])
+    sync = list(ds.batches("train", 3, True, 5, "mono", prefetch=0))
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(seen, sync))
+    x_rgb, _ = next(iter(ds.batches("val", 4, shuffle=False, mode="rgb")))
+    assert x_rgb.shape == (len(ds.indices("val")), 3, 102, 159)
+    np.testing.assert_array_equal(x_rgb, colormap_lut("viridis")[ds.images[ds.indices("val")]].transpose(0, 3, 1, 2))
+    assert len(list(ds.batches("train", 3, drop_last=True))) == len(train) // 3
+    gen = ds.batches("train", 1)
+    next(gen)
+    gen.close()  # an abandoned epoch stops its thread
+    assert ds.wait_seconds >= 0.0
+    with pytest.raises(PipelineError, match="mode"):
+        next(ds.batches("train", 2, mode="grey"))
+
+
+def test_same_parameters_reuse_changed_parameters_refuse(tmp_path):
+    items = _items(tmp_path, n=6)
+    D.build_cache(tmp_path / "ds", items, CFG, ["a", "b"], workers=0, progress=False)
+    stamp = (tmp_path / "ds" / "images.npy").stat().st_mtime_ns
+    m = D.build_cache(tmp_path / "ds", items, CFG, ["a", "b"], workers=0, progress=False)
+    assert (tmp_path / "ds" / "images.npy").stat().st_mtime_ns == stamp and m["computed_this_run"] == 6
+    other = SpectrogramConfig(sr=8000, crop_seconds=1.0, n_fft=512, hop_length=64)
+    assert D.cache_hash(items, other, ["a", "b"]) != D.cache_hash(items, CFG, ["a", "b"])
+    assert D.cache_hash(items, SpectrogramConfig(**{**CFG.to_dict(), "mode": "rgb"}), ["a", "b"]) == \
+        D.cache_hash(items, CFG, ["a", "b"])  # read-time only
+    with pytest.raises(PipelineError, match="other parameters"):
+        D.build_cache(tmp_path / "ds", items, other, ["a", "b"], workers=0, progress=False)
+    with pytest.raises(PipelineError, match="other parameters"):
+        D.build_cache(tmp_path / "ds", items, CFG, ["a", "b"], seed=1, workers=0, progress=False)
+
+
+def test_interrupted_build_resumes_without_recomputing(tmp_path, monkeypatch):
+    items = _items(tmp_path, n=12, bad=(2,))
+    assert D.build_cache(tmp_path / "ds", items, CFG, ["a", "b"], workers=0, chunk_size=4,
+                         progress=False, stop_after_chunks=2) is None
+    assert not (tmp_path / "ds" / "manifest.json").exists()
+    assert len(list((tmp_path / "ds" / "work" / "chunks").glob("*.json"))) == 2
+    calls = []
+    real = D._process_one
+    monkeypatch.setattr(D, "_process_one", lambda p, *a: calls.append(p) or real(p, *a))
+    m = D.build_cache(tmp_path / "ds", items, CFG, ["a", "b"], workers=0, chunk_size=4, progress=False)
+    assert m["computed_this_run"] == 4 and sorted(calls) == [it["path"] for it in items[8:]]
+    assert m["tracks"][2]["status"] == "skipped"  # the status from before the interruption survives
+    fresh = D.build_cache(tmp_path / "fresh", items, CFG, ["a", "b"], workers=0, progress=False)
+    np.testing.assert_array_equal(D.Dataset(tmp_path / "ds").images, D.Dataset(tmp_path / "fresh").images)
+    assert fresh["param_hash"] == m["param_hash"]
+
+
+@pytest.mark.skipif(not HAS_FORK, reason="the patched worker needs the fork start method")
+def test_workers_match_serial_and_hung_track_times_out(tmp_path, monkeypatch):
+    items = _items(tmp_path, n=8, bad=(1,))
+    serial = D.build_cache(tmp_path / "serial", items, CFG, ["a", "b"], workers=0, progress=False)
+    real = D._process_one
+
+    def maybe_hang(path, *a):
+        if path.endswith("t06.wav"):
+            time.sleep(60)  # a decoder stuck forever
+        return real(path, *a)
+
+    monkeypatch.setattr(D, "_process_one", maybe_hang)  # inherited by forked workers
+    t0 = time.monotonic()
+    par = D.build_cache(tmp_path / "par", items, CFG, ["a", "b"], workers=2, timeout=1.5, progress=False)
+    assert time.monotonic() - t0 < 30
+    assert par["tracks"][6]["status"] == "skipped" and "timeout" in par["tracks"][6]["reason"]
+    assert par["tracks"][1]["status"] == "skipped"
+    a, b = D.Dataset(tmp_path / "serial"), D.Dataset(tmp_path / "par")
+    keep = [i for i in range(len(a)) if a.ids[i] != "t6"]
+    np.testing.assert_array_equal(a.images[keep], b.images)
+    assert serial["status_counts"]["ok"] == 7 and par["status_counts"]["ok"] == 6
+
+
+def test_all_skipped_is_an_error(tmp_path):
+    items = _items(tmp_path, n=3, bad=(0, 1, 2))
+    with pytest.raises(PipelineError, match="every one of the 3 tracks"):
+        D.build_cache(tmp_path / "ds", items, CFG, ["a", "b"], workers=0, progress=False)
+
+
+def test_unfinished_dataset_cannot_be_opened(tmp_path):
+    with pytest.raises(PipelineError, match="manifest.json"):
+        D.Dataset(tmp_path)
+
+
+def test_prepare_folder_from_csv(tmp_path):
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    lines = ["path,label"]
+    for i in range(9):
+        write_wav(audio / f"c{i}.wav", sine(0.8, 8000, 300.0 * (1 + i % 3)), 8000)
+        lines.append(f"c{i}.wav,{['low', 'mid', 'high'][i % 3]}")
+    (audio / "labels.csv").write_text("\n".join(lines) + "\n")
+    out = D.prepare_folder(audio, tmp_path / "cache", CFG, labels_csv=audio / "labels.csv", workers=0,
+                           progress=False)
+    ds = D.Dataset(out)
+    assert out.name.startswith("audio-") and ds.classes == ["high", "low", "mid"]
+    assert ds.manifest["status_counts"] == {"ok": 0, "padded": 9, "skipped": 0}  # 0.8 s < 1 s crop
+    for s in ("train", "val", "test"):
+        assert sorted(ds.labels[ds.indices(s)].tolist()) == [0, 1, 2]
+    with pytest.raises(PipelineError, match="exactly one label source"):
+        D.prepare_folder(audio, tmp_path / "cache", CFG)
+
+
+def test_prepare_fma_mini_reports_faults_and_goes_on(fma_mini, tmp_path):
+    out = D.prepare_fma(fma_mini / "fma_small", fma_mini / "fma_metadata" / "tracks.csv", tmp_path,
+                        workers=2, progress=False)
+    ds = D.Dataset(out)
+    m = ds.manifest
+    status = {t["id"]: t for t in m["tracks"]}
+    assert len(status) == 58 and len(ds) == 57
+    assert status["194"]["status"] == "skipped" and "000194.mp3" in status["194"]["reason"]
+    assert status["190"]["status"] == "padded" and "1.200 s" in status["190"]["reason"]
+    assert m["status_counts"] == {"ok": 56, "padded": 1, "skipped": 1}
+    e1, e2 = m["bucket_edges"]
+    listens = {t["id"]: t for t in m["tracks"]}
+    assert e1 < e2 and ds.classes == ["low", "medium", "high"]
+    np.testing.assert_allclose(m["bucket_shares"], (0.168, 0.467, 0.365), atol=0.02)
+    splits_seen = set(ds.split.tolist())
+    assert splits_seen == {"train", "val", "test"} and set(listens) >= set(ds.ids.tolist())
+    x, y = next(iter(ds.batches("train", 8, mode="rgb")))
+    assert x.shape == (8, 3, 102, 159) and 0 <= x.min() and x.max() <= 1
+    again = D.prepare_fma(fma_mini / "fma_small", fma_mini / "fma_metadata" / "tracks.csv", tmp_path,
+                          workers=2, progress=False)
+    assert again == out
+    other = D.prepare_fma(fma_mini / "fma_small", fma_mini / "fma_metadata" / "tracks.csv", tmp_path,
+                          SpectrogramConfig(crop_seconds=3.0), split="group", bucket_edges=(700, 2500),
+                          workers=2, progress=False)
+    assert other != out
+    dg = D.Dataset(other)
+    groups = {t["id"]: t["group"] for t in dg.manifest["tracks"]}
+    by_split = {s: {groups[i] for i in dg.ids[dg.split == s]} for s in ("train", "val", "test")}
+    assert not (by_split["train"] & by_split["val"]) and not (by_split["train"] & by_split["test"])
+    assert dg.manifest["bucket_edges"] == [700.0, 2500.0]
+
+
+def test_prepare_fsdd_subset_speaker_disjoint(fsdd, tmp_path):
+    files = [fsdd / f"{d}_{s}_{t}.wav" for d in range(10)
+             for s in ("george", "jackson", "lucas", "nicolas", "yweweler") for t in (0, 1)]
+    out = D.prepare_folder(fsdd, tmp_path, CFG, label_regex=r"^(\d)_", group_regex=r"^\d_([a-z]+)_",
+                           split="group", files=files, workers=2, progress=False)
+    ds = D.Dataset(out)
+    assert len(ds) == 100 and ds.classes == [str(d) for d in range(10)]
+    speakers = {s: {i.split("_")[1] for i in ds.ids[ds.split == s]} for s in ("train", "val", "test")}
+    assert sum(len(v) for v in speakers.values()) == 5  # every speaker in exactly one split
+    assert all(np.bincount(ds.labels[ds.indices(s)], minlength=10).min() == 2 * len(speakers[s])
+               for s in ("train", "val", "test"))
+    counts = ds.manifest["status_counts"]
+    assert counts["skipped"] == 0 and counts["ok"] + counts["padded"] == 100
