@@ -1,0 +1,240 @@
+"""Numba Conv2d and Linear kernels against the float64 reference (engine.reference.conv).
+
+Tolerance policy (STYLE.md, section 5):
+* float64 kernels vs the float64 reference: rtol 1e-10, atol 1e-10. Both
+  compute the same sums in a different order, so they differ by a few ulps
+  of the largest partial sum (inputs are O(1), sums have at most ~100 terms).
+* float32 kernels: rtol 1e-4, atol 1e-5 on forward and on both gradients.
+  Inputs are drawn in float32 and the reference is fed the same float32
+  values promoted to float64, so the only error is float32 rounding of sums
+  of <= ~100 O(1) terms (~1e-6 relative), well inside the bound.
+* The reference itself is checked against centred finite differences in
+  float64 (h = 1e-6, relative error < 1e-7 on a linear op).
+* Accumulation and determinism are checked bit-exactly.
+"""
+import numpy as np
+import pytest
+
+from engine.reference import conv as ref
+from kernels import Workspace
+from kernels.cpu import conv2d as K
+from kernels.cpu import linear as L
+
+TOL = {np.float32: dict(rtol=1e-4, atol=1e-5), np.float64: dict(rtol=1e-10, atol=1e-10)}
+
+# (N, C, H, W, F, KH, KW, stride, padding): batch 1, odd / non-square sizes, C = 1 and 3,
+# odd F, kernels 3, 1, 3x2 and 5x4, stride 1 and 2, padding 0..2, overlapping windows (stride < K).
+CASES = [
+    (1, 1, 5, 5, 1, 3, 3, 1, 1),
+    (2, 3, 7, 6, 5, 3, 3, 1, 1),
+    (3, 3, 9, 11, 7, 3, 3, 2, 1),
+    (1, 2, 8, 9, 3, 3, 2, 2, 0),
+    (2, 1, 5, 7, 3, 1, 1, 2, 1),
+    (3, 4, 6, 7, 3, 5, 4, 1, 2),
+    (5, 3, 4, 3, 4, 3, 3, 1, 0),
+]
+
+
+def _data(case, dt, seed=0):
+    n, c, h, w, f, kh, kw, s, p = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w)).astype(dt)
+    wt = rng.standard_normal((f, c, kh, kw)).astype(dt)
+    b = rng.standard_normal(f).astype(dt)
+    oh, ow = ref.conv2d_output_size(h, w, kh, kw, s, p)
+    g = rng.standard_normal((n, f, oh, ow)).astype(dt)
+    return x, wt, b, g, s, p
+
+
+def _run(x, wt, b, g, s, p, ws):
+    dt = x.dtype
+    out = np.full(g.shape, np.nan, dt)
+    K.conv2d_forward(out, x, wt, b, s, p, ws)
+    dx = np.full(x.shape, np.nan, dt)  # dx is overwritten, garbage must not leak
+    K.conv2d_backward_input(dx, g, wt, s, p, ws)
+    dw = np.zeros(wt.shape, dt)
+    db = np.zeros(b.shape, dt)
+    K.conv2d_backward_weight(dw, db, g, x, s, p, ws)
+    return out, dx, dw, db
+
+
+@pytest.mark.parametrize("chunk_bytes", [None, 64], ids=["default-chunks", "one-row-chunks"])
+@pytest.mark.parametrize("dt", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "N{}C{}H{}W{}F{}k{}x{}s{}p{}".format(*c))
+def test_conv_matches_reference(case, dt, chunk_bytes, monkeypatch):
+    if chunk_bytes is not None:  # also exercise chunks inside one image (the large-layer path)
+        monkeypatch.setattr(K, "CHUNK_BYTES", chunk_bytes)
+    x, wt, b, g, s, p = _data(case, dt)
+    out, dx, dw, db = _run(x, wt, b, g, s, p, Workspace())
+    r_out = ref.conv2d_forward(x, wt, b, s, p)
+    r_dx, r_dw, r_db = ref.conv2d_backward(g, x, wt, s, p)
+    for got, want in [(out, r_out), (dx, r_dx), (dw, r_dw), (db, r_db)]:
+        assert got.dtype == dt
+        np.testing.assert_allclose(got, want, **TOL[dt])
+
+
+def test_weight_grads_accumulate_and_are_deterministic():
+    x, wt, b, g, s, p = _data(CASES[2], np.float32, seed=3)
+    ws = Workspace()
+    dw = np.zeros(wt.shape, np.float32)
+    db = np.zeros(b.shape, np.float32)
+    K.conv2d_backward_weight(dw, db, g, x, s, p, ws)
+    once_w, once_b = dw.copy(), db.copy()
+    assert np.abs(once_w).max() > 0 and np.abs(once_b).max() > 0
+    K.conv2d_backward_weight(dw, db, g, x, s, p, ws)
+    np.testing.assert_array_equal(dw, 2 * once_w)  # += and bit-identical second pass
+    np.testing.assert_array_equal(db, 2 * once_b)
+    out1, dx1, _, _ = _run(x, wt, b, g, s, p, ws)
+    out2, dx2, _, _ = _run(x, wt, b, g, s, p, Workspace())
+    np.testing.assert_array_equal(out1, out2)
+    np.testing.assert_array_equal(dx1, dx2)
+
+
+def test_bias_none():
+    x, wt, b, g, s, p = _data(CASES[1], np.float64)
+    out = np.empty(g.shape)
+    K.conv2d_forward(out, x, wt, None, s, p, Workspace())
+    np.testing.assert_allclose(out, ref.conv2d_forward(x, wt, None, s, p), **TOL[np.float64])
+    dw = np.zeros(wt.shape)
+    K.conv2d_backward_weight(dw, None, g, x, s, p, Workspace())
+    np.testing.assert_allclose(dw, ref.conv2d_backward(g, x, wt, s, p)[1], **TOL[np.float64])
+
+
+def test_known_values_3x3():
+    # x = [[1,2,3],[4,5,6],[7,8,9]], 3x3 kernel of ones, padding 1: each output is the sum of the
+    # in-image 3x3 neighbourhood; dx with dout = 1 counts the windows covering each pixel.
+    x = np.arange(1, 10, dtype=np.float64).reshape(1, 1, 3, 3)
+    wt = np.ones((1, 1, 3, 3))
+    box = np.array([[12, 21, 16], [27, 45, 33], [24, 39, 28]], dtype=np.float64)
+    ws = Workspace()
+    for dt in (np.float32, np.float64):
+        out = np.empty((1, 1, 3, 3), dt)
+        K.conv2d_forward(out, x.astype(dt), wt.astype(dt), np.array([0.5], dt), 1, 1, ws)
+        np.testing.assert_array_equal(out[0, 0], box + 0.5)
+        dx = np.empty((1, 1, 3, 3), dt)
+        K.conv2d_backward_input(dx, np.ones((1, 1, 3, 3), dt), wt.astype(dt), 1, 1, ws)
+        np.testing.assert_array_equal(dx[0, 0], [[4, 6, 4], [6, 9, 6], [4, 6, 4]])
+        dw = np.zeros((1, 1, 3, 3), dt)
+        db = np.zeros(1, dt)
+        K.conv2d_backward_weight(dw, db, np.ones((1, 1, 3, 3), dt), x.astype(dt), 1, 1, ws)
+        np.testing.assert_array_equal(dw[0, 0], box)
+        assert db[0] == 9
+    # 2x2 kernel [[1,2],[3,4]], stride 1, no padding: 1*1+2*2+3*4+4*5 = 37, ...
+    out = np.empty((1, 1, 2, 2))
+    K.conv2d_forward(out, x, np.array([[[[1.0, 2.0], [3.0, 4.0]]]]), None, 1, 0, ws)
+    np.testing.assert_array_equal(out[0, 0], [[37, 47], [67, 77]])
+    # same kernel, stride 2: one window
+    out = np.empty((1, 1, 1, 1))
+    K.conv2d_forward(out, x, np.array([[[[1.0, 2.0], [3.0, 4.0]]]]), None, 2, 0, ws)
+    assert out[0, 0, 0, 0] == 37
+
+
+def test_reference_conv_matches_finite_differences():
+    # loss = sum(out * g) with a random g; centred differences on every input entry.
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 2, 5, 4))
+    wt = rng.standard_normal((3, 2, 3, 2))
+    b = rng.standard_normal(3)
+    s, p = 2, 1
+    g = rng.standard_normal(ref.conv2d_forward(x, wt, b, s, p).shape)
+    dx, dw, db = ref.conv2d_backward(g, x, wt, s, p)
+    h = 1e-6
+
+    def numgrad(arr):
+        out = np.zeros_like(arr)
+        for idx in np.ndindex(arr.shape):
+            old = arr[idx]
+            arr[idx] = old + h
+            fp = np.sum(ref.conv2d_forward(x, wt, b, s, p) * g)
+            arr[idx] = old - h
+            fm = np.sum(ref.conv2d_forward(x, wt, b, s, p) * g)
+            arr[idx] = old
+            out[idx] = (fp - fm) / (2 * h)
+        return out
+
+    for analytic, arr in [(dx, x), (dw, wt), (db, b)]:
+        num = numgrad(arr)
+        assert np.abs(analytic - num).max() / np.abs(num).max() < 1e-7
+
+
+def test_non_contiguous_inputs_are_handled():
+    x, wt, b, g, s, p = _data(CASES[1], np.float64)
+    xt = np.asfortranarray(x)[:, :, ::-1, :]  # strided, negative steps
+    gt = np.asfortranarray(g)
+    out = np.empty(g.shape)
+    ws = Workspace()
+    K.conv2d_forward(out, xt, wt, b, s, p, ws)
+    np.testing.assert_allclose(out, ref.conv2d_forward(xt, wt, b, s, p), **TOL[np.float64])
+    dx = np.empty(x.shape)
+    K.conv2d_backward_input(dx, gt, wt[..., ::-1].copy()[..., ::-1], s, p, ws)
+    np.testing.assert_allclose(dx, ref.conv2d_backward(g, x, wt, s, p)[0], **TOL[np.float64])
+    dw = np.zeros(wt.shape)
+    K.conv2d_backward_weight(dw, None, gt, xt, s, p, ws)
+    np.testing.assert_allclose(dw, ref.conv2d_backward(g, xt, wt, s, p)[1], **TOL[np.float64])
+    with pytest.raises(ValueError, match="C-contiguous"):
+        K.conv2d_forward(np.empty(g.shape[::-1]).T, x, wt, b, s, p, ws)
+
+
+def test_bad_input_raises_value_error_naming_shapes():
+    x, wt, b, g, s, p = _data(CASES[1], np.float32)
+    ws = Workspace()
+    out = np.empty(g.shape, np.float32)
+    with pytest.raises(ValueError, match=r"4-D.*\(7, 6\)"):
+        K.conv2d_forward(out, x[0, 0], wt, b, s, p, ws)
+    with pytest.raises(ValueError, match=r"3 channels.*\(2, 3, 7, 6\).*expects 2"):
+        K.conv2d_forward(out, x, wt[:, :2], b, s, p, ws)
+    with pytest.raises(ValueError, match="float32 or float64"):
+        K.conv2d_forward(out, x.astype(np.int32), wt, b, s, p, ws)
+    with pytest.raises(ValueError, match="weight must be float32"):
+        K.conv2d_forward(out, x, wt.astype(np.float64), b, s, p, ws)
+    with pytest.raises(ValueError, match=r"out must have shape \(2, 5, 7, 6\), got \(2, 5, 7, 5\)"):
+        K.conv2d_forward(out[..., :5].copy(), x, wt, b, s, p, ws)
+    with pytest.raises(ValueError, match=r"bias must have shape \(5,\)"):
+        K.conv2d_forward(out, x, wt, b[:4], s, p, ws)
+    with pytest.raises(ValueError, match="stride"):
+        K.conv2d_forward(out, x, wt, b, 0, p, ws)
+    with pytest.raises(ValueError, match=r"dout must have shape \(2, 5, 7, 6\)"):
+        K.conv2d_backward_input(np.empty(x.shape, np.float32), g[:, :4], wt, s, p, ws)
+    with pytest.raises(ValueError, match=r"dout must have shape"):
+        K.conv2d_backward_weight(np.zeros(wt.shape, np.float32), None, g[:1], x, s, p, ws)
+
+
+# ----------------------------------------------------------------------------- Linear
+@pytest.mark.parametrize("dt", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("n,i,o", [(1, 5, 3), (16, 256, 512), (7, 13, 1)])
+def test_linear_matches_reference(n, i, o, dt):
+    rng = np.random.default_rng(n + i + o)
+    x = rng.standard_normal((n, i)).astype(dt)
+    wt = rng.standard_normal((o, i)).astype(dt)
+    b = rng.standard_normal(o).astype(dt)
+    g = rng.standard_normal((n, o)).astype(dt)
+    out = np.full((n, o), np.nan, dt)
+    L.linear_forward(out, x, wt, b)
+    dx = np.full((n, i), np.nan, dt)
+    L.linear_backward_input(dx, g, wt)
+    dw = np.zeros((o, i), dt)
+    db = np.zeros(o, dt)
+    L.linear_backward_weight(dw, db, g, x)
+    r_dx, r_dw, r_db = ref.linear_backward(g, x, wt)
+    tol = TOL[dt] if dt == np.float64 else dict(rtol=1e-4, atol=1e-4)  # sums of 256 terms
+    for got, want in [(out, ref.linear_forward(x, wt, b)), (dx, r_dx), (dw, r_dw), (db, r_db)]:
+        np.testing.assert_allclose(got, want, **tol)
+    first_w, first_b = dw.copy(), db.copy()
+    L.linear_backward_weight(dw, db, g, x)
+    np.testing.assert_array_equal(dw, 2 * first_w)
+    np.testing.assert_array_equal(db, 2 * first_b)
+
+
+def test_linear_bad_input():
+    x = np.zeros((4, 6), np.float32)
+    wt = np.zeros((3, 6), np.float32)
+    with pytest.raises(ValueError, match=r"x has 5 features \(shape \(4, 5\)\).*expects 6"):
+        L.linear_forward(np.empty((4, 3), np.float32), x[:, :5], wt, None)
+    with pytest.raises(ValueError, match=r"out must have shape \(4, 3\), got \(4, 2\)"):
+        L.linear_forward(np.empty((4, 2), np.float32), x, wt, None)
+    with pytest.raises(ValueError, match="weight.*must be float32"):
+        L.linear_forward(np.empty((4, 3), np.float32), x, wt.astype(np.float64), None)
+    with pytest.raises(ValueError, match="2-D"):
+        L.linear_backward_input(np.empty((4, 6), np.float32), np.zeros(3, np.float32), wt)
+    with pytest.raises(ValueError, match="same batch size"):
+        L.linear_backward_weight(np.zeros((3, 6), np.float32), None, np.zeros((2, 3), np.float32), x)
