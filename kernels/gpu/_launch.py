@@ -42,6 +42,7 @@ MAX_BLOCKS = 132 * 16
 
 _CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 _modules = {}
+_functions = {}
 
 
 def options(dtype):
@@ -66,8 +67,12 @@ def module(name, dtype):
 
 
 def kernel(name, func, dtype):
-    """The ``extern "C"`` kernel ``func`` of source ``name`` for ``dtype`` (a :class:`cupy.RawKernel`)."""
-    return module(name, dtype).get_function(func)
+    """The ``extern "C"`` kernel ``func`` of source ``name`` for ``dtype`` (a :class:`cupy.RawKernel`, cached)."""
+    key = (name, func, np.dtype(dtype).str)
+    k = _functions.get(key)
+    if k is None:
+        k = _functions[key] = module(name, dtype).get_function(func)
+    return k
 
 
 def blocks(n, threads=THREADS):
