@@ -88,6 +88,18 @@ def test_resize_matrix_area_and_bilinear():
         np.testing.assert_allclose(S.resize_matrix(n_in, n_out).sum(axis=1), 1.0, atol=1e-6)
 
 
+@pytest.mark.parametrize("shape,size", [((1025, 431), (102, 159)), ((129, 126), (102, 159)),
+                                        ((7, 5), (3, 11)), ((128, 431), (102, 159))])
+def test_resize_equals_matrix_form(shape, size):
+    X = np.random.default_rng(0).uniform(-100, 40, shape).astype(np.float32)
+    Rh = S.resize_matrix(shape[0], size[0]).astype(np.float64)
+    Rw = S.resize_matrix(shape[1], size[1]).astype(np.float64)
+    expect = Rh @ X.astype(np.float64) @ Rw.T
+    out = S.resize(X, *size)
+    assert out.shape == size and out.dtype == np.float32
+    np.testing.assert_allclose(out, expect, rtol=1e-5, atol=1e-4)
+
+
 def test_to_image_shape_range_and_orientation():
     cfg = S.SpectrogramConfig()
     y = sine(10.0, 22050, 200.0)  # low tone -> bright near row 0
@@ -210,3 +222,19 @@ def test_fma_mini_real_clip(fma_mini):
     img, info = S.track_image(p, S.SpectrogramConfig(), seed=0, track_id=2)
     assert img.shape == (1, 102, 159) and info["status"] == "ok" and info["decoded_s"] == 10.0
     assert img.std() > 0.05  # real music, not a flat image
+
+
+@pytest.mark.parametrize("kind", ["stft", "mel"])
+def test_spectrogram_db_equals_librosa_chain(kind):
+    librosa = pytest.importorskip("librosa")
+    cfg = S.SpectrogramConfig(spectrogram=kind)
+    y = (sine(3.0, 22050, 440.0) + 0.05 * np.random.default_rng(0).standard_normal(66150)).astype(np.float32)
+    ours = S.spectrogram_db(y, cfg)
+    if kind == "stft":
+        ref = librosa.amplitude_to_db(np.abs(librosa.stft(y, n_fft=2048, hop_length=512)), ref=1.0)
+    else:
+        M = librosa.feature.melspectrogram(y=y, sr=22050, n_fft=2048, hop_length=512, n_mels=128,
+                                           power=2.0, htk=False, norm="slaney")
+        ref = librosa.power_to_db(M, ref=1.0)
+    assert ours.shape == ref.shape
+    np.testing.assert_allclose(ours, ref, atol=2e-3)  # dB; float32 spectra
