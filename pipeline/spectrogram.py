@@ -432,7 +432,13 @@ def spectrogram_db(y, config: SpectrogramConfig) -> np.ndarray:
     power = np.square(D.real) + np.square(D.imag)  # |D|**2, float32
     if config.spectrogram == "mel":
         power = _sparse_mel(config.sr, config.n_fft, config.n_mels) @ power  # no BLAS threads
-    return power_to_db(power, ref=1.0, amin=1e-10, top_db=config.top_db)
+    # power_to_db(power, ref=1.0, amin=1e-10, top_db) computed in place (power is ours)
+    np.maximum(power, np.float32(1e-10), out=power)
+    np.log10(power, out=power)
+    power *= np.float32(10.0)
+    if config.top_db is not None:
+        np.maximum(power, power.max() - np.float32(config.top_db), out=power)
+    return power
 
 
 def to_image(S_db, config: SpectrogramConfig) -> np.ndarray:

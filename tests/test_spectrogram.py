@@ -238,3 +238,13 @@ def test_spectrogram_db_equals_librosa_chain(kind):
         ref = librosa.power_to_db(M, ref=1.0)
     assert ours.shape == ref.shape
     np.testing.assert_allclose(ours, ref, atol=2e-3)  # dB; float32 spectra
+
+
+def test_spectrogram_db_is_power_to_db_of_stft_power():
+    from pipeline.stft import stft
+
+    cfg = S.SpectrogramConfig(sr=8000, crop_seconds=1.0, n_fft=256, hop_length=64, top_db=60.0)
+    y = sine(1.0, 8000, 700.0) * np.linspace(0, 1, 8000, dtype=np.float32)
+    D = stft(y, 256, 64)
+    np.testing.assert_allclose(S.spectrogram_db(y, cfg), S.power_to_db(np.abs(D) ** 2, top_db=60.0),
+                               rtol=1e-5, atol=1e-4)
