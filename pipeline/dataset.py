@@ -105,6 +105,9 @@ def _process_one(path, key, config: SpectrogramConfig, seed):
 
 
 def _worker_main(conn, config_dict, seed):
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle (it stops us)
     config = SpectrogramConfig.from_dict(config_dict)
     while True:
         try:
