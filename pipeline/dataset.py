@@ -213,15 +213,21 @@ class _Supervisor:
         self.workers = []
 
 
-def format_report(manifest) -> str:
-    """Human-readable summary: counts, then every skipped and padded track with its reason."""
+def format_report(manifest, limit=20) -> str:
+    """Human-readable summary: counts, then skipped and padded tracks with their reasons.
+
+    At most ``limit`` tracks of each status are listed (None: all); the rest
+    are counted, and every one is in ``manifest.json``.
+    """
     tracks = manifest["tracks"]
     lines = [f"dataset {manifest.get('name', '')}: {manifest['n_images']} images of {len(tracks)} tracks "
              f"({manifest['status_counts']})"]
     for status in ("skipped", "padded"):
-        for t in tracks:
-            if t["status"] == status:
-                lines.append(f"  {status:7s} {t['id']} ({t['path']}): {t['reason']}")
+        hit = [t for t in tracks if t["status"] == status]
+        for t in hit[:limit]:
+            lines.append(f"  {status:7s} {t['id']} ({t['path']}): {t['reason']}")
+        if limit is not None and len(hit) > limit:
+            lines.append(f"  ... and {len(hit) - limit} more {status} (all listed in manifest.json)")
     return "\n".join(lines)
 
 

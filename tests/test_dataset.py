@@ -170,6 +170,8 @@ def test_prepare_fma_mini_reports_faults_and_goes_on(fma_mini, tmp_path):
     assert status["194"]["status"] == "skipped" and "000194.mp3" in status["194"]["reason"]
     assert status["190"]["status"] == "padded" and "1.200 s" in status["190"]["reason"]
     assert m["status_counts"] == {"ok": 56, "padded": 1, "skipped": 1}
+    report = D.format_report(m).splitlines()
+    assert len(report) == 3 and "skipped 194" in report[1] and "padded  190" in report[2]
     e1, e2 = m["bucket_edges"]
     listens = {t["id"]: t for t in m["tracks"]}
     assert e1 < e2 and ds.classes == ["low", "medium", "high"]
