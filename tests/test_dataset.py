@@ -184,14 +184,15 @@ def test_prepare_fma_mini_reports_faults_and_goes_on(fma_mini, tmp_path):
                           workers=2, progress=False)
     assert again == out
     other = D.prepare_fma(fma_mini / "fma_small", fma_mini / "fma_metadata" / "tracks.csv", tmp_path,
-                          SpectrogramConfig(crop_seconds=3.0), split="group", bucket_edges=(700, 2500),
-                          workers=2, progress=False)
+                          SpectrogramConfig(crop_seconds=3.0), target="genre", split="group", workers=2,
+                          progress=False)
     assert other != out
     dg = D.Dataset(other)
     groups = {t["id"]: t["group"] for t in dg.manifest["tracks"]}
     by_split = {s: {groups[i] for i in dg.ids[dg.split == s]} for s in ("train", "val", "test")}
     assert not (by_split["train"] & by_split["val"]) and not (by_split["train"] & by_split["test"])
-    assert dg.manifest["bucket_edges"] == [700.0, 2500.0]
+    assert dg.classes == sorted(["Folk", "Rock", "International", "Hip-Hop", "Pop", "Experimental"])
+    assert "bucket_edges" not in dg.manifest and len(dg) == 57
 
 
 def test_prepare_fsdd_subset_speaker_disjoint(fsdd, tmp_path):
