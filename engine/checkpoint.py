@@ -1,0 +1,138 @@
+"""Checkpoints: one ``.npz`` file holding everything a bit-exact resume needs.
+
+Contents (keys of the archive):
+
+- ``model/<name>``: every parameter and BatchNorm running statistic
+  (:meth:`engine.model.Sequential.state_dict` names);
+- ``optim/m/<name>``, ``optim/v/<name>``: Adam's moments;
+- ``meta``: a JSON string with the format version, Adam's step count and
+  hyper-parameters, the Dropout generators' states, and the caller's
+  ``extra`` dict (e.g. epoch, batch index, data-order RNG state).
+
+Writes are atomic: the archive goes to a temporary file in the target's
+directory, is flushed and fsync'ed, then ``os.replace``'d over the target
+(and the directory fsync'ed), so a crash leaves either the old or the new
+checkpoint, never a torn one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+__all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError", "FORMAT"]
+
+FORMAT = "hitcnn-checkpoint-1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is corrupt or does not match the model/optimizer (the message names the file)."""
+
+
+def save_checkpoint(path, model, optimizer=None, extra=None):
+    """Write ``model`` (+ ``optimizer`` state, Dropout RNG states, ``extra``) to ``path`` atomically.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Target file (conventionally ``*.npz``); its directory must exist.
+    model : engine.model.Sequential
+    optimizer : engine.optim.Adam or None
+    extra : dict or None
+        JSON-serialisable values restored by :func:`load_checkpoint`.
+
+    Raises
+    ------
+    ValueError
+        If ``extra`` is not JSON-serialisable.
+    """
+    path = os.fspath(path)
+    arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
+    meta = {"format": FORMAT, "rng": model.rng_states() if hasattr(model, "rng_states") else {},
+            "extra": extra or {}, "optim": None}
+    if optimizer is not None:
+        st = optimizer.state_dict()
+        for key in ("m", "v"):
+            arrays.update({f"optim/{key}/{n}": a for n, a in st[key].items()})
+        meta["optim"] = {k: st[k] for k in ("step", "lr", "betas", "eps", "weight_decay")}
+    try:
+        meta_s = json.dumps(meta)
+    except TypeError as exc:
+        raise ValueError(f"save_checkpoint({path}): extra must be JSON-serialisable: {exc}") from exc
+    arrays["meta"] = np.array(meta_s)
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=d)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:
+        dfd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:  # directories cannot be fsync'ed on some platforms
+        pass
+
+
+def load_checkpoint(path, model, optimizer=None):
+    """Restore a checkpoint written by :func:`save_checkpoint` into ``model`` (and ``optimizer``).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    model : engine.model.Sequential
+        Must have the same architecture (names and shapes).
+    optimizer : engine.optim.Adam or None
+        When given, its moments and step count are restored (the file must hold them).
+
+    Returns
+    -------
+    extra : dict
+        The ``extra`` dict given to :func:`save_checkpoint`.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    CheckpointError
+        (a ValueError) if the file is not a readable checkpoint or does not match
+        the model/optimizer; the message names the file and the offending key/shapes.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+        meta = json.loads(str(data.pop("meta")))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+        raise CheckpointError(f"{path} is not a readable hitcnn checkpoint: {exc}") from exc
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: unknown checkpoint format {meta.get('format')!r} (expected {FORMAT})")
+    sd = {k[len("model/"):]: v for k, v in data.items() if k.startswith("model/")}
+    try:
+        model.load_state_dict(sd)
+        if meta.get("rng") and hasattr(model, "set_rng_states"):
+            model.set_rng_states(meta["rng"])
+        if optimizer is not None:
+            if meta.get("optim") is None:
+                raise ValueError("the file holds no optimizer state")
+            st = dict(meta["optim"])
+            for key in ("m", "v"):
+                pre = f"optim/{key}/"
+                st[key] = {k[len(pre):]: v for k, v in data.items() if k.startswith(pre)}
+            optimizer.load_state_dict(st)
+    except ValueError as exc:
+        raise CheckpointError(f"{path} does not match the model/optimizer: {exc}") from exc
+    return meta.get("extra", {})

@@ -1,0 +1,90 @@
+"""Loss functions of hitcnn.
+
+``SoftmaxCrossEntropy``: PyTorch ``torch.nn.CrossEntropyLoss`` with
+reduction 'mean' and optional class weights (weighted mean
+``sum_i w[y_i] l_i / sum_i w[y_i]``), computed by the backend's
+``softmax_xent`` kernels with a stable log-sum-exp and float64 accumulation.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import kernels
+
+__all__ = ["SoftmaxCrossEntropy"]
+
+
+class SoftmaxCrossEntropy:
+    """Mean softmax cross-entropy over the batch.
+
+    Parameters
+    ----------
+    class_weights : array-like [shape=(K,)] or None
+        Per-class weights (PyTorch's ``weight`` argument), cast to the logits'
+        dtype and device on use.
+
+    Notes
+    -----
+    ``forward(logits (N, K), targets (N,) int) -> float`` keeps the softmax for
+    ``backward() -> dlogits (N, K)``, a buffer reused between calls.
+    """
+
+    def __init__(self, class_weights=None):
+        if class_weights is not None:
+            class_weights = np.asarray(class_weights, dtype=np.float64)
+            if class_weights.ndim != 1 or not np.all(np.isfinite(class_weights)) or np.any(class_weights < 0):
+                raise ValueError(f"class_weights must be a 1-D array of finite non-negative values, got {class_weights}")
+        self.class_weights = class_weights
+        self._cache = {}
+        self._probs = None
+
+    def _buf(self, name, shape, dtype, xp):
+        key = (name, tuple(shape), np.dtype(dtype).str, xp.__name__)
+        b = self._cache.get(key)
+        if b is None:
+            b = self._cache[key] = xp.empty(shape, dtype=dtype)
+        return b
+
+    def _weights(self, logits, xp):
+        if self.class_weights is None:
+            return None
+        if self.class_weights.shape != (logits.shape[1],):
+            raise ValueError(f"class_weights has shape {self.class_weights.shape}, logits have {logits.shape[1]} classes "
+                             f"(shape {logits.shape})")
+        key = ("w", np.dtype(logits.dtype).str, xp.__name__)
+        w = self._cache.get(key)
+        if w is None:
+            w = self._cache[key] = xp.asarray(self.class_weights.astype(logits.dtype))
+        return w
+
+    def forward(self, logits, targets):
+        """Loss of ``logits (N, K)`` against integer ``targets (N,)`` in ``[0, K)``; returns a Python float.
+
+        Raises
+        ------
+        ValueError
+            On a wrong rank, shape, dtype, or targets out of range.
+        """
+        if logits.ndim != 2:
+            raise ValueError(f"SoftmaxCrossEntropy: expected logits of shape (N, K), got {logits.shape}")
+        kb = kernels.backend_for(logits)
+        xp = kb.xp
+        if targets.dtype != np.int64:
+            if not np.issubdtype(targets.dtype, np.integer):
+                raise ValueError(f"SoftmaxCrossEntropy: targets must be integers, got {targets.dtype}")
+            targets = targets.astype(np.int64)
+        self._probs = self._buf("probs", logits.shape, logits.dtype, xp)
+        self._targets = targets
+        self._w = self._weights(logits, xp)
+        return kb.softmax_xent.softmax_xent_forward(self._probs, logits, targets, self._w)
+
+    __call__ = forward
+
+    def backward(self):
+        """Gradient of the last loss with respect to the logits, shape ``(N, K)``."""
+        if self._probs is None:
+            raise ValueError("SoftmaxCrossEntropy.backward called before forward")
+        kb = kernels.backend_for(self._probs)
+        d = self._buf("dlogits", self._probs.shape, self._probs.dtype, kb.xp)
+        kb.softmax_xent.softmax_xent_backward(d, self._probs, self._targets, self._w)
+        return d
