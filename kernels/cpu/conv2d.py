@@ -46,18 +46,20 @@ __all__ = ["conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight", 
 CHUNK_BYTES = 1 << 20
 
 
-def plan_chunks(n, oh, ow, k1, itemsize, chunk_bytes=None):
+def plan_chunks(n, oh, ow, k1, itemsize, nt=1, chunk_bytes=None):
     """Rows per chunk ``R`` and chunks per image (``0`` = chunks of ``R // OH`` whole images).
 
     ``R = max(1, chunk_bytes // ((K+1) * OW * itemsize))``. If ``R < OH`` each
-    image is cut into ``ceil(OH / R)`` chunks of ``R`` rows; otherwise a chunk
-    holds ``R // OH`` whole images.
+    image is cut into ``ceil(OH / R)`` chunks of ``ceil(OH / ceil(OH / R))``
+    rows; otherwise a chunk holds ``min(R // OH, ceil(N / nt))`` whole images,
+    so that each of the ``nt`` threads gets work.
     """
     cb = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
     r = max(1, cb // (k1 * ow * itemsize))
     if r < oh:
-        return r, -(-oh // r)
-    return (r // oh) * oh, 0
+        cpi = -(-oh // r)
+        return -(-oh // cpi), cpi
+    return min(r // oh, -(-n // nt)) * oh, 0
 
 
 # ----------------------------------------------------------------------------- Numba kernels
@@ -323,8 +325,9 @@ def _contig(a, ws, name):
 
 
 def _plan(n, k1, oh, ow, dt, f):
-    r, cpi = plan_chunks(n, oh, ow, k1, dt.itemsize)
-    return r, cpi, min(r, n * oh) * ow, numba.get_num_threads()
+    nt = numba.get_num_threads()
+    r, cpi = plan_chunks(n, oh, ow, k1, dt.itemsize, nt)
+    return r, cpi, min(r, n * oh) * ow, nt
 
 
 # ----------------------------------------------------------------------------- entry points
