@@ -97,3 +97,19 @@ def test_equals_librosa(n_fft, hop, center, pad_mode):
 def test_bad_input_raises(kwargs, match):
     with pytest.raises(PipelineError, match=match):
         stft(**kwargs)
+
+
+def test_gpu_arrays_route_to_kernels_gpu_stft(monkeypatch):
+    """A CuPy input goes to kernels.gpu.stft.stft with the same arguments (faked here, no GPU needed)."""
+    import sys
+    import types
+
+    import kernels
+
+    calls = []
+    fake = types.ModuleType("kernels.gpu.stft")
+    fake.stft = lambda y, **kw: calls.append(kw) or "gpu result"
+    monkeypatch.setitem(sys.modules, "kernels.gpu.stft", fake)
+    monkeypatch.setattr(kernels, "is_gpu_array", lambda a: True)
+    assert stft(np.zeros(4096, np.float32), n_fft=512, hop_length=128, pad_mode="reflect") == "gpu result"
+    assert calls == [dict(n_fft=512, hop_length=128, window="hann", center=True, pad_mode="reflect")]
