@@ -32,6 +32,8 @@ CASES = [
     (2, 1, 5, 7, 3, 1, 1, 2, 1),
     (3, 4, 6, 7, 3, 5, 4, 1, 2),
     (5, 3, 4, 3, 4, 3, 3, 1, 0),
+    (2, 16, 7, 5, 5, 3, 2, 1, 1),  # C >= 16: the im2row forward by default
+    (3, 17, 6, 9, 4, 3, 3, 2, 1),
 ]
 
 
@@ -58,12 +60,18 @@ def _run(x, wt, b, g, s, p, ws):
     return out, dx, dw, db
 
 
-@pytest.mark.parametrize("chunk_bytes", [None, 64], ids=["default-chunks", "one-row-chunks"])
+# Code paths: default plan; one-row chunks inside an image (the large-layer path); the im2row
+# forward on every case (by default only from 16 channels on); im2row with one-row chunks.
+VARIANTS = {"default": {}, "row-chunks": {"CHUNK_BYTES": 64}, "im2row": {"ROWS_MIN_CHANNELS": 1},
+            "im2row-row-chunks": {"ROWS_MIN_CHANNELS": 1, "CHUNK_BYTES": 64}}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("dt", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "N{}C{}H{}W{}F{}k{}x{}s{}p{}".format(*c))
-def test_conv_matches_reference(case, dt, chunk_bytes, monkeypatch):
-    if chunk_bytes is not None:  # also exercise chunks inside one image (the large-layer path)
-        monkeypatch.setattr(K, "CHUNK_BYTES", chunk_bytes)
+def test_conv_matches_reference(case, dt, variant, monkeypatch):
+    for name, value in VARIANTS[variant].items():
+        monkeypatch.setattr(K, name, value)
     x, wt, b, g, s, p = _data(case, dt)
     out, dx, dw, db = _run(x, wt, b, g, s, p, Workspace())
     r_out = ref.conv2d_forward(x, wt, b, s, p)
