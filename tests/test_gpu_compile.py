@@ -9,15 +9,23 @@ Two compilers, the same sources and options as the launchers
 * NVRTC (what ``cupy.RawModule`` uses at run time; it has no system headers,
   unlike nvcc): skipped when CuPy's NVRTC binding or library is absent.
 
+And the whole GPU parity suite (tests/test_gpu_parity.py) once more under
+CPU emulation (kernels/gpu/_emulate.py: the same CUDA sources built for the
+host with g++, the real launchers, NumPy standing in for cuBLAS/cuFFT), in a
+subprocess; skipped without g++. It checks index arithmetic, float
+expressions and launcher argument types, not concurrency or speed.
+
 The _launch module imports CuPy, so the sources and options are read from
 its text here when CuPy is not installed.
 """
 from __future__ import annotations
 
 import ast
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -120,3 +128,13 @@ def test_nvrtc_compiles_for_sm90(src, real):
     except Exception as exc:
         pytest.fail(f"NVRTC failed on {src} ({real}): {exc}\n{nvrtc.getProgramLog(prog)}")
     assert len(nvrtc.getCUBIN(prog)) > 0
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not installed")
+def test_gpu_parity_suite_passes_under_cpu_emulation():
+    env = dict(os.environ, HITCNN_GPU_EMULATE="1")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__).parent / "test_gpu_parity.py")]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200, cwd=Path(__file__).resolve().parents[1])
+    tail = "\n".join(res.stdout.splitlines()[-30:])
+    assert res.returncode == 0, f"emulated GPU parity suite failed:\n{tail}\n{res.stderr[-2000:]}"
+    assert re.search(r"(\d+) passed", tail) and " failed" not in tail, tail

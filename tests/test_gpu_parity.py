@@ -20,11 +20,25 @@ Tolerance policy (relative to the largest magnitude of the expected array,
 """
 from __future__ import annotations
 
+import importlib.util
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from engine import reference as ref
 from kernels import Workspace
+
+#: HITCNN_GPU_EMULATE=1: run these tests without a GPU on kernels/gpu/_emulate.py's CuPy stand-in
+#: (the same CUDA sources compiled for the host); tests/test_gpu_compile.py does so in CI.
+EMULATED = bool(os.environ.get("HITCNN_GPU_EMULATE"))
+if EMULATED:
+    _spec = importlib.util.spec_from_file_location(
+        "hitcnn_gpu_emulate", Path(__file__).resolve().parents[1] / "kernels" / "gpu" / "_emulate.py")
+    _emu = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_emu)
+    _emu.install()
 
 pytestmark = pytest.mark.gpu
 
@@ -47,7 +61,7 @@ def noncontig(a):
     wide = cp.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
     wide[..., ::2] = cp.asarray(a)
     v = wide[..., ::2]
-    assert not v.flags.c_contiguous
+    assert a.shape[-1] == 1 or not v.flags.c_contiguous
     return v
 
 
@@ -60,9 +74,13 @@ def G():
 
 @pytest.fixture
 def C():
+    import importlib
+
     import kernels
 
-    return kernels.get_backend("cpu")
+    cpu = kernels.get_backend("cpu")
+    cpu.fused = importlib.import_module("kernels.cpu.fused")  # not in kernels.cpu.OPS (lazy import list)
+    return cpu
 
 
 # ----------------------------------------------------------------------------- ReLU
@@ -81,8 +99,8 @@ def test_relu(G, C, shape):
     dx_g = cp.empty(shape, np.float32)
     G.relu.relu_backward(dx_g, noncontig(dy), out_g)
     assert rel(dx_g, dx_c) == 0.0
-    with pytest.raises(ValueError):
-        G.relu.relu_forward(noncontig(x), cp.asarray(x))  # non-contiguous output
+    with pytest.raises(ValueError, match="contiguous"):
+        G.relu.relu_forward(cp.zeros((4, 6), np.float32)[:, ::2], cp.zeros((4, 3), np.float32))
 
 
 # ----------------------------------------------------------------------------- MaxPool
@@ -367,11 +385,24 @@ def test_training_step_matches_cpu(name):
     lc, gc = _step(mc, SoftmaxCrossEntropy(), oc, x, y)
     lg, gg = _step(mg, SoftmaxCrossEntropy(), og, cp.asarray(x), cp.asarray(y))
     assert abs(lg - lc) <= F32_REDUCE * max(1.0, abs(lc))
+    # The bias of a conv that feeds BatchNorm has an analytically zero gradient (BN removes the
+    # mean): its value is rounding noise of a sum over N*H*W, so every gradient also gets an
+    # absolute allowance of 1e-5 of the largest gradient of the model.
+    gmax = max(float(np.max(np.abs(g))) for g in gc.values())
     for n in gc:
-        assert rel(gg[n], gc[n]) < F32_REDUCE, n
+        err = float(np.max(np.abs(gg[n].astype(np.float64) - gc[n])))
+        assert err <= F32_REDUCE * float(np.max(np.abs(gc[n]))) + 1e-5 * gmax, n
+    # Adam's first step moves every parameter by about lr * sign(grad): where the gradient is
+    # rounding noise (those BN-fed conv biases) the sign is arbitrary, so there the two engines
+    # may differ by up to 2 * lr; everywhere else the updated parameters agree to 1e-4.
     pc = {n: p for n, p, _ in mc.parameters()}
+    lr = oc.lr
     for n, p, _ in mg.parameters():
-        assert rel(p, pc[n]) < F32_REDUCE, n
+        noise = np.abs(gc[n]) <= 1e-4 * gmax
+        err = np.abs(p.get().astype(np.float64) - pc[n])
+        scale = float(np.max(np.abs(pc[n])))
+        assert np.all(err[~noise] <= F32_REDUCE * scale), n
+        assert np.all(err[noise] <= 2.0001 * lr + F32_REDUCE * scale), n
 
 
 def _run(name, steps, seed):
@@ -392,14 +423,16 @@ def _run(name, steps, seed):
 
 
 def test_twenty_gpu_steps_are_bit_identical():
-    l1, p1 = _run("cnn6_rgb", 20, seed=5)
-    l2, p2 = _run("cnn6_rgb", 20, seed=5)
+    name, steps = ("cnn2_mono", 3) if EMULATED else ("cnn6_rgb", 20)  # emulation is slow; the GPU does all 20
+    l1, p1 = _run(name, steps, seed=5)
+    l2, p2 = _run(name, steps, seed=5)
     assert l1 == l2
     for n in p1:
         assert np.array_equal(p1[n], p2[n]), n
 
 
 # ----------------------------------------------------------------------------- prefetch
+@pytest.mark.skipif(EMULATED, reason="needs CUDA streams and pinned memory")
 def test_prefetcher_delivers_every_batch_in_order():
     from kernels.gpu.prefetch import PinnedPrefetcher, device_batches
 

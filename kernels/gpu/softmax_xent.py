@@ -33,7 +33,7 @@ def _check(logits, targets, class_weights, name="logits"):
         raise ValueError(f"{name} must have a non-empty batch, got shape {logits.shape}")
     targets = L.check("targets", targets, (n,), np.int64)
     if class_weights is None:
-        return dt, n, k, targets, logits, 0  # dummy pointer, never read
+        return dt, n, k, targets, None, 0
     cw = cp.ascontiguousarray(class_weights, dtype=dt)
     if cw.shape != (k,):
         raise ValueError(f"class_weights must have shape ({k},), got {cw.shape}")
@@ -63,6 +63,8 @@ def softmax_xent_forward(probs, logits, targets, class_weights=None):
     dt, n, k, targets, cw, weighted = _check(logits, targets, class_weights)
     L.check_out("probs", probs, (n, k), dt)
     logits = L.contig(logits)
+    if cw is None:
+        cw = logits  # any array of the right dtype: never read when weighted == 0
     res = _result.get(cp.cuda.Device().id)
     if res is None:
         res = _result[cp.cuda.Device().id] = cp.empty(3, np.float64)
@@ -90,5 +92,7 @@ def softmax_xent_backward(dlogits, probs, targets, class_weights=None):
     dt, n, k, targets, cw, weighted = _check(probs, targets, class_weights, "probs")
     L.check_out("dlogits", dlogits, (n, k), dt)
     probs = L.contig(probs)
+    if cw is None:
+        cw = probs  # never read when weighted == 0
     L.kernel("softmax_xent.cu", "softmax_xent_backward", dt)(
         (1,), (L.THREADS,), (dlogits, probs, targets, cw, L.i32(weighted), L.i32(n), L.i32(k)))
