@@ -20,7 +20,7 @@ Usage (engine/train.py)::
 
     from kernels.gpu.prefetch import PinnedPrefetcher
     for xb, yb in PinnedPrefetcher(dataset.batches('train', bs, shuffle=True, seed=e)):
-        loss = step(xb, yb)  # xb, yb valid until the next iteration's next()
+        loss = step(xb, yb)  # xb, yb valid until the loop asks for the next batch
 """
 from __future__ import annotations
 
@@ -47,8 +47,10 @@ class PinnedPrefetcher:
     ------
     tuple of cupy.ndarray
         Device arrays of the same shapes and dtypes, C-contiguous. They are
-        views of two reused buffers: a batch stays valid until the iterator is
-        advanced twice, so use it within its step (copy it to keep it).
+        views of two reused buffers: a batch is valid until the next batch is
+        requested (asking for batch k+1 queues the copy of batch k+2 into
+        batch k's buffers, behind the work already enqueued for batch k), so
+        enqueue its step before advancing and copy it to keep it longer.
 
     Raises
     ------
