@@ -121,8 +121,12 @@ def test_nvrtc_compiles_for_sm90(src, real):
     nvrtc = _nvrtc()
     if nvrtc is None:
         pytest.skip("CuPy's NVRTC (cupy + nvidia-cuda-nvrtc) not available")
-    prog = nvrtc.createProgram((CUDA_DIR / src).read_text(), src, (), ())
-    opts = NVRTC_OPTIONS + (f"-DREAL={real}", f"-I{CUDA_DIR}", "--gpu-architecture=sm_90")
+    import numpy as np
+
+    from kernels.gpu import _launch  # CuPy is importable here (its NVRTC binding is)
+
+    prog = nvrtc.createProgram(_launch.source(src), src, (), ())  # exactly the text and options the launchers use
+    opts = _launch.options(np.float32 if real == "float" else np.float64) + ("--gpu-architecture=sm_90",)
     try:
         nvrtc.compileProgram(prog, opts)
     except Exception as exc:

@@ -157,15 +157,13 @@ class _Kernel:
 class _RawModule:
     def __init__(self, code=None, options=(), **kw):
         real = [o.split("=", 1)[1] for o in options if o.startswith("-DREAL=")][0]
-        name = [s for s in _SOURCES if open(os.path.join(CUDA_DIR, s), encoding="utf-8").read() == code][0]
+        name = re.match(r"// hitcnn kernels/gpu/cuda/(\S+)", code).group(1)  # first line, see _launch.source
         lib, kern = _build(name, real)
         self._k = {n: _Kernel(lib, n, p, r, real) for n, p, r in kern}
 
     def get_function(self, name):
         return self._k[name]
 
-
-_SOURCES = sorted(f for f in os.listdir(CUDA_DIR) if f.endswith(".cu"))
 
 
 # ----------------------------------------------------------------------------- NumPy-backed CuPy stand-in

@@ -51,9 +51,18 @@ def options(dtype):
 
 
 def source(name):
-    """Text of ``kernels/gpu/cuda/<name>``."""
-    with open(os.path.join(CUDA_DIR, name), encoding="utf-8") as f:
-        return f.read()
+    """Text compiled for ``kernels/gpu/cuda/<name>``: the file with ``common.cuh`` inlined.
+
+    Inlining (rather than ``#include`` through ``-I``) makes CuPy's on-disk
+    kernel cache, keyed by the source text and options, see edits of the
+    header too. The first line names the file (used by ``_emulate``).
+    """
+    def read(n):
+        with open(os.path.join(CUDA_DIR, n), encoding="utf-8") as f:
+            return f.read()
+
+    text = read(name).replace('#include "common.cuh"', read("common.cuh"), 1)
+    return f"// hitcnn kernels/gpu/cuda/{name}\n" + text
 
 
 def module(name, dtype):
