@@ -271,10 +271,20 @@ def main():
     props = cp.cuda.runtime.getDeviceProperties(0)
     print(f"device {props['name'].decode()} | cupy {cp.__version__} | torch {torch.__version__} "
           f"cudnn {torch.backends.cudnn.version()} | our GEMMs: cuBLAS FP32 (no TF32)")
+    import traceback
+
+    def guarded(what, fn, *a):
+        """Run one section; on an error print it and go on, so the final table still prints."""
+        try:
+            return fn(*a)
+        except Exception:
+            print(f"!! {what} failed:\n{traceback.format_exc()}")
+            return None
+
     krows = []
     if not args.skip_kernels:
         for b in args.batches:
-            bench_kernels(b, krows)
+            guarded(f"kernels at batch {b}", bench_kernels, b, krows)
         print("\n== kernels (median ms; ours vs PyTorch/cuDNN with its defaults) ==")
         print(f"{'N':>3} {'op':44s} {'ours':>8} {'torch':>8} {'ratio':>6} {'TFLOP/s':>8}")
         for b, op, o, p, tf in krows:
@@ -282,8 +292,8 @@ def main():
     srows = []
     for name in args.models:
         for b in args.batches:
-            bench_steps(name, b, args.steps, srows)
-    t_res, t_pin = bench_epoch()
+            guarded(f"training step {name} batch {b}", bench_steps, name, b, args.steps, srows)
+    t_res, t_pin = guarded("epoch", bench_epoch) or (float("nan"), float("nan"))
     print("\n== training step: images/s (ratio = ours / torch; torch tf32 = cuDNN default, fp32 = TF32 off) ==")
     print(f"{'model':10s} {'N':>3} {'ours':>8} {'torch tf32':>10} {'torch fp32':>10} {'x tf32':>7} {'x fp32':>7} "
           f"{'ms/step':>8} {'TFLOP/s':>8} {'outside':>8}")

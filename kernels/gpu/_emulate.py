@@ -173,6 +173,9 @@ class ndarray(np.ndarray):
     def get(self):
         return np.array(self)
 
+    def set(self, arr, stream=None):  # host -> device copy (synchronous here)
+        self[...] = arr
+
     @property
     def data(self):  # cupy's MemoryPointer: only .ptr is used
         return types.SimpleNamespace(ptr=self.ctypes.data)
@@ -245,9 +248,33 @@ def make_module():
     cp.fft = types.SimpleNamespace(rfft=_wrapped(np.fft.rfft))
     cp.random = types.SimpleNamespace(default_rng=_Generator)
     device = types.SimpleNamespace(id=0, synchronize=lambda: None)
-    cp.cuda = types.SimpleNamespace(Device=lambda *a: device,
+    cp.cuda = types.SimpleNamespace(Device=lambda *a: device, Stream=_Stream, Event=_Event,
+                                    get_current_stream=lambda: _Stream(),
                                     runtime=types.SimpleNamespace(getDeviceCount=lambda: 1))
     return cp
+
+
+class _Event:
+    """Stand-in CUDA event: everything here is synchronous, so it is always complete."""
+
+    def record(self, stream=None):
+        return self
+
+    def synchronize(self):
+        pass
+
+
+class _Stream:
+    """Stand-in CUDA stream (work runs synchronously on the host)."""
+
+    def __init__(self, non_blocking=False, **kw):
+        pass
+
+    def record(self, event=None):
+        return _Event()
+
+    def wait_event(self, event):
+        pass
 
 
 def install():
@@ -258,5 +285,7 @@ def install():
     if "kernels.gpu" in sys.modules or have is not None:
         raise ValueError("install() must run before cupy / kernels.gpu are imported")
     sys.modules["cupy"] = make_module()
-    sys.modules["cupyx"] = types.ModuleType("cupyx")
+    cupyx = types.ModuleType("cupyx")
+    cupyx.empty_pinned = lambda shape, dtype=np.float64: np.empty(shape, dtype)
+    sys.modules["cupyx"] = cupyx
     return sys.modules["cupy"]
