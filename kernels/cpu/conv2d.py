@@ -12,7 +12,9 @@ sized so that a chunk's column matrix (``K+1`` rows x ``L`` pixels) stays in
 the core's L2 cache (:data:`CHUNK_BYTES`): inside one image when ``OH*OW`` is
 large (first layers), or groups of whole images when it is small (deep
 layers, where a per-image GEMM would be too thin for BLAS). One ``prange``
-over Numba's threads; each thread runs its chunks one after another:
+over tasks (chunks, images or chunk groups) with chunk size 1, so a thread
+that the OS preempts (2 shared cores) simply takes fewer tasks; scratch
+blocks are indexed by ``numba.get_thread_id()``:
 
 * forward, ``C < 16`` (first layer): im2col of the chunk (plus a row of
   ones: the bias is folded into the GEMM as an extra weight column), then
@@ -23,15 +25,17 @@ over Numba's threads; each thread runs its chunks one after another:
   pixel and kernel row), ``rows @ W.T`` (BLAS measured 25-30 % faster in this
   orientation), and the ``(L, F)`` result is transposed into NCHW in cache.
 * backward_input: ``dcols (K, L) = W.T @ dout_chunk``, then col2im adds every
-  tap into ``dx`` (correct for overlapping windows, ``stride < KH``). Each
-  image's ``dx`` belongs to exactly one thread, which adds its chunks in a
-  fixed order, so the result is deterministic and race-free.
-* backward_weight: each thread accumulates ``cols @ dout_chunk.T`` into its
-  own ``(K, F)`` buffer (GEMM with beta = 1; this orientation measured 25 %
-  faster than ``(F, K)`` for F = 32); the buffers are then summed in thread
-  order into ``dweight`` (``+=``). ``dbias`` is summed in float64.
+  tap into ``dx`` (correct for overlapping windows, ``stride < KH``). A task
+  is one image (all its chunks, in order) or a chunk of whole images, so each
+  ``dx`` plane is written by exactly one task in a fixed order: deterministic
+  and race-free.
+* backward_weight: the chunks are split into :data:`N_PARTIALS` fixed groups;
+  each group accumulates ``cols @ dout_chunk.T`` into its own ``(K, F)``
+  buffer (GEMM with beta = 1; this orientation measured 25 % faster than
+  ``(F, K)`` for F = 32); the partials are then summed in group order into
+  ``dweight`` (``+=``). ``dbias`` is summed in float64.
 
-Results depend only on the inputs and the Numba thread count. The GEMM is
+Results depend only on the inputs (not on the thread count or scheduling). The GEMM is
 SciPy's BLAS called from inside the Numba threads (:mod:`kernels.cpu.blas`),
 so only one thread pool runs. Every scratch buffer comes from the caller's
 ``kernels.Workspace``: a training step allocates nothing after warm-up.
@@ -50,24 +54,31 @@ __all__ = ["conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight", 
 #: measured faster for C >= 32 (e.g. 64->64 @12x19: 3.2 vs 4.9 ms, 1 thread) and much slower for C = 3.
 ROWS_MIN_CHANNELS = 16
 
+#: Whole-image chunks hold at most ceil(N / MIN_CHUNKS) images, so 2 threads can balance the
+#: load; a constant (not the thread count) so results do not depend on the thread count.
+MIN_CHUNKS = 4
+
+#: Number of fixed chunk groups whose weight-gradient partials are summed in order (backward_weight).
+N_PARTIALS = 8
+
 #: Target size in bytes of one thread's column block (L2-resident). Tuned on the paper's shapes.
 CHUNK_BYTES = 1 << 20
 
 
-def plan_chunks(n, oh, ow, k1, itemsize, nt=1, chunk_bytes=None):
+def plan_chunks(n, oh, ow, k1, itemsize, min_chunks=1, chunk_bytes=None):
     """Rows per chunk ``R`` and chunks per image (``0`` = chunks of ``R // OH`` whole images).
 
     ``R = max(1, chunk_bytes // ((K+1) * OW * itemsize))``. If ``R < OH`` each
     image is cut into ``ceil(OH / R)`` chunks of ``ceil(OH / ceil(OH / R))``
-    rows; otherwise a chunk holds ``min(R // OH, ceil(N / nt))`` whole images,
-    so that each of the ``nt`` threads gets work.
+    rows; otherwise a chunk holds ``min(R // OH, ceil(N / min_chunks))`` whole
+    images, so that there are enough tasks for the threads.
     """
     cb = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
     r = max(1, cb // (k1 * ow * itemsize))
     if r < oh:
         cpi = -(-oh // r)
         return -(-oh // cpi), cpi
-    return min(r // oh, -(-n // nt)) * oh, 0
+    return min(r // oh, -(-n // min_chunks)) * oh, 0
 
 
 # ----------------------------------------------------------------------------- Numba kernels
@@ -178,30 +189,29 @@ def _gather_dout(buf, d3, g0, g1, oh, ow):
 def _forward(out3, x, wa, kh, kw, s, pad, oh, ow, r, cpi, cols, obuf):
     n_, f_, pp = out3.shape
     k1 = wa.shape[1]
-    nt = cols.shape[0]
     nc = n_ * cpi if cpi > 0 else -(-n_ * oh // r)
     wflat = wa.reshape(-1)
     oflat = out3.reshape(-1)
-    for t in prange(nt):
-        cb = cols[t]
-        ob = obuf[t]
-        for q in range(t * nc // nt, (t + 1) * nc // nt):
-            g0, g1 = _chunk(q, r, cpi, n_, oh)
-            ll = (g1 - g0) * ow
-            _im2col_rows(cb, x, g0, g1, kh, kw, s, pad, oh, ow, True)
-            if cpi > 0:  # one image: write into out[n, :, rows] directly (row stride P)
-                n = g0 // oh
-                gemm(oflat, n * f_ * pp + (g0 - n * oh) * ow, pp, wflat, 0, k1, False, cb, 0, ll, False, f_, ll, k1, 0.0)
-            else:
-                gemm(ob, 0, ll, wflat, 0, k1, False, cb, 0, ll, False, f_, ll, k1, 0.0)
-                for g in range(g0, g1):
-                    n = g // oh
-                    p0 = (g - n * oh) * ow
-                    for f in range(f_):
-                        dst = out3[n, f, p0:p0 + ow]
-                        src = ob[f * ll + (g - g0) * ow:f * ll + (g - g0 + 1) * ow]
-                        for e in range(ow):
-                            dst[e] = src[e]
+    for q in prange(nc):  # one task per chunk; scratch belongs to the running thread
+        tid = numba.get_thread_id()
+        cb = cols[tid]
+        ob = obuf[tid]
+        g0, g1 = _chunk(q, r, cpi, n_, oh)
+        ll = (g1 - g0) * ow
+        _im2col_rows(cb, x, g0, g1, kh, kw, s, pad, oh, ow, True)
+        if cpi > 0:  # one image: write into out[n, :, rows] directly (row stride P)
+            n = g0 // oh
+            gemm(oflat, n * f_ * pp + (g0 - n * oh) * ow, pp, wflat, 0, k1, False, cb, 0, ll, False, f_, ll, k1, 0.0)
+        else:
+            gemm(ob, 0, ll, wflat, 0, k1, False, cb, 0, ll, False, f_, ll, k1, 0.0)
+            for g in range(g0, g1):
+                n = g // oh
+                p0 = (g - n * oh) * ow
+                for f in range(f_):
+                    dst = out3[n, f, p0:p0 + ow]
+                    src = ob[f * ll + (g - g0) * ow:f * ll + (g - g0 + 1) * ow]
+                    for e in range(ow):
+                        dst[e] = src[e]
 
 
 @njit(cache=True, parallel=True)
@@ -254,44 +264,40 @@ def _im2row_rows(rows, xh, g0, g1, kh, kw, s, pad, oh, ow, k1):
 def _forward_rows(out3, xh, wr, kh, kw, s, pad, oh, ow, r, cpi, rows, obuf):
     n_, f_, pp = out3.shape
     k1 = wr.shape[1]
-    nt = rows.shape[0]
     nc = n_ * cpi if cpi > 0 else -(-n_ * oh // r)
     wflat = wr.reshape(-1)
-    for t in prange(nt):
-        rb = rows[t]
-        ob = obuf[t]
-        for q in range(t * nc // nt, (t + 1) * nc // nt):
-            g0, g1 = _chunk(q, r, cpi, n_, oh)
-            ll = (g1 - g0) * ow
-            _im2row_rows(rb, xh, g0, g1, kh, kw, s, pad, oh, ow, k1)
-            gemm(ob, 0, f_, rb, 0, k1, False, wflat, 0, k1, True, ll, f_, k1, 0.0)
-            for g in range(g0, g1):
-                n = g // oh
-                p0 = (g - n * oh) * ow
-                for f in range(f_):
-                    dst = out3[n, f, p0:p0 + ow]
-                    src = ob[(g - g0) * ow * f_ + f:]
-                    for e in range(ow):
-                        dst[e] = src[e * f_]
+    for q in prange(nc):
+        tid = numba.get_thread_id()
+        rb = rows[tid]
+        ob = obuf[tid]
+        g0, g1 = _chunk(q, r, cpi, n_, oh)
+        ll = (g1 - g0) * ow
+        _im2row_rows(rb, xh, g0, g1, kh, kw, s, pad, oh, ow, k1)
+        gemm(ob, 0, f_, rb, 0, k1, False, wflat, 0, k1, True, ll, f_, k1, 0.0)
+        for g in range(g0, g1):
+            n = g // oh
+            p0 = (g - n * oh) * ow
+            for f in range(f_):
+                dst = out3[n, f, p0:p0 + ow]
+                src = ob[(g - g0) * ow * f_ + f:]
+                for e in range(ow):
+                    dst[e] = src[e * f_]
 
 
 @njit(cache=True, parallel=True)
 def _backward_input(dx, d3, w2, kh, kw, s, pad, oh, ow, r, cpi, dcols, dbuf):
     n_, f_, pp = d3.shape
     k = w2.shape[1]
-    nt = dcols.shape[0]
     wflat = w2.reshape(-1)
     dflat = d3.reshape(-1)
-    for t in prange(nt):
-        if cpi > 0:  # all chunks of images [t*N/nt, (t+1)*N/nt): this thread owns those dx planes
-            qa = (t * n_ // nt) * cpi
-            qb = ((t + 1) * n_ // nt) * cpi
-        else:  # chunks of whole images
-            nc = -(-n_ * oh // r)
-            qa = t * nc // nt
-            qb = (t + 1) * nc // nt
-        db = dbuf[t]
-        dc = dcols[t]
+    # one task per image (all its row chunks, in order) or per chunk of whole images:
+    # each task owns its dx planes, so no two threads write the same element.
+    ntask = n_ if cpi > 0 else -(-n_ * oh // r)
+    for task in prange(ntask):
+        tid = numba.get_thread_id()
+        qa, qb = (task * cpi, (task + 1) * cpi) if cpi > 0 else (task, task + 1)
+        db = dbuf[tid]
+        dc = dcols[tid]
         for q in range(qa, qb):
             g0, g1 = _chunk(q, r, cpi, n_, oh)
             ll = (g1 - g0) * ow
@@ -311,15 +317,18 @@ def _backward_input(dx, d3, w2, kh, kw, s, pad, oh, ow, r, cpi, dcols, dbuf):
 @njit(cache=True, parallel=True)
 def _backward_weight(dwt, d3, x, kh, kw, s, pad, oh, ow, r, cpi, cols, dbuf):
     n_, f_, pp = d3.shape
-    nt, k, _ = dwt.shape
+    ng, k, _ = dwt.shape
     nc = n_ * cpi if cpi > 0 else -(-n_ * oh // r)
     dflat = d3.reshape(-1)
-    for t in prange(nt):
-        acc = dwt[t].reshape(-1)
+    # ng partial sums, each over a fixed range of chunks: the result does not depend on
+    # which thread runs which group, nor on the thread count.
+    for grp in prange(ng):
+        tid = numba.get_thread_id()
+        acc = dwt[grp].reshape(-1)
         acc[:] = 0
-        cb = cols[t]
-        db = dbuf[t]
-        for q in range(t * nc // nt, (t + 1) * nc // nt):
+        cb = cols[tid]
+        db = dbuf[tid]
+        for q in range(grp * nc // ng, (grp + 1) * nc // ng):
             g0, g1 = _chunk(q, r, cpi, n_, oh)
             ll = (g1 - g0) * ow
             _im2col_rows(cb, x, g0, g1, kh, kw, s, pad, oh, ow, False)
@@ -332,8 +341,8 @@ def _backward_weight(dwt, d3, x, kh, kw, s, pad, oh, ow, r, cpi, cols, dbuf):
 
 
 @njit(cache=True, parallel=True)
-def _sum_threads_acc(dw, dwt):
-    """dw[f, k] += sum_t dwt[t, k, f] in thread order (the per-thread partials are transposed)."""
+def _sum_partials_acc(dw, dwt):
+    """dw[f, k] += sum_t dwt[t, k, f] in fixed order (the partials are transposed)."""
     nt, k_, f_ = dwt.shape
     for f in prange(f_):
         for kk in range(k_):
@@ -415,9 +424,10 @@ def _contig(a, ws, name):
 
 
 def _plan(n, k1, oh, ow, dt, f):
-    nt = numba.get_num_threads()
-    r, cpi = plan_chunks(n, oh, ow, k1, dt.itemsize, nt)
-    return r, cpi, min(r, n * oh) * ow, nt
+    """Chunk plan plus the scratch count: one block per thread of Numba's pool (get_thread_id)."""
+    r, cpi = plan_chunks(n, oh, ow, k1, dt.itemsize, MIN_CHUNKS)
+    nc = n * cpi if cpi > 0 else -(-n * oh // r)
+    return r, cpi, min(r, n * oh) * ow, numba.config.NUMBA_NUM_THREADS, nc
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -451,7 +461,7 @@ def conv2d_forward(out, x, weight, bias, stride, padding, ws):
         _check("bias", bias, (f,), dt)
     _check("out", out, (n, f, oh, ow), dt, out=True)
     k = c * kh * kw
-    r, cpi, lmax, nt = _plan(n, k + 1, oh, ow, dt, f)
+    r, cpi, lmax, nt, nc = _plan(n, k + 1, oh, ow, dt, f)
     if c >= ROWS_MIN_CHANNELS:  # im2row from NHWC, GEMM rows @ W.T (see module doc)
         xh = ws.get("conv_xh", (n, h, w, c), dt)
         _to_nhwc(xh, x)
@@ -460,7 +470,8 @@ def conv2d_forward(out, x, weight, bias, stride, padding, ws):
         wr[:, k] = 0 if bias is None else bias
         rows = ws.get("conv_cols", (nt, (k + 1) * lmax), dt)
         obuf = ws.get("conv_obuf", (nt, f * lmax), dt)
-        _forward_rows(out.reshape(n, f, oh * ow), xh, wr, kh, kw, s, p, oh, ow, r, cpi, rows, obuf)
+        with numba.parallel_chunksize(1):
+            _forward_rows(out.reshape(n, f, oh * ow), xh, wr, kh, kw, s, p, oh, ow, r, cpi, rows, obuf)
         return
     x = _contig(x, ws, "conv_x")
     wa = ws.get("conv_w", (f, k + 1), dt)
@@ -468,7 +479,8 @@ def conv2d_forward(out, x, weight, bias, stride, padding, ws):
     wa[:, k] = 0 if bias is None else bias
     cols = ws.get("conv_cols", (nt, (k + 1) * lmax), dt)
     obuf = ws.get("conv_obuf", (nt, f * lmax if cpi == 0 else 1), dt)
-    _forward(out.reshape(n, f, oh * ow), x, wa, kh, kw, s, p, oh, ow, r, cpi, cols, obuf)
+    with numba.parallel_chunksize(1):
+        _forward(out.reshape(n, f, oh * ow), x, wa, kh, kw, s, p, oh, ow, r, cpi, cols, obuf)
 
 
 def conv2d_backward_input(dx, dout, weight, stride, padding, ws):
@@ -500,10 +512,11 @@ def conv2d_backward_input(dx, dout, weight, stride, padding, ws):
     dout = _contig(dout, ws, "conv_dout")
     weight = _contig(weight, ws, "conv_wc")
     k = c * kh * kw
-    r, cpi, lmax, nt = _plan(n, k + 1, oh, ow, dt, f)
+    r, cpi, lmax, nt, nc = _plan(n, k + 1, oh, ow, dt, f)
     dcols = ws.get("conv_dcols", (nt, k * lmax), dt)
     dbuf = ws.get("conv_dbuf", (nt, f * lmax if cpi == 0 else 1), dt)
-    _backward_input(dx, dout.reshape(n, f, oh * ow), weight.reshape(f, k), kh, kw, s, p, oh, ow, r, cpi, dcols, dbuf)
+    with numba.parallel_chunksize(1):
+        _backward_input(dx, dout.reshape(n, f, oh * ow), weight.reshape(f, k), kh, kw, s, p, oh, ow, r, cpi, dcols, dbuf)
 
 
 def conv2d_backward_weight(dweight, dbias, dout, x, stride, padding, ws):
@@ -541,9 +554,10 @@ def conv2d_backward_weight(dweight, dbias, dout, x, stride, padding, ws):
     d3 = dout.reshape(n, f, oh * ow)
     if dbias is not None:
         _dbias_acc(dbias, d3)
-    r, cpi, lmax, nt = _plan(n, k + 1, oh, ow, dt, f)
+    r, cpi, lmax, nt, nc = _plan(n, k + 1, oh, ow, dt, f)
     cols = ws.get("conv_cols", (nt, (k + 1) * lmax), dt)
     dbuf = ws.get("conv_dbuf", (nt, f * lmax if cpi == 0 else 1), dt)
-    dwt = ws.get("conv_dwt", (nt, k, f), dt)
-    _backward_weight(dwt, d3, x, kh, kw, s, p, oh, ow, r, cpi, cols, dbuf)
-    _sum_threads_acc(dweight.reshape(f, k), dwt)
+    dwt = ws.get("conv_dwt", (min(N_PARTIALS, nc), k, f), dt)
+    with numba.parallel_chunksize(1):
+        _backward_weight(dwt, d3, x, kh, kw, s, p, oh, ow, r, cpi, cols, dbuf)
+    _sum_partials_acc(dweight.reshape(f, k), dwt)
