@@ -1,0 +1,252 @@
+"""Training throughput of hitcnn vs PyTorch (CPU), side by side in one run.
+
+For each of the paper's four models and each batch size, one training step
+(forward, softmax cross-entropy, backward, Adam step) is timed in hitcnn and
+in the same architecture in PyTorch (``torch.set_num_threads`` equal to
+Numba's thread count), alternating blocks of steps between the two so that
+load on a shared machine hits both alike. Reported: the median images/s over
+the timed steps after warm-up, and the ratio hitcnn / PyTorch. Also the peak
+resident memory of a hitcnn cnn6_rgb training run at batch 16, measured in a
+fresh subprocess with ``resource.getrusage`` (target: < 1 GiB).
+
+Usage::
+
+    python bench/train_throughput.py                       # all models, batch 16 and 64
+    python bench/train_throughput.py --models cnn6_rgb --batch 16 --profile
+    python bench/train_throughput.py --out                 # also writes bench/results/cpu_train_throughput.txt
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numba  # noqa: E402
+
+from engine import models  # noqa: E402
+from engine.losses import SoftmaxCrossEntropy  # noqa: E402
+from engine.optim import Adam  # noqa: E402
+
+RESULT = ROOT / "bench" / "results" / "cpu_train_throughput.txt"
+
+
+def cpu_model():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def blas_info():
+    try:
+        cfg = np.show_config(mode="dicts")
+        b = cfg["Build Dependencies"]["blas"]
+        return f"{b.get('name')} {b.get('version', '')}".strip()
+    except Exception:  # older numpy
+        return "unknown"
+
+
+def batch(c, n, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random((n, c, 102, 159), dtype=np.float32), (np.arange(n) % 3).astype(np.int64)
+
+
+class Ours:
+    name = "hitcnn"
+
+    def __init__(self, model_name, n):
+        self.model = models.build(model_name, seed=0)
+        self.loss = SoftmaxCrossEntropy()
+        self.opt = Adam(self.model.parameters())
+        self.x, self.y = batch(models.MODELS[model_name][0], n)
+
+    def step(self):
+        m = self.model
+        self.loss.forward(m.forward(self.x), self.y)
+        m.zero_grad()
+        m.backward(self.loss.backward())
+        self.opt.step()
+
+
+class Torch:
+    name = "torch"
+
+    def __init__(self, model_name, n):
+        import torch
+
+        c, widths = models.MODELS[model_name]
+        mods, h, w = [], 102, 159
+        for f in widths:
+            mods += [torch.nn.Conv2d(c, f, 3, 1, 1), torch.nn.BatchNorm2d(f), torch.nn.ReLU(), torch.nn.MaxPool2d(2)]
+            c, h, w = f, h // 2, w // 2
+        mods += [torch.nn.Flatten(), torch.nn.Linear(c * h * w, 512), torch.nn.ReLU(), torch.nn.Dropout(0.4),
+                 torch.nn.Linear(512, 3)]
+        self.torch = torch
+        self.model = torch.nn.Sequential(*mods).train()
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=5e-4)
+        x, y = batch(models.MODELS[model_name][0], n)
+        self.x, self.y = torch.from_numpy(x), torch.from_numpy(y)
+
+    def step(self):
+        self.opt.zero_grad(set_to_none=False)
+        loss = self.torch.nn.functional.cross_entropy(self.model(self.x), self.y)
+        loss.backward()
+        self.opt.step()
+
+
+def measure(runners, n, warmup, rounds, per_round):
+    """Alternate ``per_round`` timed steps of each runner, ``rounds`` times; return median images/s per runner."""
+    for r in runners:
+        for _ in range(warmup):
+            r.step()
+    times = {r.name: [] for r in runners}
+    for _ in range(rounds):
+        for r in runners:
+            for _ in range(per_round):
+                t = time.perf_counter()
+                r.step()
+                times[r.name].append(time.perf_counter() - t)
+    return {k: n / float(np.median(v)) for k, v in times.items()}
+
+
+def profile(model_name, n, steps=5):
+    """Median ms per plan step (forward and backward) of one hitcnn training step."""
+    o = Ours(model_name, n)
+    m = o.model
+    for _ in range(2):
+        o.step()
+    plan = m._plan(o.x)
+    fw = np.zeros((steps, len(plan)))
+    bw = np.zeros((steps, len(plan)))
+    other = []
+    for s in range(steps):
+        t0 = time.perf_counter()
+        h = o.x
+        for i, p in enumerate(plan):
+            t = time.perf_counter()
+            h = p.forward(h)
+            fw[s, i] = time.perf_counter() - t
+        o.loss.forward(h, o.y)
+        m.zero_grad()
+        d = o.loss.backward()
+        for i in reversed(range(len(plan))):
+            t = time.perf_counter()
+            d = plan[i].backward(d)
+            bw[s, i] = time.perf_counter() - t
+            if d is None:
+                break
+        t = time.perf_counter()
+        o.opt.step()
+        adam = time.perf_counter() - t
+        other.append((time.perf_counter() - t0, adam))
+    lines = [f"profile: hitcnn {model_name} batch {n} (median ms over {steps} steps)",
+             f"{'step':<44} {'forward':>8} {'backward':>9}"]
+    for i, p in enumerate(plan):
+        label = (f"{type(p.bn).__name__}+ReLU+MaxPool (fused)" if hasattr(p, "bn") else repr(p))[:44]
+        lines.append(f"{label:<44} {np.median(fw[:, i]) * 1e3:8.2f} {np.median(bw[:, i]) * 1e3:9.2f}")
+    tot, adam = np.median(np.array(other), axis=0)
+    lines.append(f"{'Adam step':<44} {adam * 1e3:8.2f}")
+    lines.append(f"{'total step':<44} {tot * 1e3:8.2f}")
+    return "\n".join(lines)
+
+
+def rss_child(model_name, n, steps):
+    o = Ours(model_name, n)
+    for _ in range(steps):
+        o.step()
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
+
+
+def peak_rss_mib(model_name, n, steps=3):
+    out = subprocess.run([sys.executable, __file__, "--rss-child", model_name, str(n), str(steps)],
+                         capture_output=True, text=True, check=True, env=os.environ.copy())
+    return int(out.stdout.strip().splitlines()[-1]) / 1024.0
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", nargs="+", default=list(models.MODELS), help="models to run (default: all four)")
+    ap.add_argument("--batch", nargs="+", type=int, default=[16, 64], help="batch sizes (default: 16 64)")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps per runner (default 3)")
+    ap.add_argument("--rounds", type=int, default=4, help="alternating rounds (default 4)")
+    ap.add_argument("--per-round", type=int, default=3, help="timed steps per runner per round (default 3)")
+    ap.add_argument("--threads", type=int, default=None, help="threads for both (default: Numba's default)")
+    ap.add_argument("--profile", action="store_true", help="also print hitcnn per-layer timings")
+    ap.add_argument("--no-torch", action="store_true", help="hitcnn only")
+    ap.add_argument("--out", action="store_true", help=f"also write {RESULT.relative_to(ROOT)}")
+    ap.add_argument("--rss-child", nargs=3, metavar=("MODEL", "N", "STEPS"), help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.rss_child:
+        return rss_child(a.rss_child[0], int(a.rss_child[1]), int(a.rss_child[2]))
+    if a.threads:
+        numba.set_num_threads(a.threads)
+    threads = numba.get_num_threads()
+    torch = None
+    if not a.no_torch:
+        try:
+            import torch
+
+            torch.set_num_threads(threads)
+        except ImportError:
+            torch = None
+    lines = [
+        "hitcnn vs PyTorch: CPU training throughput (forward + loss + backward + Adam step), images/s",
+        f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs; threads: numba {threads} "
+        f"({numba.threading_layer() if _warm_numba() else '?'}), torch {torch.get_num_threads() if torch else '-'}",
+        f"versions: python {platform.python_version()}, numpy {np.__version__}, numba {numba.__version__}, "
+        f"torch {torch.__version__ if torch else 'absent'}, BLAS {blas_info()}",
+        f"timing: median over {a.rounds}x{a.per_round} steps per runner after {a.warmup} warm-up steps, "
+        "runners alternated per round; 102x159 inputs",
+        "",
+        f"{'model':<10} {'batch':>5} {'hitcnn img/s':>13} {'torch img/s':>12} {'ratio':>7}",
+    ]
+    print("\n".join(lines), flush=True)
+    for name in a.models:
+        for n in a.batch:
+            runners = [Ours(name, n)] + ([Torch(name, n)] if torch else [])
+            r = measure(runners, n, a.warmup, a.rounds, a.per_round)
+            t = r.get("torch")
+            row = (f"{name:<10} {n:>5} {r['hitcnn']:>13.1f} {t if t else float('nan'):>12.1f} "
+                   f"{r['hitcnn'] / t if t else float('nan'):>7.2f}")
+            print(row, flush=True)
+            lines.append(row)
+            del runners
+    rss = peak_rss_mib("cnn6_rgb", 16)
+    row = f"\npeak RSS, hitcnn cnn6_rgb batch 16 training (fresh process, 3 steps): {rss:.0f} MiB (target < 1024 MiB)"
+    print(row, flush=True)
+    lines.append(row)
+    if a.profile:
+        for name in a.models:
+            p = profile(name, a.batch[0])
+            print("\n" + p, flush=True)
+            lines += ["", p]
+    if a.out:
+        RESULT.parent.mkdir(parents=True, exist_ok=True)
+        RESULT.write_text("\n".join(lines) + "\n")
+        print(f"\nwritten to {RESULT}")
+
+
+def _warm_numba():
+    """Run one tiny parallel kernel so that numba.threading_layer() is defined."""
+    from kernels.cpu import relu
+
+    x = np.ones(8, np.float32)
+    relu.relu_forward(np.empty_like(x), x)
+    return True
+
+
+if __name__ == "__main__":
+    main()
