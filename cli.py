@@ -37,7 +37,7 @@ PAPER_RESULTS = {
 }
 
 #: the demo default: fewer epochs than the paper's 100 cap (the synthetic task is easy)
-DEMO_EPOCHS = 15
+DEMO_EPOCHS = 8
 
 EXPECTED_LAYOUT = """\
 expected dataset layouts:

@@ -130,7 +130,7 @@ def inspect_run(run_dir, cfg, dataset, model, split="train", batch_size=16, chec
     opt = tr.make_optimizer(model, cfg)
     tr.load_state(run / "checkpoints" / f"{checkpoint}.npz", model, opt)
     mode = tr.model_mode(cfg.model)
-    x, y = next(iter(dataset.batches(split, batch_size, shuffle=True, seed=cfg.seed, mode=mode)))
+    x, y = tr.first_batch(dataset, split, batch_size, mode, shuffle=True, seed=cfg.seed)
     xp = kernels.get_backend(cfg.device).xp
     if xp is not np:
         x, y = xp.asarray(x), xp.asarray(y)

@@ -205,20 +205,21 @@ def evaluate_split(model, dataset, split: str, batch_size: int, device: str = "c
     tot, n = 0.0, 0
     ys, ps, pr = [], [], []
     try:
-        for i, (x, y) in enumerate(dataset.batches(split, batch_size, shuffle=False, seed=0, mode=mode)):
-            if limit_batches is not None and i >= limit_batches:
-                break
-            xd, yd = _as_device(x, xp), _as_device(y, xp)
-            logits = model.forward(xd)
-            loss = float(crit.forward(logits, yd))
-            tot += loss * len(y)
-            n += len(y)
-            lg = to_numpy(logits).astype(np.float64)
-            p = np.exp(lg - lg.max(axis=1, keepdims=True))
-            p /= p.sum(axis=1, keepdims=True)
-            ys.append(np.asarray(y, dtype=np.int64))
-            ps.append(p.argmax(axis=1))
-            pr.append(p.astype(np.float32))
+        with Prefetcher(dataset, split, batch_size, shuffle=False, seed=0, mode=mode) as batches:
+            for i, (x, y) in enumerate(batches):
+                if limit_batches is not None and i >= limit_batches:
+                    break
+                xd, yd = _as_device(x, xp), _as_device(y, xp)
+                logits = model.forward(xd)
+                loss = float(crit.forward(logits, yd))
+                tot += loss * len(y)
+                n += len(y)
+                lg = to_numpy(logits).astype(np.float64)
+                p = np.exp(lg - lg.max(axis=1, keepdims=True))
+                p /= p.sum(axis=1, keepdims=True)
+                ys.append(np.asarray(y, dtype=np.int64))
+                ps.append(p.argmax(axis=1))
+                pr.append(p.astype(np.float32))
     finally:
         if was_training:
             model.train()
@@ -228,6 +229,95 @@ def evaluate_split(model, dataset, split: str, batch_size: int, device: str = "c
 
 
 # ----------------------------------------------------------------------------- the loop
+
+
+class Prefetcher:
+    """Iterate ``dataset.batches(..., prefetch=0)`` in a background thread, one batch ahead.
+
+    The next batch is decoded (memory-mapped uint8 -> float32, colormap) while
+    the current one trains. ``close()`` (also on ``with`` exit) stops the
+    thread at once, whatever state the consumer left it in, so an early exit
+    (NaN, Ctrl-C, ``max_steps``, a single-batch grab) never blocks.
+    ``wait_seconds`` accumulates the time the consumer waited for data.
+    """
+
+    _END = object()
+
+    def __init__(self, dataset, split, batch_size, shuffle, seed, mode, ahead=2):
+        import queue
+        import threading
+
+        self._q = queue.Queue(maxsize=max(1, int(ahead)))
+        self._stop = threading.Event()
+        self.wait_seconds = 0.0
+        gen = dataset.batches(split, batch_size, shuffle=shuffle, seed=seed, mode=mode, prefetch=0)
+
+        def produce():
+            try:
+                for item in gen:
+                    if not self._put(item):
+                        return
+                self._put(self._END)
+            except BaseException as exc:  # handed to the consumer
+                self._put(exc)
+            finally:
+                gen.close()
+
+        self._t = threading.Thread(target=produce, daemon=True, name="hitcnn-prefetch")
+        self._t.start()
+
+    def _put(self, item):
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        t0 = time.perf_counter()
+        item = self._q.get()
+        self.wait_seconds += time.perf_counter() - t0
+        if item is self._END:
+            self._q.put(self._END)  # stay exhausted
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self):
+        """Stop the producer thread and wait for it (never blocks on a full queue)."""
+        import queue
+
+        self._stop.set()
+        while self._t.is_alive():
+            try:
+                self._q.get_nowait()
+            except queue.Empty:
+                pass
+            self._t.join(timeout=0.05)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def first_batch(dataset, split, batch_size, mode, shuffle=False, seed=0):
+    """The first batch of ``split`` (no background thread)."""
+    gen = dataset.batches(split, batch_size, shuffle=shuffle, seed=seed, mode=mode, prefetch=0)
+    try:
+        return next(gen)
+    finally:
+        gen.close()
 
 
 class _SigintFlag:
@@ -338,7 +428,7 @@ def fit(dataset, cfg: TrainConfig, out_dir, resume: bool = False, log=print) -> 
         state.update({k: extra[k] for k in state if k in extra})
         log(f"resumed from {last_path}: epoch {state['epoch'] + 1}, "
             f"{state['step_in_epoch']} batches of it already done, step {state['global_step']}")
-        history = _read_history(metrics_path, state["epoch"])
+        history = _read_history(metrics_path, state["epoch"] + 1)  # keep the finished epochs (1-based)
     else:
         if metrics_path.exists():
             metrics_path.unlink()
@@ -346,7 +436,7 @@ def fit(dataset, cfg: TrainConfig, out_dir, resume: bool = False, log=print) -> 
 
     overfit_x = overfit_y = None
     if cfg.overfit_batch:
-        overfit_x, overfit_y = next(iter(dataset.batches("train", cfg.batch_size, shuffle=False, seed=0, mode=mode)))
+        overfit_x, overfit_y = first_batch(dataset, "train", cfg.batch_size, mode)
         overfit_x, overfit_y = _as_device(overfit_x, xp), _as_device(overfit_y, xp)
     n_train = 1 if cfg.overfit_batch else _split_size(dataset, "train")
     steps_per_epoch = 1 if cfg.overfit_batch else math.ceil(n_train / cfg.batch_size)
@@ -367,62 +457,65 @@ def fit(dataset, cfg: TrainConfig, out_dir, resume: bool = False, log=print) -> 
             if cfg.overfit_batch:
                 it = iter([(overfit_x, overfit_y)])
             else:
-                it = iter(dataset.batches("train", cfg.batch_size, shuffle=True,
-                                          seed=epoch_seed(cfg.seed, ep), mode=mode))
+                it = Prefetcher(dataset, "train", cfg.batch_size, shuffle=True,
+                                seed=epoch_seed(cfg.seed, ep), mode=mode)
                 for _ in range(skip):  # finished batches of an interrupted epoch
                     next(it)
-            t_ep = time.perf_counter()
-            while True:
-                t0 = time.perf_counter()
-                try:
-                    x, y = next(it)
-                except StopIteration:
-                    break
-                t1 = time.perf_counter()
-                xd, yd = _as_device(x, xp), _as_device(y, xp)
-                model.zero_grad()
-                logits = model.forward(xd)
-                loss = float(crit.forward(logits, yd))
-                if not math.isfinite(loss):
+            try:
+                while True:
+                    t0 = time.perf_counter()
+                    try:
+                        x, y = next(it)
+                    except StopIteration:
+                        break
+                    t1 = time.perf_counter()
+                    xd, yd = _as_device(x, xp), _as_device(y, xp)
+                    model.zero_grad()
+                    logits = model.forward(xd)
+                    loss = float(crit.forward(logits, yd))
+                    if not math.isfinite(loss):
+                        if bar is not None:
+                            bar.close()
+                        raise NonFiniteLoss(
+                            f"loss became {loss} at step {state['global_step'] + 1} (epoch {ep + 1}, batch "
+                            f"{state['step_in_epoch'] + 1} of {steps_per_epoch}) with lr={cfg.lr:g}; try a lower "
+                            f"learning rate, e.g. --lr {cfg.lr / 10:g}. The last good checkpoint is kept: "
+                            f"{last_path if last_path.is_file() else '(none saved yet)'}")
+                    model.backward(crit.backward())
+                    opt.step()
+                    nb = len(y)
+                    state["loss_sum"] += loss * nb
+                    state["correct"] += int((to_numpy(logits).argmax(axis=1) == np.asarray(to_numpy(y))).sum())
+                    state["count"] += nb
+                    state["step_in_epoch"] += 1
+                    state["global_step"] += 1
+                    t2 = time.perf_counter()
+                    if cfg.step_delay:
+                        time.sleep(cfg.step_delay)
+                    state["wait_seconds"] += t1 - t0
+                    state["epoch_seconds"] += t2 - t0
                     if bar is not None:
-                        bar.close()
-                    raise NonFiniteLoss(
-                        f"loss became {loss} at step {state['global_step'] + 1} (epoch {ep + 1}, batch "
-                        f"{state['step_in_epoch'] + 1} of {steps_per_epoch}) with lr={cfg.lr:g}; try a lower "
-                        f"learning rate, e.g. --lr {cfg.lr / 10:g}. The last good checkpoint is kept: "
-                        f"{last_path if last_path.is_file() else '(none saved yet)'}")
-                model.backward(crit.backward())
-                opt.step()
-                nb = len(y)
-                state["loss_sum"] += loss * nb
-                state["correct"] += int((to_numpy(logits).argmax(axis=1) == np.asarray(to_numpy(y))).sum())
-                state["count"] += nb
-                state["step_in_epoch"] += 1
-                state["global_step"] += 1
-                t2 = time.perf_counter()
-                if cfg.step_delay:
-                    time.sleep(cfg.step_delay)
-                state["wait_seconds"] += t1 - t0
-                state["epoch_seconds"] += t2 - t0
-                if bar is not None:
-                    bar.set_postfix(loss=f"{state['loss_sum'] / state['count']:.4f}",
-                                    acc=f"{state['correct'] / state['count']:.3f}",
-                                    img_s=f"{state['count'] / max(state['epoch_seconds'], 1e-9):.1f}",
-                                    refresh=False)
-                    bar.update(1)
-                if sigint.hit:
-                    checkpoint()
-                    if bar is not None:
-                        bar.close()
-                    raise Interrupted(
-                        f"interrupted at epoch {ep + 1}, batch {state['step_in_epoch']} of {steps_per_epoch} "
-                        f"(step {state['global_step']}); checkpoint saved to {last_path}.\n"
-                        f"Resume with: python cli.py train --resume --out {out}")
-                if cfg.max_steps is not None and state["global_step"] >= cfg.max_steps:
-                    stopped = "max_steps"
-                    break
-                if cfg.checkpoint_every and state["step_in_epoch"] % cfg.checkpoint_every == 0:
-                    checkpoint()
+                        bar.set_postfix(loss=f"{state['loss_sum'] / state['count']:.4f}",
+                                        acc=f"{state['correct'] / state['count']:.3f}",
+                                        img_s=f"{state['count'] / max(state['epoch_seconds'], 1e-9):.1f}",
+                                        refresh=False)
+                        bar.update(1)
+                    if sigint.hit:
+                        checkpoint()
+                        if bar is not None:
+                            bar.close()
+                        raise Interrupted(
+                            f"interrupted at epoch {ep + 1}, batch {state['step_in_epoch']} of {steps_per_epoch} "
+                            f"(step {state['global_step']}); checkpoint saved to {last_path}.\n"
+                            f"Resume with: python cli.py train --resume --out {out}")
+                    if cfg.max_steps is not None and state["global_step"] >= cfg.max_steps:
+                        stopped = "max_steps"
+                        break
+                    if cfg.checkpoint_every and state["step_in_epoch"] % cfg.checkpoint_every == 0:
+                        checkpoint()
+            finally:
+                if not cfg.overfit_batch:
+                    it.close()
             if bar is not None:
                 bar.close()
             if stopped == "max_steps" and state["step_in_epoch"] < steps_per_epoch:

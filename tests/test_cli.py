@@ -1,0 +1,158 @@
+"""The command line (cli.py): help, errors, evaluate / predict / inspect / gradcheck / models."""
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cli
+
+REPO = Path(__file__).resolve().parents[1]
+COMMANDS = ("train", "preprocess", "evaluate", "predict", "grid", "reproduce", "models", "gradcheck", "inspect")
+TINY = ["--demo-tracks", "40", "--demo-seconds", "3", "--crop-seconds", "2", "--height", "32", "--width", "48"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A 2-epoch cnn2_mono run on the tiny synthetic demo data (built through the FMA path)."""
+    base = tmp_path_factory.mktemp("cli")
+    out = base / "run"
+    rc = cli.main(["train", "--cache-dir", str(base / "cache"), "--out", str(out), "--model", "cnn2_mono",
+                   "--epochs", "2", "--batch-size", "8", "--quiet", "--workers", "1"] + TINY)
+    assert rc == 0
+    return out, base / "cache"
+
+
+def test_help_of_every_command():
+    out = subprocess.run([sys.executable, str(REPO / "cli.py"), "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for c in COMMANDS:
+        assert c in out.stdout
+    for c in COMMANDS:
+        with pytest.raises(SystemExit) as e:
+            cli.main([c, "--help"])
+        assert e.value.code == 0
+
+
+def test_every_flag_has_help_and_default(capsys):
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, type(parser._subparsers._group_actions[0])))
+    for name, p in sub.choices.items():
+        for a in p._actions:
+            if a.dest == "help" or a.help == "==SUPPRESS==":
+                continue
+            assert a.help, f"{name} {a.option_strings} has no help"
+            if a.option_strings and not isinstance(a.default, bool):
+                assert "default" in a.help or p.formatter_class is not cli.argparse.RawDescriptionHelpFormatter, \
+                    f"{name} {a.option_strings}: help does not state the default"
+    train = sub.choices["train"].parse_args([])
+    assert (train.model, train.batch_size, train.lr, train.dropout, train.weight_decay, train.patience,
+            train.device, train.epochs) == ("cnn6_rgb", 16, 5e-4, 0.4, 0.0, None, "cpu", None)
+    assert cli.DEMO_EPOCHS < 100  # demo default; 100 (the paper's cap) otherwise
+    pred = sub.choices["predict"].parse_args(["RUN", "a.mp3"])
+    assert pred.crops == 3
+
+
+def test_bad_dataset_path_exit_code_and_layout(tmp_path, capsys):
+    rc = cli.main(["train", "--audio-dir", str(tmp_path / "nope"), "--metadata", "x.csv"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no such directory" in err and "fma_metadata/tracks.csv" in err
+    rc = cli.main(["train", "--data", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "not a dataset cache" in err and "expected dataset layouts" in err
+    # malformed FMA metadata: a tracks.csv without the needed columns
+    (tmp_path / "audio").mkdir()
+    bad = tmp_path / "tracks.csv"
+    bad.write_text(",a\n,b\ntrack_id,\n2,1\n")
+    rc = cli.main(["preprocess", "--audio-dir", str(tmp_path / "audio"), "--metadata", str(bad), "--quiet",
+                   "--cache-dir", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "missing" in err and "expected dataset layouts" in err
+    rc = cli.main(["evaluate", str(tmp_path)])
+    assert rc == 2 and "not a run directory" in capsys.readouterr().err
+
+
+def test_gpu_without_cuda_is_a_clear_error(capsys):
+    has_cuda = False
+    if importlib.util.find_spec("cupy") is not None:
+        try:
+            import cupy
+
+            has_cuda = cupy.cuda.runtime.getDeviceCount() > 0
+        except Exception:
+            has_cuda = False
+    if has_cuda:
+        pytest.skip("a CUDA device is present")
+    rc = cli.main(["train", "--device", "gpu", "--data", "/nonexistent"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--device gpu" in err and ("CuPy" in err or "CUDA" in err)
+
+
+def test_evaluate_matches_report(tiny_run, capsys):
+    out, _ = tiny_run
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(out), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    saved = json.loads((out / "report.json").read_text())
+    assert rep["accuracy"] == saved["accuracy"] and rep["confusion_matrix"] == saved["confusion_matrix"]
+    assert [p["class"] for p in rep["per_class"]] == ["low", "medium", "high"]
+    cm = np.array(rep["confusion_matrix"])
+    assert rep["accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
+    assert rep["majority_baseline"] == pytest.approx(cm.sum(axis=1).max() / cm.sum())
+    assert cli.main(["evaluate", str(out), "--split", "val"]) == 0
+    text = capsys.readouterr().out
+    assert "macro-F1" in text and "majority baseline" in text and "confusion matrix" in text
+
+
+def test_predict_table_and_json(tiny_run, capsys):
+    out, cache = tiny_run
+    files = sorted((next(cache.glob("demo-*")) / "fma_small").rglob("*.mp3"))[:2]
+    capsys.readouterr()
+    assert cli.main(["predict", str(out)] + [str(f) for f in files] + ["--json", "--crops", "2"]) == 0
+    recs = [json.loads(s) for s in capsys.readouterr().out.splitlines()]
+    assert [r["file"] for r in recs] == [str(f) for f in files]
+    for r in recs:
+        p = r["probabilities"]
+        assert set(p) == {"low", "medium", "high"} and sum(p.values()) == pytest.approx(1.0, abs=1e-6)
+        assert r["class"] == max(p, key=p.get) and len(r["offsets_s"]) == 2
+    assert cli.main(["predict", str(out), str(files[0]), str(out / "missing.mp3")]) == 2
+    captured = capsys.readouterr()
+    assert "low" in captured.out and "missing.mp3" in captured.err
+
+
+def test_inspect_writes_table_and_plot(tiny_run, capsys):
+    out, _ = tiny_run
+    assert cli.main(["inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "dead ReLU" in text and "update/weight" in text
+    rows = json.loads((out / "inspect.json").read_text())
+    assert (out / "inspect.png").is_file() and (out / "inspect.md").is_file()
+    kinds = [r["layer"].split(":")[1] for r in rows]
+    assert kinds[0] == "Conv2d" and kinds[-1] == "Linear"
+    for r in rows:
+        if r["layer"].endswith("ReLU"):
+            assert 0 <= r["dead_frac"] <= r["zero_frac"] <= 1
+        if r["layer"].endswith(("Conv2d", "Linear")):
+            assert r["grad_norm"] > 0 and 0 < r["update_ratio"] < 1
+        if r["layer"].endswith("BatchNorm2d"):  # training-mode BN output: mean ~0, std ~1
+            assert abs(r["act_mean"]) < 1e-2 and abs(r["act_std"] - 1) < 2e-2
+
+
+def test_models_lists_shapes_and_params(capsys):
+    assert cli.main(["models"]) == 0
+    text = capsys.readouterr().out
+    for name in cli.MODEL_NAMES:
+        assert f"== {name}" in text
+    assert "(N, 256)" in text  # cnn6_rgb's flatten size on 102 x 159
+    assert "421,027" in text  # cnn6_rgb parameters with our widths
+
+
+def test_gradcheck_passes(capsys):
+    assert cli.main(["gradcheck", "--model", "cnn2_mono"]) == 0
+    text = capsys.readouterr().out
+    assert "PASS" in text and "0.weight" in text
+    errs = [float(line.split()[-1]) for line in text.splitlines() if line[:1].isdigit()]
+    assert errs and max(errs) < 1e-6

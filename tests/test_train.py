@@ -1,0 +1,197 @@
+"""The training loop (engine/train.py) through the CLI: run directory, determinism,
+resume after SIGKILL, Ctrl-C, NaN stop, early stopping.
+
+Everything trains cnn2_mono on a tiny synthetic dataset (40 clips of 3 s,
+2 s crops, 32 x 48 images) built once per session by ``preprocess``.
+Subprocess tests use the same Numba cache as this process, so they do not
+recompile.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cli
+
+REPO = Path(__file__).resolve().parents[1]
+TIME_KEYS = {"seconds", "images_per_s", "data_wait_share", "peak_rss_mib"}
+TINY = ["--demo-tracks", "40", "--demo-seconds", "3", "--crop-seconds", "2", "--height", "32", "--width", "48"]
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A tiny demo dataset cache (built through the normal FMA path)."""
+    cache = tmp_path_factory.mktemp("hitcnn-cache")
+    rc = cli.main(["preprocess", "--cache-dir", str(cache), "--quiet", "--workers", "1"] + TINY)
+    assert rc == 0
+    (d,) = list((cache / "datasets").iterdir())
+    return d
+
+
+def train_args(data, out, *extra):
+    return ["train", "--data", str(data), "--out", str(out), "--model", "cnn2_mono", "--quiet"] + list(extra)
+
+
+def metrics_lines(run):
+    return [json.loads(s) for s in (Path(run) / "metrics.jsonl").read_text().splitlines() if s.strip()]
+
+
+def no_time(lines):
+    return [{k: v for k, v in rec.items() if k not in TIME_KEYS} for rec in lines]
+
+
+def weights(path):
+    with np.load(path) as z:
+        return {k: z[k].copy() for k in z.files if not k.startswith("meta")}
+
+
+def run_cli(args, **kw):
+    return subprocess.Popen([sys.executable, str(REPO / "cli.py")] + args, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def ckpt_extra(path):
+    with np.load(path) as z:
+        return json.loads(str(z["meta"]))["extra"]
+
+
+def test_run_dir_files_and_report(tiny_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(train_args(tiny_data, out, "--epochs", "2", "--batch-size", "8")) == 0
+    text = capsys.readouterr().out
+    assert "| Parameter" in text and "cnn2_mono" in text  # the configuration table
+    for f in ("config.json", "metrics.jsonl", "report.json", "curves.png", "confusion.png",
+              "checkpoints/last.npz", "checkpoints/best.npz"):
+        assert (out / f).is_file(), f
+    conf = json.loads((out / "config.json").read_text())
+    assert conf["train"]["model"] == "cnn2_mono" and conf["train"]["batch_size"] == 8
+    assert len(conf["dataset_manifest_hash"]) == 64 and conf["code_version"] != "unknown"
+    assert conf["classes"] == ["low", "medium", "high"]
+    lines = metrics_lines(out)
+    assert [r["epoch"] for r in lines] == [1, 2]
+    assert set(lines[0]) >= {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s",
+                             "data_wait_share"}
+    assert 0 <= lines[0]["data_wait_share"] < 1 and lines[0]["images_per_s"] > 0
+    rep = json.loads((out / "report.json").read_text())
+    n_test = conf["n_images"]["test"]
+    assert rep["n"] == n_test and rep["split"] == "test"
+    assert sum(map(sum, rep["confusion_matrix"])) == n_test
+    assert 0 <= rep["accuracy"] <= 1 and "majority_baseline" in rep
+    best = max(lines, key=lambda r: r["val_acc"])  # first maximum = the best checkpoint's epoch
+    assert rep["best_epoch"] == best["epoch"] and rep["val_accuracy"] == best["val_acc"]
+
+
+def test_same_seed_same_metrics_and_weights(tiny_data, tmp_path):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    args = ["--epochs", "2", "--batch-size", "8", "--seed", "5"]
+    assert cli.main(train_args(tiny_data, a, *args)) == 0
+    assert cli.main(train_args(tiny_data, b, *args)) == 0
+    assert no_time(metrics_lines(a)) == no_time(metrics_lines(b))
+    wa, wb = weights(a / "checkpoints/last.npz"), weights(b / "checkpoints/last.npz")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)
+    # a different seed gives a different run
+    assert cli.main(train_args(tiny_data, c, "--epochs", "2", "--batch-size", "8", "--seed", "6")) == 0
+    assert no_time(metrics_lines(a)) != no_time(metrics_lines(c))
+
+
+def test_sigkill_mid_epoch_then_resume_is_bit_exact(tiny_data, tmp_path):
+    ref, run = tmp_path / "ref", tmp_path / "killed"
+    common = ["--epochs", "2", "--batch-size", "4", "--checkpoint-every", "1", "--seed", "2"]
+    assert cli.main(train_args(tiny_data, ref, *common)) == 0
+    p = run_cli(train_args(tiny_data, run, *common, "--step-delay", "0.15"))
+    try:
+        t0 = time.time()
+        last = run / "checkpoints" / "last.npz"
+        while True:  # wait for the checkpoint of a step inside epoch 2, then kill at once
+            assert p.poll() is None, p.communicate()
+            assert time.time() - t0 < 180, "the run never reached epoch 2"
+            try:
+                e = ckpt_extra(last)
+                if e["epoch"] == 1 and e["step_in_epoch"] >= 2:
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.02)
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == -signal.SIGKILL
+    extra = ckpt_extra(run / "checkpoints/last.npz")
+    steps_per_epoch = 8  # 32 training images / batch 4
+    assert extra["epoch"] == 1 and 1 <= extra["step_in_epoch"] < steps_per_epoch, extra  # killed mid-epoch 2
+    assert cli.main(["train", "--resume", "--out", str(run), "--quiet"]) == 0
+    assert no_time(metrics_lines(run)) == no_time(metrics_lines(ref))
+    wr, wk = weights(ref / "checkpoints/last.npz"), weights(run / "checkpoints/last.npz")
+    for k in wr:
+        np.testing.assert_array_equal(wr[k], wk[k], err_msg=k)
+    assert ckpt_extra(run / "checkpoints/last.npz")["global_step"] == 16
+
+
+def test_sigint_saves_and_says_how_to_resume(tiny_data, tmp_path):
+    run = tmp_path / "int"
+    p = run_cli(train_args(tiny_data, run, "--epochs", "3", "--batch-size", "4", "--checkpoint-every", "0",
+                           "--step-delay", "0.15"))
+    try:
+        t0 = time.time()
+        while not (run / "config.json").is_file():
+            assert p.poll() is None, p.communicate()
+            assert time.time() - t0 < 120
+            time.sleep(0.05)
+        time.sleep(1.0)  # inside epoch 1: no checkpoint has been written yet (--checkpoint-every 0)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130, err
+    assert f"Resume with: python cli.py train --resume --out {run}" in err
+    assert (run / "checkpoints/last.npz").is_file()
+    extra = ckpt_extra(run / "checkpoints/last.npz")
+    assert extra["global_step"] >= 1
+    assert cli.main(["train", "--resume", "--out", str(run), "--quiet"]) == 0
+    assert [r["epoch"] for r in metrics_lines(run)] == [1, 2, 3]
+
+
+def test_nan_loss_stops_names_step_and_keeps_good_checkpoint(tiny_data, tmp_path, capsys):
+    run = tmp_path / "nan"
+    rc = cli.main(train_args(tiny_data, run, "--epochs", "2", "--batch-size", "8", "--lr", "1e30",
+                             "--checkpoint-every", "1"))
+    err = capsys.readouterr().err
+    assert rc == 3
+    assert "loss became" in err and "at step 2 " in err and "lower learning rate" in err and "--lr 1e+29" in err
+    last = run / "checkpoints/last.npz"
+    assert last.is_file() and ckpt_extra(last)["global_step"] == 1  # written before the bad step
+    for k, v in weights(last).items():
+        assert np.all(np.isfinite(v)), k
+
+
+def test_patience_stops_early(tiny_data, tmp_path, capsys):
+    run = tmp_path / "pat"
+    assert cli.main(train_args(tiny_data, run, "--epochs", "30", "--batch-size", "16", "--patience", "1",
+                               "--lr", "1e-7")) == 0
+    lines = metrics_lines(run)
+    assert "early stopping" in capsys.readouterr().out
+    assert len(lines) < 30
+    accs = [r["val_acc"] for r in lines]
+    # patience 1: every epoch but the last improved on all before it; the last did not
+    for i in range(1, len(accs) - 1):
+        assert accs[i] > max(accs[:i]), accs
+    assert accs[-1] <= max(accs[:-1]), accs
+
+
+def test_overfit_batch_reaches_full_accuracy(tiny_data, tmp_path):
+    run = tmp_path / "of"
+    assert cli.main(train_args(tiny_data, run, "--overfit-batch", "--epochs", "60", "--batch-size", "8",
+                               "--dropout", "0", "--lr", "1e-3")) == 0
+    lines = metrics_lines(run)
+    assert lines[-1]["train_acc"] == 1.0 and lines[-1]["train_loss"] < 0.05
