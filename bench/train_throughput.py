@@ -224,8 +224,10 @@ def main(argv=None):
             print(row, flush=True)
             lines.append(row)
             del runners
-    rss = peak_rss_mib("cnn6_rgb", 16)
-    row = f"\npeak RSS, hitcnn cnn6_rgb batch 16 training (fresh process, 3 steps): {rss:.0f} MiB (target < 1024 MiB)"
+    # twice: the first child may JIT-compile (cold or invalidated Numba cache), which peaks far above training
+    rss = [peak_rss_mib("cnn6_rgb", 16) for _ in range(2)]
+    row = (f"\npeak RSS, hitcnn cnn6_rgb batch 16 training (fresh process, 3 steps, warm Numba cache): {rss[1]:.0f} MiB "
+           f"(target < 1024 MiB; first child {rss[0]:.0f} MiB)")
     print(row, flush=True)
     lines.append(row)
     if a.profile:
