@@ -432,19 +432,22 @@ def _manifest_hash(ds) -> str:
     return str(man.get("param_hash") or man.get("hash") or "")
 
 
-def _status_report(ds, log=print) -> None:
-    """Print the tracks that preprocessing skipped or padded (from the manifest)."""
+def _status_report(ds, log=print, show_padded=5) -> None:
+    """Print every track that preprocessing skipped, and the padded ones (the first few), from the manifest."""
     man = getattr(ds, "manifest", {}) or {}
-    tracks = man.get("tracks") or man.get("status") or []
-    items = tracks.items() if isinstance(tracks, dict) else enumerate(tracks)
-    bad = []
-    for k, t in items:
-        if isinstance(t, dict) and t.get("status", "ok") != "ok":
-            bad.append((t.get("path", k), t.get("status"), t.get("reason", "")))
-    if bad:
-        log(f"{len(bad)} track(s) skipped or padded:")
-        for path, st, why in bad:
-            log(f"  {st:8s} {path}  {why}")
+    tracks = man.get("tracks") or []
+    skipped = [t for t in tracks if isinstance(t, dict) and t.get("status") == "skipped"]
+    padded = [t for t in tracks if isinstance(t, dict) and t.get("status") == "padded"]
+    if skipped:
+        log(f"{len(skipped)} track(s) skipped (not in the dataset):")
+        for t in skipped:
+            log(f"  skipped  {t.get('path', t.get('id'))}  {t.get('reason', '')}")
+    if padded:
+        log(f"{len(padded)} track(s) shorter than the crop, zero-padded:")
+        for t in padded[:show_padded]:
+            log(f"  padded   {t.get('path', t.get('id'))}  {t.get('reason', '')}")
+        if len(padded) > show_padded:
+            log(f"  ... and {len(padded) - show_padded} more (see {getattr(ds, 'path', '')}/manifest.json)")
 
 
 # ============================================================================ commands
