@@ -62,6 +62,51 @@ def _fwd(out, argmax, x, sub, scale, shift, k):  # x (N,C,H,W), out/argmax (N,C,
                 argmax[i_n, ch, i, j] = bi
 
 
+@njit(parallel=True, cache=True)
+def _fwd2(out, argmax, x3, w, sub, scale, shift):  # 2x2 windows, stride 2; x3 (N, C, H*W), out/argmax (N, C, OH, OW)
+    n, c, oh, ow = out.shape
+    for p in prange(n * c):
+        i_n = p // c
+        ch = p % c
+        s = sub[ch]
+        sc = scale[ch]
+        b = shift[ch]
+        z = out.dtype.type(0)
+        for i in range(oh):
+            row = 2 * i * w
+            for j in range(ow):
+                t = row + 2 * j
+                v0 = (x3[i_n, ch, t] - s) * sc + b
+                v1 = (x3[i_n, ch, t + 1] - s) * sc + b
+                v2 = (x3[i_n, ch, t + w] - s) * sc + b
+                v3 = (x3[i_n, ch, t + w + 1] - s) * sc + b
+                v0 = v0 if v0 > z else z
+                v1 = v1 if v1 > z else z
+                v2 = v2 if v2 > z else z
+                v3 = v3 if v3 > z else z
+                best = v0
+                bi = t
+                if v1 > best:
+                    best = v1
+                    bi = t + 1
+                if v2 > best:
+                    best = v2
+                    bi = t + w
+                if v3 > best:
+                    best = v3
+                    bi = t + w + 1
+                out[i_n, ch, i, j] = best
+                argmax[i_n, ch, i, j] = bi
+
+
+def _pool(out, argmax, x, sub, scale, shift, k):
+    if k == 2:
+        n, c, h, w = x.shape
+        _fwd2(out, argmax, x.reshape(n, c, h * w), w, sub, scale, shift)
+    else:
+        _fwd(out, argmax, x, sub, scale, shift, k)
+
+
 def _check(x, out, argmax, k):
     if x.ndim != 4 or x.dtype not in (np.float32, np.float64) or not x.flags.c_contiguous:
         raise ValueError(f"x must be a C-contiguous 4-D (N, C, H, W) float32/float64 array, got {x.dtype} {x.shape}")
@@ -111,19 +156,19 @@ def bn_relu_pool_forward_train(out, argmax, save_mean, save_invstd, x, gamma, be
     shift = np.empty(c, x.dtype)
     _bn._finish_train(save_mean, save_invstd, sub, scale, shift, var, gamma, beta, running_mean, running_var,
                       float(momentum), float(eps), m)
-    _fwd(out, argmax, x, sub, scale, shift, int(kernel_size))
+    _pool(out, argmax, x, sub, scale, shift, int(kernel_size))
 
 
 def bn_relu_pool_forward_eval(out, argmax, x, gamma, beta, running_mean, running_var, eps, kernel_size):
     """Fused BatchNorm2d (eval, running statistics) -> ReLU -> MaxPool2d(k, stride=k); see the train version."""
     _check(x, out, argmax, kernel_size)
     sub, scale, shift = _bn.eval_coefficients(gamma, beta, running_mean, running_var, eps, x.dtype)
-    _fwd(out, argmax, x, sub, scale, shift, int(kernel_size))
+    _pool(out, argmax, x, sub, scale, shift, int(kernel_size))
 
 
 @njit(parallel=True, cache=True, fastmath=_FM)
-def _bwd_sums(sdy, sdyx, dout, argmax, x, sub, scale, shift, mean, invstd):
-    n, c, h, w = x.shape
+def _bwd_sums(sdy, sdyx, dout, argmax, x3, sub, scale, shift, mean, invstd):  # x3 (N, C, H*W)
+    n, c = x3.shape[0], x3.shape[1]
     oh, ow = dout.shape[2], dout.shape[3]
     for ch in prange(c):
         s_ = sub[ch]
@@ -135,8 +180,7 @@ def _bwd_sums(sdy, sdyx, dout, argmax, x, sub, scale, shift, mean, invstd):
         for i_n in range(n):
             for i in range(oh):
                 for j in range(ow):
-                    t = argmax[i_n, ch, i, j]
-                    xv = x[i_n, ch, t // w, t % w]
+                    xv = x3[i_n, ch, argmax[i_n, ch, i, j]]
                     if (xv - s_) * sc + b > 0:
                         d = np.float64(dout[i_n, ch, i, j])
                         s += d
@@ -146,10 +190,10 @@ def _bwd_sums(sdy, sdyx, dout, argmax, x, sub, scale, shift, mean, invstd):
 
 
 @njit(parallel=True, cache=True)
-def _bwd_apply(dx, dout, argmax, x, sub, scale, shift, cdy, cx, c0, csub):
-    n, c, h, w = x.shape
+def _bwd_apply(dx3, dout, argmax, x3, sub, scale, shift, cdy, cx, c0, csub):  # dx3, x3 (N, C, H*W)
+    n, c, hw = x3.shape
     oh, ow = dout.shape[2], dout.shape[3]
-    zero = dout[0, 0, 0, 0] * 0
+    zero = dx3.dtype.type(0)
     for p in prange(n * c):
         i_n = p // c
         ch = p % c
@@ -157,20 +201,18 @@ def _bwd_apply(dx, dout, argmax, x, sub, scale, shift, cdy, cx, c0, csub):
         bx = cx[ch]
         z = c0[ch]
         ms = csub[ch]
-        for y in range(h):
-            for xx in range(w):
-                dx[i_n, ch, y, xx] = a * zero + bx * (x[i_n, ch, y, xx] - ms) + z
+        az = a * zero  # the unfused path computes a*dy with dy = 0 off the argmaxes
+        for t in range(hw):
+            dx3[i_n, ch, t] = az + bx * (x3[i_n, ch, t] - ms) + z
         s_ = sub[ch]
         sc = scale[ch]
         b = shift[ch]
         for i in range(oh):
             for j in range(ow):
                 t = argmax[i_n, ch, i, j]
-                y = t // w
-                xx = t % w
-                xv = x[i_n, ch, y, xx]
+                xv = x3[i_n, ch, t]
                 if (xv - s_) * sc + b > 0:
-                    dx[i_n, ch, y, xx] = a * dout[i_n, ch, i, j] + bx * (xv - ms) + z
+                    dx3[i_n, ch, t] = a * dout[i_n, ch, i, j] + bx * (xv - ms) + z
 
 
 def bn_relu_pool_backward(dx, dgamma, dbeta, dout, argmax, x, save_mean, save_invstd, gamma, beta, kernel_size):
@@ -202,6 +244,8 @@ def bn_relu_pool_backward(dx, dgamma, dbeta, dout, argmax, x, save_mean, save_in
     shift = beta.astype(x.dtype)
     sdy = np.empty(c)
     sdyx = np.empty(c)
-    _bwd_sums(sdy, sdyx, dout, argmax, x, sub, scale, shift, save_mean, save_invstd)
+    n, h, w = x.shape[0], x.shape[2], x.shape[3]
+    x3 = x.reshape(n, c, h * w)
+    _bwd_sums(sdy, sdyx, dout, argmax, x3, sub, scale, shift, save_mean, save_invstd)
     cdy, cx, c0, csub = _bn.backward_coefficients(sdy, sdyx, save_mean, save_invstd, gamma, dgamma, dbeta, m, x.dtype)
-    _bwd_apply(dx, dout, argmax, x, sub, scale, shift, cdy, cx, c0, csub)
+    _bwd_apply(dx.reshape(n, c, h * w), dout, argmax, x3, sub, scale, shift, cdy, cx, c0, csub)
