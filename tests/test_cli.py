@@ -156,3 +156,39 @@ def test_gradcheck_passes(capsys):
     assert "PASS" in text and "0.weight" in text
     errs = [float(line.split()[-1]) for line in text.splitlines() if line[:1].isdigit()]
     assert errs and max(errs) < 1e-6
+
+
+def _dataset_dir(tiny_run):
+    out, _ = tiny_run
+    return json.loads((out / "config.json").read_text())["data"]["dataset_dir"]
+
+
+def test_grid_table_best_first(tiny_run, tmp_path, capsys):
+    data = _dataset_dir(tiny_run)
+    rc = cli.main(["grid", "--data", data, "--model", "cnn2_mono", "--lr", "1e-3,1e-7", "--batch-size", "8",
+                   "--dropout", "0.4", "--epochs", "1", "--quiet", "--out", str(tmp_path / "g")])
+    assert rc == 0
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "g" / "grid.csv")))
+    assert len(rows) == 2 and {r["lr"] for r in rows} == {"0.001", "1e-07"}
+    accs = [float(r["val_acc"]) for r in rows]
+    assert accs == sorted(accs, reverse=True)
+    for r in rows:  # each trial is a normal run directory
+        assert (tmp_path / "g" / r["run"] / "report.json").is_file()
+    md = (tmp_path / "g" / "grid.md").read_text()
+    assert md.count("| cnn2_mono_lr") == 2
+
+
+def test_reproduce_writes_paper_table(tiny_run, tmp_path, capsys):
+    data = _dataset_dir(tiny_run)
+    rc = cli.main(["reproduce", "--data", data, "--models", "cnn2_mono", "--epochs", "1", "--quiet",
+                   "--out", str(tmp_path / "r")])
+    assert rc == 0
+    md = (tmp_path / "r" / "results.md").read_text()
+    line = next(s for s in md.splitlines() if s.startswith("| cnn2_mono"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[4:7] == ["44", "41", "42"]  # the paper's numbers beside ours
+    rep = json.loads((tmp_path / "r" / "cnn2_mono" / "report.json").read_text())
+    assert float(cells[3]) == pytest.approx(100 * rep["accuracy"], abs=0.05)
+    assert "61 %" in md
