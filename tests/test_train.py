@@ -195,3 +195,21 @@ def test_overfit_batch_reaches_full_accuracy(tiny_data, tmp_path):
                                "--dropout", "0", "--lr", "1e-3")) == 0
     lines = metrics_lines(run)
     assert lines[-1]["train_acc"] == 1.0 and lines[-1]["train_loss"] < 0.05
+
+
+@pytest.mark.slow
+def test_default_demo_end_to_end(tmp_path):
+    """`python cli.py train` with no data flags: synthesise, preprocess, train cnn6_rgb, test (a few minutes)."""
+    env = dict(os.environ, HITCNN_CACHE=str(tmp_path / "cache"))
+    out = tmp_path / "demo"
+    t0 = time.time()
+    r = subprocess.run([sys.executable, str(REPO / "cli.py"), "train", "--out", str(out), "--quiet"], cwd=REPO,
+                       env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "SYNTHETIC" in r.stdout
+    lines = metrics_lines(out)
+    assert len(lines) == cli.DEMO_EPOCHS
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["majority_baseline"] < 0.5
+    assert max(x["val_acc"] for x in lines) >= 0.85 and rep["accuracy"] >= 0.85, (lines, rep)
+    print(f"default demo: {time.time() - t0:.0f} s wall, test accuracy {rep['accuracy']:.3f}")
