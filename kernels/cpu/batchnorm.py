@@ -18,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ._threads import run as _run
+
 __all__ = ["batchnorm_forward_train", "batchnorm_forward_eval", "batchnorm_backward", "channel_stats"]
 
 # reassoc lets LLVM vectorise the float64 accumulations; the compiled order is
@@ -99,7 +101,7 @@ def channel_stats(mean, var, x):
     x : np.ndarray [shape=(N, C, H, W), dtype=float32 or float64]
     """
     _check(x, ("mean", mean, None), ("var", var, None))
-    _stats(mean, var, _as3("x", x))
+    _run(x.size, _stats, mean, var, _as3("x", x))
 
 
 def batchnorm_forward_train(out, save_mean, save_invstd, x, gamma, beta, running_mean, running_var, momentum, eps):
@@ -132,13 +134,13 @@ def batchnorm_forward_train(out, save_mean, save_invstd, x, gamma, beta, running
         raise ValueError(f"BatchNorm training needs N*H*W >= 2 values per channel, got x shape {x.shape}")
     c = x.shape[1]
     var = np.empty(c)
-    _stats(save_mean, var, _as3("x", x))
+    _run(x.size, _stats, save_mean, var, _as3("x", x))
     sub = np.empty(c, x.dtype)
     scale = np.empty(c, x.dtype)
     shift = np.empty(c, x.dtype)
     _finish_train(save_mean, save_invstd, sub, scale, shift, var, gamma, beta, running_mean, running_var,
                   float(momentum), float(eps), m)
-    _apply(_as3("out", out), _as3("x", x), sub, scale, shift)
+    _run(x.size, _apply, _as3("out", out), _as3("x", x), sub, scale, shift)
 
 
 def eval_coefficients(gamma, beta, running_mean, running_var, eps, dtype):
@@ -166,7 +168,7 @@ def batchnorm_forward_eval(out, x, gamma, beta, running_mean, running_var, eps):
     _check(x, ("out", out, x.shape), ("gamma", gamma, None), ("beta", beta, None),
            ("running_mean", running_mean, None), ("running_var", running_var, None))
     sub, scale, shift = eval_coefficients(gamma, beta, running_mean, running_var, eps, x.dtype)
-    _apply(_as3("out", out), _as3("x", x), sub, scale, shift)
+    _run(x.size, _apply, _as3("out", out), _as3("x", x), sub, scale, shift)
 
 
 @njit(parallel=True, cache=True, fastmath=_FM)
@@ -254,6 +256,6 @@ def batchnorm_backward(dx, dgamma, dbeta, dout, x, save_mean, save_invstd, gamma
     sdyx = np.empty(c)
     x3 = _as3("x", x)
     d3 = _as3("dout", dout)
-    _bwd_sums(sdy, sdyx, d3, x3, save_mean, save_invstd)
+    _run(x.size, _bwd_sums, sdy, sdyx, d3, x3, save_mean, save_invstd)
     cdy, cx, c0, sub = backward_coefficients(sdy, sdyx, save_mean, save_invstd, gamma, dgamma, dbeta, m, x.dtype)
-    _bwd_apply(_as3("dx", dx), d3, x3, cdy, cx, c0, sub)
+    _run(x.size, _bwd_apply, _as3("dx", dx), d3, x3, cdy, cx, c0, sub)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ._threads import run as _run
+
 __all__ = ["make_rng", "dropout_forward", "dropout_backward"]
 
 _CHUNK = 1 << 15
@@ -84,11 +86,11 @@ def dropout_forward(out, mask, x, p, rng):
     o = _check("out", out, x.shape, x.dtype)
     m = _check("mask", mask, x.shape, np.uint8)
     rng.random(dtype=x.dtype, out=o)
-    _fwd(o, m, _check("x", x, x.shape, x.dtype), x.dtype.type(p), x.dtype.type(scale))
+    _run(x.size, _fwd, o, m, _check("x", x, x.shape, x.dtype), x.dtype.type(p), x.dtype.type(scale))
 
 
 def dropout_backward(dx, dout, mask, p):
     """Dropout backward with the forward's mask: ``dx = dout * mask / (1 - p)`` (overwrites ``dx``)."""
     scale = _scale(p)
-    _bwd(_check("dx", dx, dout.shape, dout.dtype), _check("dout", dout, dout.shape, dout.dtype),
+    _run(dout.size, _bwd, _check("dx", dx, dout.shape, dout.dtype), _check("dout", dout, dout.shape, dout.dtype),
          _check("mask", mask, dout.shape, np.uint8), dout.dtype.type(scale))

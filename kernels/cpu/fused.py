@@ -25,6 +25,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ._threads import run as _run
+
 from . import batchnorm as _bn
 
 __all__ = ["bn_relu_pool_forward_train", "bn_relu_pool_forward_eval", "bn_relu_pool_backward"]
@@ -102,9 +104,9 @@ def _fwd2(out, argmax, x3, w, sub, scale, shift):  # 2x2 windows, stride 2; x3 (
 def _pool(out, argmax, x, sub, scale, shift, k):
     if k == 2:
         n, c, h, w = x.shape
-        _fwd2(out, argmax, x.reshape(n, c, h * w), w, sub, scale, shift)
+        _run(x.size, _fwd2, out, argmax, x.reshape(n, c, h * w), w, sub, scale, shift)
     else:
-        _fwd(out, argmax, x, sub, scale, shift, k)
+        _run(x.size, _fwd, out, argmax, x, sub, scale, shift, k)
 
 
 def _check(x, out, argmax, k):
@@ -246,6 +248,6 @@ def bn_relu_pool_backward(dx, dgamma, dbeta, dout, argmax, x, save_mean, save_in
     sdyx = np.empty(c)
     n, h, w = x.shape[0], x.shape[2], x.shape[3]
     x3 = x.reshape(n, c, h * w)
-    _bwd_sums(sdy, sdyx, dout, argmax, x3, sub, scale, shift, save_mean, save_invstd)
+    _run(x.size, _bwd_sums, sdy, sdyx, dout, argmax, x3, sub, scale, shift, save_mean, save_invstd)
     cdy, cx, c0, csub = _bn.backward_coefficients(sdy, sdyx, save_mean, save_invstd, gamma, dgamma, dbeta, m, x.dtype)
-    _bwd_apply(dx.reshape(n, c, h * w), dout, argmax, x3, sub, scale, shift, cdy, cx, c0, csub)
+    _run(x.size, _bwd_apply, dx.reshape(n, c, h * w), dout, argmax, x3, sub, scale, shift, cdy, cx, c0, csub)

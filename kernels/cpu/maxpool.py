@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ._threads import run as _run
+
 __all__ = ["maxpool2d_output_size", "maxpool2d_forward", "maxpool2d_backward"]
 
 
@@ -112,7 +114,7 @@ def maxpool2d_forward(out, argmax, x, kernel_size, stride):
     _check("x", x, x.shape, x.dtype)
     _check("out", out, (n, c, oh, ow), x.dtype)
     _check("argmax", argmax, (n, c, oh, ow), np.int32)
-    _fwd(out.reshape(n * c, oh, ow), argmax.reshape(n * c, oh, ow), x.reshape(n * c, h, w),
+    _run(x.size, _fwd, out.reshape(n * c, oh, ow), argmax.reshape(n * c, oh, ow), x.reshape(n * c, h, w),
          int(kernel_size), int(stride))
 
 
@@ -142,6 +144,6 @@ def maxpool2d_backward(dx, dout, argmax, kernel_size, stride):
     _check("argmax", argmax, (n, c, oh, ow), np.int32)
     d3, a3 = dout.reshape(n * c, oh, ow), argmax.reshape(n * c, oh, ow)
     if kernel_size <= stride:
-        _bwd_disjoint(dx.reshape(n * c, h * w), d3, a3)
+        _run(dx.size, _bwd_disjoint, dx.reshape(n * c, h * w), d3, a3)
     else:
-        _bwd_gather(dx.reshape(n * c, h, w), d3, a3, int(kernel_size), int(stride))
+        _run(dx.size, _bwd_gather, dx.reshape(n * c, h, w), d3, a3, int(kernel_size), int(stride))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ._threads import run as _run
+
 __all__ = ["relu_forward", "relu_backward"]
 
 _CHUNK = 1 << 15
@@ -57,7 +59,7 @@ def relu_forward(out, x):
     """
     if x.dtype not in (np.float32, np.float64):
         raise ValueError(f"x must be float32 or float64, got {x.dtype}")
-    _fwd(_flat("out", out, x.shape, x.dtype), _flat("x", x, x.shape, x.dtype))
+    _run(x.size, _fwd, _flat("out", out, x.shape, x.dtype), _flat("x", x, x.shape, x.dtype))
 
 
 def relu_backward(dx, dout, out):
@@ -68,5 +70,5 @@ def relu_backward(dx, dout, out):
     dx, dout, out : np.ndarray [same shape and dtype], C-contiguous
         ``out`` is the forward output.
     """
-    _bwd(_flat("dx", dx, out.shape, out.dtype), _flat("dout", dout, out.shape, out.dtype),
+    _run(out.size, _bwd, _flat("dx", dx, out.shape, out.dtype), _flat("dout", dout, out.shape, out.dtype),
          _flat("out", out, out.shape, out.dtype))
