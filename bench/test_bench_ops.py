@@ -17,7 +17,7 @@ batch 16 and 64; Adam on cnn6_rgb's 421,027 parameters.
 import numpy as np
 import pytest
 
-from kernels.cpu import adam, batchnorm as bn, dropout, fused, maxpool, relu, softmax_xent
+from kernels.cpu import batchnorm as bn, dropout, fused, maxpool, relu, softmax_xent
 
 try:
     import torch
