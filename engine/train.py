@@ -401,6 +401,11 @@ def fit(dataset, cfg: TrainConfig, out_dir, resume: bool = False, log=print) -> 
     FileNotFoundError
         ``resume`` without a checkpoint in ``out_dir``.
     """
+    with _SigintFlag() as sigint:  # installed before anything slow, so Ctrl-C always saves
+        return _fit(dataset, cfg, out_dir, resume, log, sigint)
+
+
+def _fit(dataset, cfg, out_dir, resume, log, sigint):
     import kernels
     from engine.losses import SoftmaxCrossEntropy
 
@@ -447,126 +452,125 @@ def fit(dataset, cfg: TrainConfig, out_dir, resume: bool = False, log=print) -> 
 
     stopped = "epochs"
     t_run = time.perf_counter()
-    with _SigintFlag() as sigint:
-        while state["epoch"] < cfg.epochs:
-            ep = state["epoch"]
-            skip = state["step_in_epoch"]
-            bar = _bar(steps_per_epoch, f"epoch {ep + 1}/{cfg.epochs}", cfg.progress)
-            if bar is not None and skip:
-                bar.update(skip)
-            if cfg.overfit_batch:
-                it = iter([(overfit_x, overfit_y)])
-            else:
-                it = Prefetcher(dataset, "train", cfg.batch_size, shuffle=True,
-                                seed=epoch_seed(cfg.seed, ep), mode=mode)
-                for _ in range(skip):  # finished batches of an interrupted epoch
-                    next(it)
-            try:
-                while True:
-                    t0 = time.perf_counter()
-                    try:
-                        x, y = next(it)
-                    except StopIteration:
-                        break
-                    t1 = time.perf_counter()
-                    xd, yd = _as_device(x, xp), _as_device(y, xp)
-                    model.zero_grad()
-                    logits = model.forward(xd)
-                    loss = float(crit.forward(logits, yd))
-                    if not math.isfinite(loss):
-                        if bar is not None:
-                            bar.close()
-                        raise NonFiniteLoss(
-                            f"loss became {loss} at step {state['global_step'] + 1} (epoch {ep + 1}, batch "
-                            f"{state['step_in_epoch'] + 1} of {steps_per_epoch}) with lr={cfg.lr:g}; try a lower "
-                            f"learning rate, e.g. --lr {cfg.lr / 10:g}. The last good checkpoint is kept: "
-                            f"{last_path if last_path.is_file() else '(none saved yet)'}")
-                    model.backward(crit.backward())
-                    opt.step()
-                    nb = len(y)
-                    state["loss_sum"] += loss * nb
-                    state["correct"] += int((to_numpy(logits).argmax(axis=1) == np.asarray(to_numpy(y))).sum())
-                    state["count"] += nb
-                    state["step_in_epoch"] += 1
-                    state["global_step"] += 1
-                    t2 = time.perf_counter()
-                    if cfg.step_delay:
-                        time.sleep(cfg.step_delay)
-                    state["wait_seconds"] += t1 - t0
-                    state["epoch_seconds"] += t2 - t0
+    while state["epoch"] < cfg.epochs:
+        ep = state["epoch"]
+        skip = state["step_in_epoch"]
+        bar = _bar(steps_per_epoch, f"epoch {ep + 1}/{cfg.epochs}", cfg.progress)
+        if bar is not None and skip:
+            bar.update(skip)
+        if cfg.overfit_batch:
+            it = iter([(overfit_x, overfit_y)])
+        else:
+            it = Prefetcher(dataset, "train", cfg.batch_size, shuffle=True,
+                            seed=epoch_seed(cfg.seed, ep), mode=mode)
+            for _ in range(skip):  # finished batches of an interrupted epoch
+                next(it)
+        try:
+            while True:
+                if sigint.hit:
+                    checkpoint()
                     if bar is not None:
-                        bar.set_postfix(loss=f"{state['loss_sum'] / state['count']:.4f}",
-                                        acc=f"{state['correct'] / state['count']:.3f}",
-                                        img_s=f"{state['count'] / max(state['epoch_seconds'], 1e-9):.1f}",
-                                        refresh=False)
-                        bar.update(1)
-                    if sigint.hit:
-                        checkpoint()
-                        if bar is not None:
-                            bar.close()
-                        raise Interrupted(
-                            f"interrupted at epoch {ep + 1}, batch {state['step_in_epoch']} of {steps_per_epoch} "
-                            f"(step {state['global_step']}); checkpoint saved to {last_path}.\n"
-                            f"Resume with: python cli.py train --resume --out {out}")
-                    if cfg.max_steps is not None and state["global_step"] >= cfg.max_steps:
-                        stopped = "max_steps"
-                        break
-                    if cfg.checkpoint_every and state["step_in_epoch"] % cfg.checkpoint_every == 0:
-                        checkpoint()
-            finally:
-                if not cfg.overfit_batch:
-                    it.close()
-            if bar is not None:
-                bar.close()
-            if stopped == "max_steps" and state["step_in_epoch"] < steps_per_epoch:
-                checkpoint()
-                break
-            # ---- end of epoch: validation, metrics line, best / last checkpoints
-            t_val = time.perf_counter()
-            if cfg.overfit_batch:
-                model.eval()
-                lg = model.forward(overfit_x)
-                val_loss = float(crit.forward(lg, overfit_y))
-                val_acc = float((to_numpy(lg).argmax(axis=1) == to_numpy(overfit_y)).mean())
-                model.train()
-            else:
-                val_loss, yt, yp, _ = evaluate_split(model, dataset, "val", cfg.batch_size, cfg.device, mode)
-                val_acc = float((yt == yp).mean()) if yt.size else float("nan")
-            cnt = max(state["count"], 1)
-            rec = dict(epoch=ep + 1, train_loss=state["loss_sum"] / cnt, train_acc=state["correct"] / cnt,
-                       val_loss=val_loss, val_acc=val_acc, lr=cfg.lr,
-                       seconds=round(state["epoch_seconds"] + (time.perf_counter() - t_val), 3),
-                       images_per_s=round(state["count"] / max(state["epoch_seconds"], 1e-9), 2),
-                       data_wait_share=round(state["wait_seconds"] / max(state["epoch_seconds"], 1e-9), 4),
-                       peak_rss_mib=round(peak_rss_mib(), 1))
-            history.append(rec)
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
-            improved = val_acc > state["best_val_acc"]
-            if improved:
-                state["best_val_acc"], state["best_epoch"], state["bad_epochs"] = val_acc, ep + 1, 0
-            else:
-                state["bad_epochs"] += 1
-            log(f"epoch {ep + 1:3d}/{cfg.epochs}  train loss {rec['train_loss']:.4f} acc {rec['train_acc']:.4f}  "
-                f"val loss {val_loss:.4f} acc {val_acc:.4f}{' *' if improved else '  '}  "
-                f"{rec['images_per_s']:.1f} img/s  data wait {100 * rec['data_wait_share']:.1f}%  "
-                f"{rec['seconds']:.1f}s")
-            state.update(epoch=ep + 1, step_in_epoch=0, loss_sum=0.0, correct=0, count=0,
-                         epoch_seconds=0.0, wait_seconds=0.0)
-            if improved:
-                checkpoint(best_path)
-            checkpoint(last_path)
-            if stopped == "max_steps":
-                break
-            if cfg.patience is not None and state["bad_epochs"] >= cfg.patience:
-                stopped = "patience"
-                log(f"early stopping: validation accuracy has not improved for {cfg.patience} epochs "
-                    f"(best {state['best_val_acc']:.4f} at epoch {state['best_epoch']})")
-                break
-            if sigint.hit:
-                raise Interrupted(
-                    f"interrupted after epoch {ep + 1}; checkpoint saved to {last_path}.\n"
-                    f"Resume with: python cli.py train --resume --out {out}")
+                        bar.close()
+                    raise Interrupted(
+                        f"interrupted at epoch {ep + 1}, batch {state['step_in_epoch']} of {steps_per_epoch} "
+                        f"(step {state['global_step']}); checkpoint saved to {last_path}.\n"
+                        f"Resume with: python cli.py train --resume --out {out}")
+                t0 = time.perf_counter()
+                try:
+                    x, y = next(it)
+                except StopIteration:
+                    break
+                t1 = time.perf_counter()
+                xd, yd = _as_device(x, xp), _as_device(y, xp)
+                model.zero_grad()
+                logits = model.forward(xd)
+                loss = float(crit.forward(logits, yd))
+                if not math.isfinite(loss):
+                    if bar is not None:
+                        bar.close()
+                    raise NonFiniteLoss(
+                        f"loss became {loss} at step {state['global_step'] + 1} (epoch {ep + 1}, batch "
+                        f"{state['step_in_epoch'] + 1} of {steps_per_epoch}) with lr={cfg.lr:g}; try a lower "
+                        f"learning rate, e.g. --lr {cfg.lr / 10:g}. The last good checkpoint is kept: "
+                        f"{last_path if last_path.is_file() else '(none saved yet)'}")
+                model.backward(crit.backward())
+                opt.step()
+                nb = len(y)
+                state["loss_sum"] += loss * nb
+                state["correct"] += int((to_numpy(logits).argmax(axis=1) == np.asarray(to_numpy(y))).sum())
+                state["count"] += nb
+                state["step_in_epoch"] += 1
+                state["global_step"] += 1
+                t2 = time.perf_counter()
+                if cfg.step_delay:
+                    time.sleep(cfg.step_delay)
+                state["wait_seconds"] += t1 - t0
+                state["epoch_seconds"] += t2 - t0
+                if bar is not None:
+                    bar.set_postfix(loss=f"{state['loss_sum'] / state['count']:.4f}",
+                                    acc=f"{state['correct'] / state['count']:.3f}",
+                                    img_s=f"{state['count'] / max(state['epoch_seconds'], 1e-9):.1f}",
+                                    refresh=False)
+                    bar.update(1)
+                if cfg.max_steps is not None and state["global_step"] >= cfg.max_steps:
+                    stopped = "max_steps"
+                    break
+                if cfg.checkpoint_every and state["step_in_epoch"] % cfg.checkpoint_every == 0:
+                    checkpoint()
+        finally:
+            if not cfg.overfit_batch:
+                it.close()
+        if bar is not None:
+            bar.close()
+        if stopped == "max_steps" and state["step_in_epoch"] < steps_per_epoch:
+            checkpoint()
+            break
+        # ---- end of epoch: validation, metrics line, best / last checkpoints
+        t_val = time.perf_counter()
+        if cfg.overfit_batch:
+            model.eval()
+            lg = model.forward(overfit_x)
+            val_loss = float(crit.forward(lg, overfit_y))
+            val_acc = float((to_numpy(lg).argmax(axis=1) == to_numpy(overfit_y)).mean())
+            model.train()
+        else:
+            val_loss, yt, yp, _ = evaluate_split(model, dataset, "val", cfg.batch_size, cfg.device, mode)
+            val_acc = float((yt == yp).mean()) if yt.size else float("nan")
+        cnt = max(state["count"], 1)
+        rec = dict(epoch=ep + 1, train_loss=state["loss_sum"] / cnt, train_acc=state["correct"] / cnt,
+                   val_loss=val_loss, val_acc=val_acc, lr=cfg.lr,
+                   seconds=round(state["epoch_seconds"] + (time.perf_counter() - t_val), 3),
+                   images_per_s=round(state["count"] / max(state["epoch_seconds"], 1e-9), 2),
+                   data_wait_share=round(state["wait_seconds"] / max(state["epoch_seconds"], 1e-9), 4),
+                   peak_rss_mib=round(peak_rss_mib(), 1))
+        history.append(rec)
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        improved = val_acc > state["best_val_acc"]
+        if improved:
+            state["best_val_acc"], state["best_epoch"], state["bad_epochs"] = val_acc, ep + 1, 0
+        else:
+            state["bad_epochs"] += 1
+        log(f"epoch {ep + 1:3d}/{cfg.epochs}  train loss {rec['train_loss']:.4f} acc {rec['train_acc']:.4f}  "
+            f"val loss {val_loss:.4f} acc {val_acc:.4f}{' *' if improved else '  '}  "
+            f"{rec['images_per_s']:.1f} img/s  data wait {100 * rec['data_wait_share']:.1f}%  "
+            f"{rec['seconds']:.1f}s")
+        state.update(epoch=ep + 1, step_in_epoch=0, loss_sum=0.0, correct=0, count=0,
+                     epoch_seconds=0.0, wait_seconds=0.0)
+        if improved:
+            checkpoint(best_path)
+        checkpoint(last_path)
+        if stopped == "max_steps":
+            break
+        if cfg.patience is not None and state["bad_epochs"] >= cfg.patience:
+            stopped = "patience"
+            log(f"early stopping: validation accuracy has not improved for {cfg.patience} epochs "
+                f"(best {state['best_val_acc']:.4f} at epoch {state['best_epoch']})")
+            break
+        if sigint.hit:
+            raise Interrupted(
+                f"interrupted after epoch {ep + 1}; checkpoint saved to {last_path}.\n"
+                f"Resume with: python cli.py train --resume --out {out}")
     return dict(history=history, best_epoch=state["best_epoch"], best_val_acc=state["best_val_acc"],
                 stopped=stopped, global_step=state["global_step"], seconds=time.perf_counter() - t_run,
                 model=model, optimizer=opt)
