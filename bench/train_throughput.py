@@ -7,7 +7,9 @@ Numba's thread count), alternating blocks of steps between the two so that
 load on a shared machine hits both alike. Reported: the median images/s over
 the timed steps after warm-up, and the ratio hitcnn / PyTorch. Also the peak
 resident memory of a hitcnn cnn6_rgb training run at batch 16, measured in a
-fresh subprocess with ``resource.getrusage`` (target: < 1 GiB).
+fresh subprocess as its ``VmHWM`` (target: < 1 GiB; ``resource.getrusage``
+is not used because Linux carries ``ru_maxrss`` over fork+exec, so a child of
+this big benchmark process would report the parent's RSS).
 
 Usage::
 
@@ -163,23 +165,28 @@ def profile(model_name, n, steps=5):
     return "\n".join(lines)
 
 
+def _status_kib(field):
+    try:
+        return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field))
+    except (OSError, StopIteration):
+        return -1
+
+
 def rss_child(model_name, n, steps):
     o = Ours(model_name, n)
     for _ in range(steps):
         o.step()
-    cur = 0
-    try:
-        cur = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS"))
-    except (OSError, StopIteration):
-        pass
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, cur)  # KiB on Linux
+    # VmHWM is the peak RSS of this process image. resource.getrusage's ru_maxrss is not usable here: Linux
+    # carries it over fork+exec, so a child of a big parent reports at least the parent's RSS at fork time.
+    print(_status_kib("VmHWM"), _status_kib("VmRSS"), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 def peak_rss_mib(model_name, n, steps=3):
+    """(peak RSS, RSS after the steps) in MiB of a fresh process training ``model_name`` for ``steps`` steps."""
     out = subprocess.run([sys.executable, __file__, "--rss-child", model_name, str(n), str(steps)],
                          capture_output=True, text=True, check=True, env=os.environ.copy())
-    peak, cur = out.stdout.strip().splitlines()[-1].split()
-    return int(peak) / 1024.0, int(cur) / 1024.0
+    hwm, cur, _ = out.stdout.strip().splitlines()[-1].split()
+    return int(hwm) / 1024.0, int(cur) / 1024.0
 
 
 def main(argv=None):
@@ -230,13 +237,12 @@ def main(argv=None):
             print(row, flush=True)
             lines.append(row)
             del runners
-    # three fresh children: one that JIT-compiles (cold or concurrently invalidated Numba cache) peaks far higher
+    # fresh children; one that JIT-compiles (cold or invalidated Numba cache) peaks higher, hence three
     rss = [peak_rss_mib("cnn6_rgb", 16) for _ in range(3)]
     best = min(rss)
-    row = (f"\npeak RSS, hitcnn cnn6_rgb batch 16 training (fresh process, 3 steps, min of 3 processes): "
-           f"{best[0]:.0f} MiB (target < 1024 MiB); RSS after the steps {best[1]:.0f} MiB; "
-           f"peaks of the 3 processes {', '.join(f'{r[0]:.0f}' for r in rss)} MiB "
-           "(a peak far above the after-steps RSS means that process JIT-compiled kernels)")
+    row = (f"\npeak RSS (VmHWM), hitcnn cnn6_rgb batch 16 training, fresh process, 3 steps: {best[0]:.0f} MiB "
+           f"(target < 1024 MiB; min of 3 processes: {', '.join(f'{r[0]:.0f}' for r in rss)} MiB); "
+           f"RSS after the steps {best[1]:.0f} MiB")
     print(row, flush=True)
     lines.append(row)
     if a.profile:
