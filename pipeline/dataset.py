@@ -573,21 +573,24 @@ class Dataset:
         q = queue.Queue(maxsize=int(prefetch))
         stop = threading.Event()
 
+        def put(item):
+            """Put unless the consumer has left; True when the item was queued."""
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
         def producer():
             try:
                 for s in stops:
-                    item = make(s)
-                    while not stop.is_set():
-                        try:
-                            q.put(item, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
+                    if not put(make(s)):
                         return
-                q.put(None)
+                put(None)
             except BaseException as exc:  # hand the error to the consumer
-                q.put(exc)
+                put(exc)
 
         t = threading.Thread(target=producer, daemon=True, name="hitcnn-batches")
         t.start()

@@ -208,3 +208,19 @@ def test_prepare_fsdd_subset_speaker_disjoint(fsdd, tmp_path):
                for s in ("train", "val", "test"))
     counts = ds.manifest["status_counts"]
     assert counts["skipped"] == 0 and counts["ok"] + counts["padded"] == 100
+
+
+def test_abandoned_batches_stop_even_when_the_queue_is_full(tmp_path):
+    """Leaving an epoch early returns at once even if the producer waits to queue its end marker."""
+    import threading
+
+    D.build_cache(tmp_path / "ds", _items(tmp_path), CFG, ["a", "b"], workers=0, progress=False)
+    ds = D.Dataset(tmp_path / "ds")
+    n = len(ds.indices("train"))
+    gen = ds.batches("train", batch_size=1, shuffle=False, prefetch=n - 1)
+    next(gen)
+    time.sleep(0.5)  # the producer has queued every batch and now waits to queue the end marker
+    closer = threading.Thread(target=gen.close, daemon=True)
+    closer.start()
+    closer.join(timeout=10)
+    assert not closer.is_alive(), "closing an abandoned epoch hung on the producer thread"
