@@ -159,7 +159,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
                    help="FMA subset to use, subset <= this (default: small)")
     g.add_argument("--split", choices=("stratified", "fma", "group"), default=None,
                    help="stratified 80/10/10 by class; FMA's own ('set','split'); or group-disjoint (FMA: artist, "
-                        "folders: --group-regex / CSV group column) (default: fma for FMA data, else stratified)")
+                        "folders: --group-regex / CSV group column) (default: stratified, as in the paper; the demo uses its own fma split)")
     g.add_argument("--split-seed", type=int, default=0, help="seed of the stratified / group split (default: 0)")
     g.add_argument("--cache-dir", metavar="DIR", default=None,
                    help="where dataset caches (and the demo data) are built (default: $HITCNN_CACHE or "
@@ -415,7 +415,7 @@ def prepare_data(args, mode: str, out_dir=None, log=print):
               progress=not getattr(args, "quiet", False))
     if src["kind"] in ("demo", "fma"):
         path = pds.prepare_fma(src["audio_dir"], src["metadata"], out_root, subset=args.subset,
-                               target=args.target, bucket_edges=edges, split=split or "fma", **kw)
+                               target=args.target, bucket_edges=edges, split=split or "stratified", **kw)
     elif src["kind"] == "csv":
         path = pds.prepare_folder(src["audio_dir"], out_root, labels_csv=src["labels"],
                                   split=split or "stratified", **kw)
