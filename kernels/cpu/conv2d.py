@@ -46,6 +46,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from ..shapes import conv2d_shapes
 from .blas import gemm
 from .im2col import _chunk, _col2im_rows, _gather_dout, _im2col_rows, _im2row_rows, _to_nhwc
 
@@ -240,24 +241,6 @@ def _dbias_acc(dbias, dout):
 
 
 # ----------------------------------------------------------------------------- validation
-def _shapes(x_shape, weight, stride, padding, dtype, x_name="x"):
-    if len(x_shape) != 4:
-        raise ValueError(f"{x_name} must be 4-D (N, C, H, W), got shape {tuple(x_shape)}")
-    if weight.ndim != 4:
-        raise ValueError(f"weight must be 4-D (F, C, KH, KW), got shape {weight.shape}")
-    if int(stride) != stride or stride < 1 or int(padding) != padding or padding < 0:
-        raise ValueError(f"need integer stride >= 1 and padding >= 0, got stride={stride!r}, padding={padding!r}")
-    n, c, h, w = x_shape
-    f, cw, kh, kw = weight.shape
-    if c != cw:
-        raise ValueError(f"{x_name} has {c} channels (shape {tuple(x_shape)}) but weight expects {cw} (shape {weight.shape})")
-    if h + 2 * padding < kh or w + 2 * padding < kw:
-        raise ValueError(f"padded input ({h + 2 * padding}, {w + 2 * padding}) is smaller than the kernel ({kh}, {kw})")
-    oh = (h + 2 * padding - kh) // stride + 1
-    ow = (w + 2 * padding - kw) // stride + 1
-    return n, c, h, w, f, kh, kw, oh, ow, int(stride), int(padding)
-
-
 def _check(name, a, shape, dtype, out=False):
     if not isinstance(a, np.ndarray):
         raise ValueError(f"{name} must be a NumPy array, got {type(a).__name__}")
@@ -316,7 +299,7 @@ def conv2d_forward(out, x, weight, bias, stride, padding, ws):
         expected and the actual shape), or a non-contiguous ``out``.
     """
     dt = _dtype(x)
-    n, c, h, w, f, kh, kw, oh, ow, s, p = _shapes(x.shape, weight, stride, padding, dt)
+    n, c, h, w, f, kh, kw, oh, ow, s, p = conv2d_shapes(x.shape, weight.shape, stride, padding)
     _check("weight", weight, weight.shape, dt)
     if bias is not None:
         _check("bias", bias, (f,), dt)
@@ -366,7 +349,7 @@ def conv2d_backward_input(dx, dout, weight, stride, padding, ws):
     dt = _dtype(dout)
     if not isinstance(dx, np.ndarray):
         raise ValueError(f"dx must be a NumPy array, got {type(dx).__name__}")
-    n, c, h, w, f, kh, kw, oh, ow, s, p = _shapes(dx.shape, weight, stride, padding, dt, "dx")
+    n, c, h, w, f, kh, kw, oh, ow, s, p = conv2d_shapes(dx.shape, weight.shape, stride, padding, "dx")
     _check("dx", dx, dx.shape, dt, out=True)
     _check("weight", weight, weight.shape, dt)
     _check("dout", dout, (n, f, oh, ow), dt)
@@ -404,7 +387,7 @@ def conv2d_backward_weight(dweight, dbias, dout, x, stride, padding, ws):
     dt = _dtype(x)
     if not isinstance(dweight, np.ndarray):
         raise ValueError(f"dweight must be a NumPy array, got {type(dweight).__name__}")
-    n, c, h, w, f, kh, kw, oh, ow, s, p = _shapes(x.shape, dweight, stride, padding, dt)
+    n, c, h, w, f, kh, kw, oh, ow, s, p = conv2d_shapes(x.shape, dweight.shape, stride, padding)
     _check("dweight", dweight, dweight.shape, dt, out=True)
     if dbias is not None:
         _check("dbias", dbias, (f,), dt, out=True)

@@ -14,18 +14,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ..shapes import maxpool2d_output_size
 from ._threads import run as _run
 
 __all__ = ["maxpool2d_output_size", "maxpool2d_forward", "maxpool2d_backward"]
-
-
-def maxpool2d_output_size(h, w, kernel_size, stride):
-    """``(OH, OW) = ((H - k)//s + 1, (W - k)//s + 1)``; ValueError if the plane is smaller than the window."""
-    if kernel_size < 1 or stride < 1:
-        raise ValueError(f"need kernel_size >= 1 and stride >= 1, got {kernel_size}, {stride}")
-    if h < kernel_size or w < kernel_size:
-        raise ValueError(f"input plane ({h}, {w}) smaller than the pooling window {kernel_size}")
-    return (h - kernel_size) // stride + 1, (w - kernel_size) // stride + 1
 
 
 @njit(parallel=True, cache=True)

@@ -24,27 +24,10 @@ from __future__ import annotations
 
 import cupy as cp
 
+from ..shapes import conv2d_shapes
 from . import _launch as L
 
 __all__ = ["conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight"]
-
-
-def _shapes(x_shape, weight, stride, padding, x_name="x"):
-    if len(x_shape) != 4:
-        raise ValueError(f"{x_name} must be 4-D (N, C, H, W), got shape {tuple(x_shape)}")
-    if weight.ndim != 4:
-        raise ValueError(f"weight must be 4-D (F, C, KH, KW), got shape {weight.shape}")
-    if int(stride) != stride or stride < 1 or int(padding) != padding or padding < 0:
-        raise ValueError(f"need integer stride >= 1 and padding >= 0, got stride={stride!r}, padding={padding!r}")
-    n, c, h, w = (int(v) for v in x_shape)
-    f, cw, kh, kw = weight.shape
-    if c != cw:
-        raise ValueError(f"{x_name} has {c} channels (shape {tuple(x_shape)}) but weight expects {cw} (shape {weight.shape})")
-    if h + 2 * padding < kh or w + 2 * padding < kw:
-        raise ValueError(f"padded input ({h + 2 * padding}, {w + 2 * padding}) is smaller than the kernel ({kh}, {kw})")
-    oh = (h + 2 * padding - kh) // stride + 1
-    ow = (w + 2 * padding - kw) // stride + 1
-    return n, c, h, w, f, kh, kw, oh, ow, int(stride), int(padding)
 
 
 def _im2col(cols, x, c, h, w, kh, kw, s, p, oh, ow):
@@ -84,7 +67,7 @@ def conv2d_forward(out, x, weight, bias, stride, padding, ws):
         On a wrong rank, channel count, dtype or shape, or a non-contiguous ``out``.
     """
     dt = L.float_dtype(x)
-    n, c, h, w, f, kh, kw, oh, ow, s, p = _shapes(x.shape, weight, stride, padding)
+    n, c, h, w, f, kh, kw, oh, ow, s, p = conv2d_shapes(x.shape, weight.shape, stride, padding)
     x = L.check("x", x, dtype=dt)
     weight = L.check("weight", weight, dtype=dt)
     if bias is not None:
@@ -122,7 +105,7 @@ def conv2d_backward_input(dx, dout, weight, stride, padding, ws):
     dt = L.float_dtype(dout, "dout")
     if not isinstance(dx, cp.ndarray):
         raise ValueError(f"dx must be a CuPy array, got {type(dx).__name__}")
-    n, c, h, w, f, kh, kw, oh, ow, s, p = _shapes(dx.shape, weight, stride, padding, "dx")
+    n, c, h, w, f, kh, kw, oh, ow, s, p = conv2d_shapes(dx.shape, weight.shape, stride, padding, "dx")
     L.check_out("dx", dx, dx.shape, dt)
     weight = L.check("weight", weight, dtype=dt)
     dout = L.check("dout", dout, (n, f, oh, ow), dt)
@@ -179,7 +162,7 @@ def conv2d_backward_weight(dweight, dbias, dout, x, stride, padding, ws):
     dt = L.float_dtype(x)
     if not isinstance(dweight, cp.ndarray):
         raise ValueError(f"dweight must be a CuPy array, got {type(dweight).__name__}")
-    n, c, h, w, f, kh, kw, oh, ow, s, p = _shapes(x.shape, dweight, stride, padding)
+    n, c, h, w, f, kh, kw, oh, ow, s, p = conv2d_shapes(x.shape, dweight.shape, stride, padding)
     L.check_out("dweight", dweight, dweight.shape, dt)
     if dbias is not None:
         L.check_out("dbias", dbias, (f,), dt)
