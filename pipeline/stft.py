@@ -92,13 +92,18 @@ def frame(y: np.ndarray, n_fft: int, hop_length: int) -> np.ndarray:
     return np.lib.stride_tricks.sliding_window_view(y, n_fft)[::hop_length]
 
 
-def _validate(y, n_fft, hop_length, window, center, pad_mode):
-    if not isinstance(y, np.ndarray):
-        raise PipelineError(f"y must be a numpy array, got {type(y).__name__}")
-    if y.ndim != 1:
-        raise PipelineError(f"y must be 1-D (n,) mono audio, got shape {y.shape}")
-    if not np.issubdtype(y.dtype, np.floating):
-        raise PipelineError(f"y must be float32 or float64, got dtype {y.dtype}")
+def check_stft_params(n_samples, n_fft, hop_length, window, center, pad_mode):
+    """Validate STFT parameters for a signal of ``n_samples`` (shared by the CPU and GPU STFT).
+
+    ``window`` is ``'hann'`` or an array (NumPy or CuPy) of shape ``(n_fft,)``.
+
+    Raises
+    ------
+    PipelineError
+        Non-integer or out-of-range ``n_fft`` / ``hop_length``, an unknown
+        ``pad_mode`` or window, or a signal shorter than one frame allows;
+        the message names the value.
+    """
     if int(n_fft) != n_fft or n_fft < 2:
         raise PipelineError(f"n_fft must be an integer >= 2, got {n_fft!r}")
     if int(hop_length) != hop_length or hop_length < 1:
@@ -108,18 +113,26 @@ def _validate(y, n_fft, hop_length, window, center, pad_mode):
     if isinstance(window, str):
         if window not in ("hann", "hann_periodic"):
             raise PipelineError(f"window must be 'hann' or an array of length n_fft, got {window!r}")
-    else:
-        w = np.asarray(window)
-        if w.shape != (n_fft,):
-            raise PipelineError(f"window array must have shape ({n_fft},), got {w.shape}")
-    if not np.all(np.isfinite(y)):
-        raise PipelineError("y contains NaN or inf samples")
+    elif tuple(np.shape(window)) != (n_fft,):  # np.shape reads .shape, so CuPy windows stay on the device
+        raise PipelineError(f"window array must have shape ({n_fft},), got {tuple(np.shape(window))}")
     n_min = n_fft // 2 + 1 if center and pad_mode == "reflect" else (1 if center else n_fft)
-    if len(y) < n_min:
+    if n_samples < n_min:
         raise PipelineError(
             f"signal too short for n_fft={n_fft}, center={center}, pad_mode={pad_mode!r}: "
-            f"{len(y)} samples (need >= {n_min})"
+            f"{n_samples} samples (need >= {n_min})"
         )
+
+
+def _validate(y, n_fft, hop_length, window, center, pad_mode):
+    if not isinstance(y, np.ndarray):
+        raise PipelineError(f"y must be a numpy array, got {type(y).__name__}")
+    if y.ndim != 1:
+        raise PipelineError(f"y must be 1-D (n,) mono audio, got shape {y.shape}")
+    if not np.issubdtype(y.dtype, np.floating):
+        raise PipelineError(f"y must be float32 or float64, got dtype {y.dtype}")
+    if not np.all(np.isfinite(y)):
+        raise PipelineError("y contains NaN or inf samples")
+    check_stft_params(len(y), n_fft, hop_length, window, center, pad_mode)
 
 
 def stft(y, n_fft: int = 2048, hop_length: int = 512, window="hann", center: bool = True,

@@ -20,12 +20,12 @@ import cupy as cp
 import numpy as np
 
 from pipeline.errors import PipelineError
+from pipeline.stft import check_stft_params
 
 from . import _launch as L
 
 __all__ = ["stft", "spectrogram_db", "spectrogram_image"]
 
-PAD_MODES = ("constant", "reflect", "edge", "symmetric", "wrap")
 _consts = {}
 
 
@@ -44,21 +44,7 @@ def _validate(y, n_fft, hop_length, window, center, pad_mode):
         raise PipelineError(f"y must be 1-D (n,) mono audio, got shape {y.shape}")
     if y.dtype not in (np.float32, np.float64):
         raise PipelineError(f"y must be float32 or float64, got dtype {y.dtype}")
-    if int(n_fft) != n_fft or n_fft < 2:
-        raise PipelineError(f"n_fft must be an integer >= 2, got {n_fft!r}")
-    if int(hop_length) != hop_length or hop_length < 1:
-        raise PipelineError(f"hop_length must be a positive integer, got {hop_length!r}")
-    if pad_mode not in PAD_MODES:
-        raise PipelineError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
-    if isinstance(window, str):
-        if window not in ("hann", "hann_periodic"):
-            raise PipelineError(f"window must be 'hann' or an array of length n_fft, got {window!r}")
-    elif tuple(window.shape) != (n_fft,):
-        raise PipelineError(f"window array must have shape ({n_fft},), got {window.shape}")
-    n_min = n_fft // 2 + 1 if center and pad_mode == "reflect" else (1 if center else n_fft)
-    if len(y) < n_min:
-        raise PipelineError(f"signal too short for n_fft={n_fft}, center={center}, pad_mode={pad_mode!r}: "
-                            f"{len(y)} samples (need >= {n_min})")
+    check_stft_params(len(y), n_fft, hop_length, window, center, pad_mode)
     if not bool(cp.isfinite(y).all()):  # one host sync; the pipeline is not the training loop
         raise PipelineError("y contains NaN or inf samples")
 
