@@ -25,6 +25,7 @@ import numpy as np
 
 from kernels import Workspace
 from kernels.cpu import conv2d as K
+from machine import cpu_model  # bench/machine.py
 
 # (C, F, H, W) of each conv layer: cnn6_rgb's six, then the three cnn4_rgb adds.
 SHAPES = [
@@ -42,12 +43,7 @@ SHAPES = [
 
 def machine_info(torch):
     """One-paragraph description of the machine, threads and versions."""
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     blas = "unknown"
     try:
         import threadpoolctl

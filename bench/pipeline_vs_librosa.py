@@ -37,18 +37,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline import audio  # noqa: E402
+from machine import cpu_model  # noqa: E402  (bench/machine.py)
 from pipeline.dataset import prepare_fma  # noqa: E402
 from pipeline.spectrogram import SpectrogramConfig, spectrogram_db, to_image, track_image  # noqa: E402
-
-
-def _cpu_model():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _versions():
@@ -126,7 +117,7 @@ def main():
                 times[name].append(time.perf_counter() - t0)
 
     print("# hitcnn pipeline vs librosa (per track, one core)")
-    print(f"machine: {_cpu_model()}, {os.cpu_count()} logical CPUs, load average "
+    print(f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs, load average "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} (shared machine)")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in _versions().items()))
     print(f"clips: {len(good)} fma_mini 30 s 44.1 kHz stereo mp3, {args.reps} passes, medians\n")

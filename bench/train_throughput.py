@@ -34,22 +34,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numba  # noqa: E402
+from machine import cpu_model  # noqa: E402  (bench/machine.py)
 
 from engine import models  # noqa: E402
 from engine.losses import SoftmaxCrossEntropy  # noqa: E402
 from engine.optim import Adam  # noqa: E402
 
 RESULT = ROOT / "bench" / "results" / "cpu_train_throughput.txt"
-
-
-def cpu_model():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def blas_info():
