@@ -9,6 +9,18 @@ Contents (keys of the archive):
   hyper-parameters, the Dropout generators' states, and the caller's
   ``extra`` dict (e.g. epoch, batch index, data-order RNG state).
 
+Devices: the file is the same for a model on the CPU or the GPU. Saving
+copies every array to the host (``Sequential.state_dict`` and
+``Adam.state_dict`` read CuPy arrays with ``.get()``); loading copies them
+back into the model's and optimizer's existing arrays, on whatever device
+those live (move the model with ``to()`` *before* building the optimizer and
+loading). Dropout states are JSON dicts tagged by generator
+(``bit_generator``: ``"PCG64"`` on the CPU, ``"hitcnn-splitmix64-counter"``
+on the GPU, a ``(seed, offset)`` counter): a state is restored into the
+layer's generator of the same kind, so a run resumes bit-exactly on the
+device it was saved from; a state from the other device is kept by the
+layer for a later move (``engine.layers.Dropout.set_rng_state``).
+
 Writes are atomic: the archive goes to a temporary file in the target's
 directory, is flushed and fsync'ed, then ``os.replace``'d over the target
 (and the directory fsync'ed), so a crash leaves either the old or the new

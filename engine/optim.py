@@ -1,4 +1,4 @@
-"""Adam optimiser (PyTorch ``torch.optim.Adam``), one fused backend kernel per parameter tensor.
+"""Adam optimiser (PyTorch ``torch.optim.Adam``): one fused backend kernel for all parameters, or one per tensor.
 
 Update rule (amsgrad=False; ``weight_decay`` is L2, added to the gradient)::
 
@@ -11,6 +11,12 @@ Update rule (amsgrad=False; ``weight_decay`` is L2, added to the gradient)::
 Reference: https://pytorch.org/docs/stable/generated/torch.optim.Adam.html
 The moments are allocated at construction (zeros, same dtype and device as
 the parameter) and saved with the step count by :meth:`Adam.state_dict`.
+
+Launches: when the parameters' backend has ``adam.adam_update_multi`` (the
+GPU) and all parameters share that backend and one dtype, :meth:`Adam.step`
+updates every tensor in one kernel launch; otherwise (the CPU) it calls
+``adam.adam_update`` once per tensor. Both run the same elementwise
+expression, so the results are bit-identical.
 """
 from __future__ import annotations
 
@@ -67,10 +73,31 @@ class Adam:
             self.m[n] = xp.zeros_like(p)
             self.v[n] = xp.zeros_like(p)
 
+    def _multi(self):
+        """``(adam_update_multi, params, grads, ms, vs)`` when one launch can update everything, else None."""
+        if not self.params:
+            return None
+        p0 = self.params[0][1]
+        fn = getattr(kernels.backend_for(p0).adam, "adam_update_multi", None)
+        if fn is None:
+            return None
+        dev = kernels.device_of(p0)
+        for n, p, g in self.params:
+            if kernels.device_of(p) != dev or p.dtype != p0.dtype:
+                return None
+        return (fn, [p for _, p, _ in self.params], [g for _, _, g in self.params],
+                [self.m[n] for n, _, _ in self.params], [self.v[n] for n, _, _ in self.params])
+
     def step(self):
-        """Apply one update to every parameter from its current gradient."""
+        """Apply one update to every parameter from its current gradient (one launch when the backend allows)."""
         self.step_count += 1
         b1, b2 = self.betas
+        if not hasattr(self, "_multi_args"):  # the arrays never change identity (moments are loaded in place)
+            self._multi_args = self._multi()
+        if self._multi_args is not None:
+            fn, ps, gs, ms, vs = self._multi_args
+            fn(ps, gs, ms, vs, self.step_count, self.lr, b1, b2, self.eps, self.weight_decay)
+            return
         for n, p, g in self.params:
             kernels.backend_for(p).adam.adam_update(p, g, self.m[n], self.v[n], self.step_count, self.lr, b1, b2,
                                                     self.eps, self.weight_decay)

@@ -23,6 +23,19 @@ finished epochs, and the finished batches of the current epoch are skipped
 resumed ends bit-identical to one never interrupted (on the CPU, same thread
 count).
 
+GPU (``device='gpu'``)
+----------------------
+Training batches reach the device through ``kernels.gpu.prefetch.PinnedPrefetcher``
+(pinned host buffers, asynchronous copies on a side stream, one batch
+ahead) instead of a synchronous copy per step. Correct predictions are
+counted on the device (``argmax == y`` summed into a device counter) and read
+only at checkpoints and at the end of the epoch; the one host
+synchronisation per step is reading the loss (logging and the NaN check).
+Dropout draws from a counter-based stream whose state is two integers, so
+GPU checkpoints resume bit-exactly too (see ``engine.layers.Dropout``);
+parameters and Adam moments are copied to the host for the checkpoint.
+The CPU path is unchanged.
+
 Signals and failures
 --------------------
 SIGINT (Ctrl-C) sets a flag; after the current step the loop saves
@@ -206,6 +219,8 @@ def evaluate_split(model, dataset, split: str, batch_size: int, device: str = "c
     ys, ps, pr = [], [], []
     try:
         with Prefetcher(dataset, split, batch_size, shuffle=False, seed=0, mode=mode) as batches:
+            if device == "gpu":
+                return _evaluate_gpu(model, crit, batches, limit_batches)
             for i, (x, y) in enumerate(batches):
                 if limit_batches is not None and i >= limit_batches:
                     break
@@ -226,6 +241,41 @@ def evaluate_split(model, dataset, split: str, batch_size: int, device: str = "c
     if n == 0:
         return float("nan"), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
     return tot / n, np.concatenate(ys), np.concatenate(ps).astype(np.int64), np.concatenate(pr)
+
+
+def _evaluate_gpu(model, crit, batches, limit_batches):
+    """:func:`evaluate_split`'s GPU body: pinned asynchronous feeding, logits kept on the device, one read at the end."""
+    from kernels.gpu.prefetch import PinnedPrefetcher
+
+    tot, n = 0.0, 0
+    ys, lgs = [], []
+    for i, (xd, yd) in enumerate(PinnedPrefetcher(_take(batches, limit_batches))):
+        logits = model.forward(xd)
+        loss = float(crit.forward(logits, yd))  # the per-batch host read (as in training)
+        tot += loss * int(yd.shape[0])
+        n += int(yd.shape[0])
+        ys.append(yd.copy())   # the prefetcher's buffers are reused two batches later
+        lgs.append(logits.copy())  # the model's output buffer is reused by the next forward
+    if n == 0:
+        return float("nan"), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+    import kernels
+
+    xp = kernels.get_backend("gpu").xp
+    lg = to_numpy(xp.concatenate(lgs)).astype(np.float64)
+    y = to_numpy(xp.concatenate(ys)).astype(np.int64)
+    p = np.exp(lg - lg.max(axis=1, keepdims=True))  # the CPU path's host arithmetic, on all rows at once
+    p /= p.sum(axis=1, keepdims=True)
+    return tot / n, y, p.argmax(axis=1).astype(np.int64), p.astype(np.float32)
+
+
+def _take(it, limit):
+    """The first ``limit`` items of ``it`` (all when ``limit`` is None), without pulling one more."""
+    for i, item in enumerate(it):
+        if limit is not None and i >= limit:
+            return
+        yield item
+        if limit is not None and i + 1 >= limit:
+            return
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -446,7 +496,19 @@ def _fit(dataset, cfg, out_dir, resume, log, sigint):
     n_train = 1 if cfg.overfit_batch else _split_size(dataset, "train")
     steps_per_epoch = 1 if cfg.overfit_batch else math.ceil(n_train / cfg.batch_size)
 
+    gpu = cfg.device == "gpu"
+    # GPU: correct predictions since the last read, summed on the device (read at checkpoints / epoch end)
+    dev_correct = xp.zeros((), dtype=np.int64) if gpu else None
+    unread = [0]  # steps added to dev_correct since its last read
+
+    def flush_correct():
+        if gpu and unread[0]:
+            state["correct"] += int(dev_correct)
+            dev_correct.fill(0)
+            unread[0] = 0
+
     def checkpoint(path=last_path):
+        flush_correct()
         save_state(path, model, opt, dict(state, classes=classes, model=cfg.model, mode=mode,
                                            in_shape=list(in_shape)))
 
@@ -458,6 +520,7 @@ def _fit(dataset, cfg, out_dir, resume, log, sigint):
         bar = _bar(steps_per_epoch, f"epoch {ep + 1}/{cfg.epochs}", cfg.progress)
         if bar is not None and skip:
             bar.update(skip)
+        feed = None
         if cfg.overfit_batch:
             it = iter([(overfit_x, overfit_y)])
         else:
@@ -465,6 +528,10 @@ def _fit(dataset, cfg, out_dir, resume, log, sigint):
                             seed=epoch_seed(cfg.seed, ep), mode=mode)
             for _ in range(skip):  # finished batches of an interrupted epoch
                 next(it)
+            if gpu:  # pinned, asynchronous host -> device copies, one batch ahead
+                from kernels.gpu.prefetch import PinnedPrefetcher
+
+                feed = iter(PinnedPrefetcher(it))
         try:
             while True:
                 if sigint.hit:
@@ -477,11 +544,11 @@ def _fit(dataset, cfg, out_dir, resume, log, sigint):
                         f"Resume with: python cli.py train --resume --out {out}")
                 t0 = time.perf_counter()
                 try:
-                    x, y = next(it)
+                    x, y = next(it) if feed is None else next(feed)
                 except StopIteration:
                     break
                 t1 = time.perf_counter()
-                xd, yd = _as_device(x, xp), _as_device(y, xp)
+                xd, yd = (x, y) if feed is not None else (_as_device(x, xp), _as_device(y, xp))
                 model.zero_grad()
                 logits = model.forward(xd)
                 loss = float(crit.forward(logits, yd))
@@ -497,7 +564,11 @@ def _fit(dataset, cfg, out_dir, resume, log, sigint):
                 opt.step()
                 nb = len(y)
                 state["loss_sum"] += loss * nb
-                state["correct"] += int((to_numpy(logits).argmax(axis=1) == np.asarray(to_numpy(y))).sum())
+                if gpu:  # on the device: no host read per step
+                    dev_correct += (logits.argmax(axis=1) == yd).sum()
+                    unread[0] += 1
+                else:
+                    state["correct"] += int((to_numpy(logits).argmax(axis=1) == np.asarray(to_numpy(y))).sum())
                 state["count"] += nb
                 state["step_in_epoch"] += 1
                 state["global_step"] += 1
@@ -507,9 +578,10 @@ def _fit(dataset, cfg, out_dir, resume, log, sigint):
                 state["wait_seconds"] += t1 - t0
                 state["epoch_seconds"] += t2 - t0
                 if bar is not None:
-                    bar.set_postfix(loss=f"{state['loss_sum'] / state['count']:.4f}",
-                                    acc=f"{state['correct'] / state['count']:.3f}",
-                                    img_s=f"{state['count'] / max(state['epoch_seconds'], 1e-9):.1f}",
+                    post = dict(loss=f"{state['loss_sum'] / state['count']:.4f}")
+                    if not gpu:  # the GPU's count is read only at checkpoints / epoch end
+                        post["acc"] = f"{state['correct'] / state['count']:.3f}"
+                    bar.set_postfix(**post, img_s=f"{state['count'] / max(state['epoch_seconds'], 1e-9):.1f}",
                                     refresh=False)
                     bar.update(1)
                 if cfg.max_steps is not None and state["global_step"] >= cfg.max_steps:
@@ -518,8 +590,11 @@ def _fit(dataset, cfg, out_dir, resume, log, sigint):
                 if cfg.checkpoint_every and state["step_in_epoch"] % cfg.checkpoint_every == 0:
                     checkpoint()
         finally:
+            if feed is not None:
+                feed.close()
             if not cfg.overfit_batch:
                 it.close()
+        flush_correct()
         if bar is not None:
             bar.close()
         if stopped == "max_steps" and state["step_in_epoch"] < steps_per_epoch:
