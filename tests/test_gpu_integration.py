@@ -403,3 +403,22 @@ def test_fit_on_gpu_reads_the_host_once_per_step(cp, tmp_path, monkeypatch):
     assert reads == {"get": steps, "int": 1, "to_numpy": 0}, reads
     acc = res["history"][0]["train_acc"]
     assert 0.0 <= acc <= 1.0 and acc * 20 == round(acc * 20)  # a count of the 20 train images
+
+
+@pytest.mark.gpu
+def test_cli_train_device_gpu_end_to_end(cp, tmp_path):
+    """``python cli.py train --device gpu`` on a tiny demo dataset: run directory, report, GPU checkpoints."""
+    import cli
+
+    run = tmp_path / "run"
+    rc = cli.main(["train", "--device", "gpu", "--out", str(run), "--model", "cnn2_mono", "--epochs", "2",
+                   "--cache-dir", str(tmp_path / "cache"), "--demo-tracks", "40", "--demo-seconds", "3",
+                   "--crop-seconds", "2", "--height", "32", "--width", "48", "--quiet"])
+    assert rc == 0
+    lines = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines() if s.strip()]
+    assert [r["epoch"] for r in lines] == [1, 2] and all(0.0 <= r["train_acc"] <= 1.0 for r in lines)
+    assert json.loads((run / "config.json").read_text())["train"]["device"] == "gpu"
+    rep = json.loads((run / "report.json").read_text())
+    assert rep["split"] == "test" and 0.0 <= rep["accuracy"] <= 1.0
+    meta = json.loads(str(_npz(run / "checkpoints" / "last.npz")["meta"]))
+    assert all(s["bit_generator"] == "hitcnn-splitmix64-counter" for s in meta["rng"].values())
