@@ -367,7 +367,10 @@ def test_fit_on_gpu_matches_cpu_without_dropout(cp, tmp_path):
     c = _fit(tmp_path / "c", dropout=0.0, epochs=1, device="cpu")["history"][0]
     assert abs(g["train_loss"] - c["train_loss"]) <= 1e-3 * abs(c["train_loss"])
     assert abs(g["val_loss"] - c["val_loss"]) <= 1e-3 * abs(c["val_loss"])
-    assert g["train_acc"] == c["train_acc"] and g["val_acc"] == c["val_acc"]
+    # accuracies are counts of argmax hits: allow one image to flip on a near-tie (cuBLAS vs BLAS rounding)
+    assert abs(g["train_acc"] - c["train_acc"]) <= 1 / 20 + 1e-12 and abs(g["val_acc"] - c["val_acc"]) <= 1 / 5 + 1e-12
+    if EMULATED:  # NumPy stands in for cuBLAS: the same argmaxes here
+        assert g["train_acc"] == c["train_acc"] and g["val_acc"] == c["val_acc"]
 
 
 @pytest.mark.gpu
