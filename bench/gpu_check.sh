@@ -21,7 +21,7 @@ LOG=bench/results/gpu_check.txt
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv 2>&1 | head -3
   "$PY" -c "import sys, cupy, torch, numpy; print('python', sys.version.split()[0], '| numpy', numpy.__version__, '| cupy', cupy.__version__, '| torch', torch.__version__, '| cuda available', torch.cuda.is_available())"
   echo "== tests (gpu parity + compile) =="
-  timeout 240 "$PY" -m pytest -q -p no:cacheprovider -o addopts="" tests/test_gpu_parity.py tests/test_gpu_compile.py -k "not emulation" -rfEs 2>&1 | tail -40
+  timeout 240 "$PY" -m pytest -q -p no:cacheprovider -o addopts="" tests/test_gpu_parity.py tests/test_gpu_integration.py tests/test_gpu_compile.py -k "not emulation" -rfEs 2>&1 | tail -40
   echo "== benchmark =="
   timeout 300 "$PY" bench/gpu_bench.py "$@" 2>&1
 } 2>&1 | tee "$LOG"
