@@ -81,6 +81,7 @@ def cnn6_layers():
 
 # ----------------------------------------------------------------------------- 1. kernels
 def bench_kernels(batch, rows):
+    """Time each GPU kernel against its PyTorch/cuDNN counterpart (CUDA events, medians); return table rows."""
     rng = np.random.default_rng(0)
     ws = kernels.Workspace()
     for (c, f, h, w) in cnn6_layers():
@@ -143,6 +144,7 @@ def bench_kernels(batch, rows):
 
 # ----------------------------------------------------------------------------- 2. training step
 def torch_model(name, c_in):
+    """The PyTorch twin of a hitcnn model (same layers and widths) on the GPU, for the side-by-side step timing."""
     widths = MODELS[name][1]
     layers, c, h, w = [], c_in, H, W
     for f in widths:
@@ -192,6 +194,7 @@ def kernel_fraction(fn, steps):
 
 
 def bench_steps(name, batch, steps, rows):
+    """Time whole training steps (forward, loss, backward, Adam) of each model, hitcnn vs PyTorch+cuDNN; return table rows."""
     c_in = MODELS[name][0]
     rng = np.random.default_rng(1)
     x = cp.asarray(rng.random((batch, c_in, H, W), dtype=np.float32))
@@ -234,6 +237,7 @@ def bench_steps(name, batch, steps, rows):
 
 # ----------------------------------------------------------------------------- 3. one epoch
 def bench_epoch(batch=64, n_images=6400):
+    """Time one epoch of 6,400 random 3x102x159 images through cnn6_rgb on the GPU (the issue's 5 s target)."""
     from kernels.gpu.prefetch import PinnedPrefetcher, device_batches
 
     rng = np.random.default_rng(2)
@@ -262,6 +266,7 @@ def bench_epoch(batch=64, n_images=6400):
 
 
 def main():
+    """Run every GPU benchmark and print the short table last."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", type=int, nargs="+", default=[16, 64])
     ap.add_argument("--steps", type=int, default=20)

@@ -79,6 +79,7 @@ def librosa_chain(path, crop_seconds=10.0):
 
 
 def main():
+    """Time the per-track chain, ours vs librosa's, side by side on fma_mini; print tracks/s, ratio and build times."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "fma_mini"),
                     help="fma_mini folder (default ../shared/data/fma_mini)")

@@ -41,6 +41,7 @@ def _ids(s):
 
 @pytest.fixture(scope="module", params=[(n, s) for n in BATCHES for s in SHAPES], ids=lambda p: f"N{p[0]}-{_ids(p[1])}")
 def case(request):
+    """Seeded inputs and preallocated outputs of one conv layer shape (fixture)."""
     n, (c, f, h, w) = request.param
     rng = np.random.default_rng(0)
     d = dict(n=n, c=c, f=f, h=h, w=w)
@@ -61,6 +62,7 @@ def _run(benchmark, case, pass_, fn):
 
 @pytest.mark.parametrize("pass_", PASSES)
 def test_hitcnn(benchmark, case, pass_):
+    """hitcnn's Numba conv pass at this shape; GFLOP/s in extra_info."""
     c, ws = case, Workspace()
     out = np.empty(c["g"].shape, np.float32)
     dx = np.empty_like(c["x"])
@@ -76,6 +78,7 @@ def test_hitcnn(benchmark, case, pass_):
 
 @pytest.mark.parametrize("pass_", PASSES)
 def test_torch(benchmark, case, pass_):
+    """PyTorch's conv pass at the same shape (the peer)."""
     torch = pytest.importorskip("torch")
     c = case
     x, wt, b, g = (torch.from_numpy(c[k]) for k in ("x", "wt", "b", "g"))
@@ -95,6 +98,7 @@ def test_torch(benchmark, case, pass_):
 
 @pytest.mark.parametrize("pass_", PASSES)
 def test_reference_float64(benchmark, case, pass_):
+    """The float64 NumPy reference at the small shapes (how much the kernels gain)."""
     c = case
     if c["flop"] > REFERENCE_MAX_FLOP:
         pytest.skip("float64 reference kept to the small shapes")

@@ -31,6 +31,7 @@ BATCHES = [16, 64]
 @pytest.fixture(scope="module", params=[(n, s) for n in BATCHES for s in SHAPES],
                 ids=lambda p: f"N{p[0]}-{p[1][0]}x{p[1][1]}x{p[1][2]}")
 def act(request):
+    """Seeded float32 activations x and upstream gradients dy for one (N, C, H, W) of the paper's block shapes."""
     n, (c, h, w) = request.param
     rng = np.random.default_rng(0)
     d = dict(n=n, c=c, h=h, w=w, tag=f"N{n} {c}x{h}x{w}")
@@ -58,6 +59,7 @@ def _torch_or_skip():
 # -- BatchNorm ----------------------------------------------------------------------------
 @pytest.mark.parametrize("impl", ["hitcnn", "torch"])
 def test_batchnorm_fwd_train(benchmark, act, impl):
+    """BatchNorm2d training forward at the paper's block shapes; GB/s in extra_info."""
     x, c = act["x"], act["c"]
     nb = 3 * x.nbytes  # read twice (stats, normalise), write once
     if impl == "hitcnn":
@@ -73,6 +75,7 @@ def test_batchnorm_fwd_train(benchmark, act, impl):
 
 @pytest.mark.parametrize("impl", ["hitcnn", "torch"])
 def test_batchnorm_bwd(benchmark, act, impl):
+    """BatchNorm2d backward at the paper's block shapes; GB/s in extra_info."""
     x, dy, c = act["x"], act["dy"], act["c"]
     nb = 5 * x.nbytes  # reads x, dy twice, writes dx
     if impl == "hitcnn":
@@ -92,6 +95,7 @@ def test_batchnorm_bwd(benchmark, act, impl):
 # -- ReLU, MaxPool ------------------------------------------------------------------------------
 @pytest.mark.parametrize("impl", ["hitcnn", "torch"])
 def test_relu_fwd(benchmark, act, impl):
+    """ReLU forward; GB/s in extra_info."""
     x = act["x"]
     if impl == "hitcnn":
         out = np.empty_like(x)
@@ -105,6 +109,7 @@ def test_relu_fwd(benchmark, act, impl):
 
 @pytest.mark.parametrize("impl", ["hitcnn", "torch"])
 def test_maxpool_fwd(benchmark, act, impl):
+    """MaxPool2d(2) forward; GB/s in extra_info."""
     x = act["x"]
     nb = x.nbytes + 2 * int(np.prod(act["pool"])) * 4
     if impl == "hitcnn":
@@ -119,6 +124,7 @@ def test_maxpool_fwd(benchmark, act, impl):
 
 @pytest.mark.parametrize("impl", ["hitcnn", "torch"])
 def test_maxpool_bwd(benchmark, act, impl):
+    """MaxPool2d(2) backward (gather); GB/s in extra_info."""
     x = act["x"]
     nb = x.nbytes + 2 * int(np.prod(act["pool"])) * 4
     out, am = np.empty(act["pool"], np.float32), np.empty(act["pool"], np.int32)
@@ -152,6 +158,7 @@ def _unfused_fwd(act):
 
 @pytest.mark.parametrize("impl", ["hitcnn", "hitcnn_unfused", "torch"])
 def test_bn_relu_pool_fwd(benchmark, act, impl):
+    """Fused BatchNorm+ReLU+MaxPool forward, beside the unfused chain and torch."""
     x, c = act["x"], act["c"]
     nb = 2 * x.nbytes + 2 * int(np.prod(act["pool"])) * 4  # the fused minimum: x twice, pooled out + argmax
     if impl == "hitcnn":
@@ -169,6 +176,7 @@ def test_bn_relu_pool_fwd(benchmark, act, impl):
 
 @pytest.mark.parametrize("impl", ["hitcnn", "hitcnn_unfused", "torch"])
 def test_bn_relu_pool_bwd(benchmark, act, impl):
+    """Fused BatchNorm+ReLU+MaxPool backward, beside the unfused chain and torch."""
     x, c, dp = act["x"], act["c"], act["dp"]
     nb = 2 * x.nbytes + 2 * int(np.prod(act["pool"])) * 4  # the fused minimum: read x, write dx, pooled grads
     fwd, (y, r, sm, si, po, pa) = _unfused_fwd(act)
@@ -197,6 +205,7 @@ def test_bn_relu_pool_bwd(benchmark, act, impl):
 # -- Dropout, softmax cross-entropy, Adam -------------------------------------------------------------
 @pytest.mark.parametrize("n", BATCHES)
 def test_dropout_fwd(benchmark, n):
+    """Dropout forward (mask draw + scale) on the (N, 512) hidden layer."""
     x = np.random.default_rng(0).standard_normal((n, 512)).astype(np.float32)
     out, mask, rng = np.empty_like(x), np.empty(x.shape, np.uint8), dropout.make_rng(0)
     _bench(benchmark, f"dropout fwd N{n} 512", lambda: dropout.dropout_forward(out, mask, x, 0.4, rng),
@@ -205,6 +214,7 @@ def test_dropout_fwd(benchmark, n):
 
 @pytest.mark.parametrize("n", BATCHES)
 def test_softmax_xent_fwd_bwd(benchmark, n):
+    """Softmax cross-entropy forward + backward on (N, 3) logits."""
     logits = np.random.default_rng(0).standard_normal((n, 3)).astype(np.float32)
     t = (np.arange(n) % 3).astype(np.int64)
     probs, d = np.empty_like(logits), np.empty_like(logits)
@@ -218,6 +228,7 @@ def test_softmax_xent_fwd_bwd(benchmark, n):
 
 @pytest.mark.parametrize("impl", ["hitcnn", "torch"])
 def test_adam_cnn6_rgb_params(benchmark, impl):
+    """One Adam update over every parameter tensor of cnn6_rgb."""
     from engine import models
 
     model = models.build("cnn6_rgb")

@@ -27,6 +27,7 @@ def _pedantic(benchmark, fn, *args):
 
 @pytest.fixture(scope="module")
 def clip():
+    """Path of one fma_mini clip (skips when the shared data is absent)."""
     if not CLIP.is_file():
         pytest.skip(f"{CLIP} not found")
     return CLIP
@@ -34,12 +35,14 @@ def clip():
 
 @pytest.fixture(scope="module")
 def y10():
+    """10 s of seeded noise at 22,050 Hz (float32), standing in for a decoded crop."""
     rng = np.random.default_rng(0)
     return (0.3 * rng.standard_normal(220500)).astype(np.float32)
 
 
 @pytest.mark.benchmark(group="chain: 30 s mp3 -> 10 s crop -> STFT -> dB (-> image)")
 class TestChain:
+    """The whole per-track chain: ours vs librosa's."""
     def test_hitcnn_seek(self, benchmark, clip):
         img, _ = _pedantic(benchmark, track_image, clip, CFG, 0, 5)
         assert img.shape == (1, 102, 159)
@@ -63,6 +66,7 @@ class TestChain:
 
 @pytest.mark.benchmark(group="decode: 10 s window of a 30 s 44.1 kHz stereo mp3 at 22050 Hz")
 class TestDecode:
+    """Decoding alone: seek to the 10 s window vs a full decode."""
     def test_soundfile_seek(self, benchmark, clip):
         y, _ = _pedantic(benchmark, audio.load, clip, 22050, True, 10.0, 10.0)
         assert len(y) == 220500
@@ -75,6 +79,7 @@ class TestDecode:
 
 @pytest.mark.benchmark(group="stft: 10 s at 22050 Hz, n_fft 2048, hop 512")
 class TestSTFT:
+    """The STFT alone: ours vs librosa.stft."""
     def test_hitcnn(self, benchmark, y10):
         assert _pedantic(benchmark, stft, y10).shape == (1025, 431)
 

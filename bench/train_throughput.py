@@ -44,6 +44,7 @@ RESULT = ROOT / "bench" / "results" / "cpu_train_throughput.txt"
 
 
 def blas_info():
+    """The BLAS libraries loaded and their thread counts (threadpoolctl), for the printed header."""
     try:
         cfg = np.show_config(mode="dicts")
         b = cfg["Build Dependencies"]["blas"]
@@ -53,11 +54,13 @@ def blas_info():
 
 
 def batch(c, n, seed=0):
+    """A seeded random batch: float32 images (n, c, 102, 159) and int64 labels in [0, 3)."""
     rng = np.random.default_rng(seed)
     return rng.random((n, c, 102, 159), dtype=np.float32), (np.arange(n) % 3).astype(np.int64)
 
 
 class Ours:
+    """One hitcnn training step (forward, loss, backward, Adam) of a model at batch n."""
     name = "hitcnn"
 
     def __init__(self, model_name, n):
@@ -75,6 +78,7 @@ class Ours:
 
 
 class Torch:
+    """The same training step in PyTorch, with the same architecture and thread count."""
     name = "torch"
 
     def __init__(self, model_name, n):
@@ -164,6 +168,7 @@ def _status_kib(field):
 
 
 def rss_child(model_name, n, steps):
+    """Entry point of the child process that trains a few steps and reports its peak RSS (VmHWM)."""
     o = Ours(model_name, n)
     for _ in range(steps):
         o.step()
@@ -181,6 +186,7 @@ def peak_rss_mib(model_name, n, steps=3):
 
 
 def main(argv=None):
+    """Measure and print the side-by-side throughput table, peak RSS and (with --profile) per-layer times."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", default=list(models.MODELS), help="models to run (default: all four)")
     ap.add_argument("--batch", nargs="+", type=int, default=[16, 64], help="batch sizes (default: 16 64)")
