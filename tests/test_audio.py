@@ -145,3 +145,96 @@ def test_probe_reports_header(tmp_path):
     p = write_wav(tmp_path / "st.wav", np.zeros((4410, 2), np.float32), 44100)
     info = audio.probe(p)
     assert info == audio.AudioInfo(44100, 4410, 2)
+
+
+# ---- decoder messages on fd 2 (libmpg123 writes straight to stderr) are captured, not printed
+
+_MPG123_LINE = "[src/libmpg123/layer3.c:INT123_do_layer3():1774] error: part2_3_length (992) too large"
+
+
+def _noisy_reader(fail=False, other=None):
+    """A stand-in for _read_soundfile that writes to fd 2 from 'C code' (os.write), then decodes or fails."""
+    real = audio._read_soundfile
+
+    def reader(path, offset, duration):
+        os.write(2, (_MPG123_LINE + "\nWarning: Xing stream size off by more than 1%\n").encode())
+        if other:
+            os.write(2, (other + "\n").encode())
+        if fail:
+            raise RuntimeError("simulated decoder failure")
+        return real(path, offset, duration)
+    return reader
+
+
+def test_decoder_stderr_is_captured_not_printed(tmp_path, monkeypatch, capfd):
+    p = write_wav(tmp_path / "s.wav", sine(0.2, 8000), 8000)
+    monkeypatch.setattr(audio, "_read_soundfile", _noisy_reader(other="a real message from elsewhere"))
+    before = os.fstat(2)
+    with audio.collect_decoder_messages() as msgs:
+        y, sr = audio.load(p, sr=None)
+    assert sr == 8000 and y.shape == (1600,)
+    err = capfd.readouterr().err
+    assert "part2_3_length" not in err and "Xing" not in err
+    assert "a real message from elsewhere" in err  # anything that is not a decoder line is written back
+    assert msgs == [_MPG123_LINE, "Warning: Xing stream size off by more than 1%"]
+    after = os.fstat(2)  # fd 2 restored to the same file
+    assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
+
+
+def test_decoder_messages_join_the_error_when_decoding_fails(tmp_path, monkeypatch, capfd):
+    p = write_wav(tmp_path / "s.wav", sine(0.2, 8000), 8000)
+    monkeypatch.setattr(audio, "_read_soundfile", _noisy_reader(fail=True))
+    monkeypatch.setattr(audio, "_read_audioread", _noisy_reader(fail=True))
+    with pytest.raises(PipelineError) as info:
+        audio.load(p)
+    msg = str(info.value)
+    assert "simulated decoder failure" in msg and "s.wav" in msg
+    # both backends printed the same two lines: each quoted once, with its count
+    assert f"decoder messages: {_MPG123_LINE} (x2) | Warning: Xing stream size off by more than 1% (x2)" in msg
+    assert "part2_3_length" not in capfd.readouterr().err
+
+
+def test_real_mpg123_notes_of_a_text_file_are_captured(tmp_path, capfd):
+    p = text_as_mp3(tmp_path / "x.mp3")
+    with pytest.raises(PipelineError) as info:
+        audio.load(p)
+    assert "Illegal Audio-MPEG-Header" not in capfd.readouterr().err
+    assert "decoder messages: Note: Illegal Audio-MPEG-Header" in str(info.value)
+
+
+def test_decoder_messages_env_turns_capture_off(tmp_path, monkeypatch, capfd):
+    p = write_wav(tmp_path / "s.wav", sine(0.2, 8000), 8000)
+    monkeypatch.setattr(audio, "_read_soundfile", _noisy_reader())
+    monkeypatch.setenv("HITCNN_DECODER_MESSAGES", "1")
+    audio.load(p)
+    assert "part2_3_length" in capfd.readouterr().err
+
+
+def test_mp3_seek_prints_nothing(tmp_path, capfd):
+    """soundfile-written mp3s (as the synthetic demo's) read with seeks: no mpg123 line reaches fd 2."""
+    y = sine(6.0, 22050, 523.0) + sine(6.0, 22050, 97.0, amp=0.2)
+    p = write_mp3(tmp_path / "s.mp3", y, 22050)
+    capfd.readouterr()
+    for off in (0.5, 1.7, 3.3, 4.9):
+        audio.probe(p)
+        audio.load(p, offset=off, duration=1.0)
+    assert capfd.readouterr().err == ""
+
+
+def test_format_decoder_messages_counts_and_truncates():
+    assert audio.format_decoder_messages([]) == ""
+    lines = ["a", "b", "a", "c", "d", "e", "f"]
+    assert audio.format_decoder_messages(lines) == "decoder messages: a (x2) | b | c | d (+2 more)"
+
+
+# ---- libsndfile's misleading "does not exist" for an existing non-audio file
+
+def test_text_file_error_says_not_audio_not_missing(tmp_path):
+    p = text_as_mp3(tmp_path / "notes.mp3")
+    with pytest.raises(PipelineError) as info:
+        audio.load(p)
+    msg = str(info.value)
+    assert "soundfile: not a recognised audio format or a damaged file (libsndfile: 'File does not exist" in msg
+    assert "although the file exists" in msg and "audioread:" in msg and "notes.mp3" in msg
+    with pytest.raises(PipelineError, match="header of.*notes.mp3.*not a recognised audio format"):
+        audio.probe(p)
