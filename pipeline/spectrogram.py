@@ -496,6 +496,19 @@ def _start(u: float, n_total: int, n_crop: int) -> int:
     return int(math.floor(u * (n_total - n_crop + 1))) if n_total > n_crop else 0
 
 
+def _require_one_frame(path, n: int, config: SpectrogramConfig) -> None:
+    """PipelineError unless ``n`` decoded samples (at ``config.sr``) fill one STFT frame.
+
+    The one threshold and wording shared by preprocessing (:func:`crop`) and
+    prediction (:func:`track_images`): fewer than ``n_fft`` real samples is
+    nothing to learn from or to predict on.
+    """
+    if n < config.n_fft:
+        raise PipelineError(
+            f"no usable audio in {os.fspath(path)!r}: {n} samples ({n / config.sr * 1e3:.1f} ms) "
+            f"decoded, fewer than one STFT frame (n_fft={config.n_fft})")
+
+
 def crop(path, config: SpectrogramConfig, seed: int = 0, track_id=None):
     """Decode the seeded random crop of one file.
 
@@ -546,10 +559,7 @@ def crop(path, config: SpectrogramConfig, seed: int = 0, track_id=None):
             raise PipelineError(f"no decodable audio in {os.fspath(path)!r} (0 samples)")
         start = _start(u, len(full), n_crop)
         y = full[start:start + n_crop]
-    if len(y) < config.n_fft:
-        raise PipelineError(
-            f"no usable audio in {os.fspath(path)!r}: {len(y)} samples ({len(y) / config.sr * 1e3:.1f} ms) "
-            f"decoded, fewer than one STFT frame (n_fft={config.n_fft})")
+    _require_one_frame(path, len(y), config)
     info = {"status": "ok", "offset_s": start / config.sr, "decoded_s": min(len(y), n_crop) / config.sr,
             "reason": ""}
     if len(y) < n_crop:
@@ -609,13 +619,16 @@ def track_images(path, config: SpectrogramConfig, n_crops: int = 1):
     Raises
     ------
     PipelineError
-        Undecodable or empty file, ``n_crops < 1``.
+        Undecodable or empty file, fewer than ``n_fft`` decodable samples
+        (same threshold and message as :func:`crop`, so a file preprocessing
+        skips is never predicted), ``n_crops < 1``.
     """
     if int(n_crops) != n_crops or n_crops < 1:
         raise PipelineError(f"n_crops must be a positive integer, got {n_crops!r}")
     full, _ = audio.load(path, sr=config.sr)
     if len(full) == 0:
         raise PipelineError(f"no decodable audio in {os.fspath(path)!r} (0 samples)")
+    _require_one_frame(path, len(full), config)  # as preprocessing: no prediction from a few samples
     n, n_crop = len(full), config.n_crop
     info = {"status": "ok", "duration_s": n / config.sr, "reason": ""}
     if n < n_crop:

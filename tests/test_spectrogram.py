@@ -217,6 +217,27 @@ def test_track_images_evenly_spaced(tmp_path):
         S.track_images(p, SMALL, n_crops=0)
 
 
+def test_track_images_refuses_less_than_one_frame_like_preprocessing(tmp_path):
+    """Prediction and preprocessing share one threshold (n_fft samples) and one message."""
+    n = SMALL.n_fft - 1
+    p = write_wav(tmp_path / "blip.wav", sine(n / 8000, 8000)[:n], 8000)
+    with pytest.raises(PipelineError) as pred:
+        S.track_images(p, SMALL, n_crops=2)
+    with pytest.raises(PipelineError) as prep:
+        S.track_image(p, SMALL)
+    assert str(pred.value) == str(prep.value)
+    assert f"blip.wav': {n} samples" in str(pred.value) and f"n_fft={SMALL.n_fft}" in str(pred.value)
+    ok = write_wav(tmp_path / "frame.wav", sine(1.0, 8000)[:SMALL.n_fft], 8000)  # exactly one frame: padded
+    imgs, info = S.track_images(ok, SMALL)
+    assert imgs.shape == (1, 1, 102, 159) and info["status"] == "padded"
+
+
+def test_track_images_refuses_fma_mini_24_sample_clip(fma_mini):
+    p = fma_mini / "fma_small" / "000" / "000194.mp3"
+    with pytest.raises(PipelineError, match=r"000194\.mp3': 24 samples .* fewer than one STFT frame \(n_fft=2048\)"):
+        S.track_images(p, S.SpectrogramConfig())
+
+
 def test_fma_mini_real_clip(fma_mini):
     p = fma_mini / "fma_small" / "000" / "000002.mp3"
     img, info = S.track_image(p, S.SpectrogramConfig(), seed=0, track_id=2)
