@@ -63,6 +63,87 @@ def test_nan_listens_reported_and_dropped(tmp_path):
     assert 3 not in sel.index and len(sel) == 10
 
 
+def _write_text_listens(tmp_path, texts):
+    """tracks.csv with ('track', 'listens') as text: ``texts`` maps track id -> value (others 10 * id)."""
+    ids = np.arange(1, 13)
+    cols = pd.MultiIndex.from_tuples([("track", "listens"), ("set", "subset")])
+    df = pd.DataFrame([[str(texts.get(i, 10 * i)), "small"] for i in ids],
+                      index=pd.Index(ids, name="track_id"), columns=cols)
+    path = tmp_path / "tracks.csv"
+    df.to_csv(path)
+    return path
+
+
+def test_non_numeric_listens_reported_and_dropped_like_nan(tmp_path):
+    path = _write_text_listens(tmp_path, {4: "lots", 9: "many"})
+    t = fma.load_tracks(path, needed=[fma.COLUMNS["listens"]])
+    assert t[fma.COLUMNS["listens"]].dtype == np.float64 and t.loc[5, fma.COLUMNS["listens"]] == 50.0
+    sel, rep = fma.select(t, None, subset="small", needed=[fma.COLUMNS["listens"]])
+    col = str(fma.COLUMNS["listens"])
+    assert rep["missing_values"] == {col: [4, 9]} and rep["non_numeric"] == {col: [[4, "lots"], [9, "many"]]}
+    assert sel.index.tolist() == [1, 2, 3, 5, 6, 7, 8, 10, 11, 12]
+    assert "2 tracks dropped for a missing ('track', 'listens') value (2 non-numeric), e.g. 4 ('lots'), " \
+           "9 ('many')" in fma.summarize_report(rep)
+
+
+def test_all_listens_non_numeric_is_an_error_naming_file_column_and_examples(tmp_path):
+    path = _write_text_listens(tmp_path, {i: "lots" for i in range(1, 13)})
+    t = fma.load_tracks(path, needed=[fma.COLUMNS["listens"]])
+    with pytest.raises(PipelineError) as info:
+        fma.select(t, None, subset="small", needed=[fma.COLUMNS["listens"]])
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: column ('track', 'listens') has no usable value for the 12 selected")
+    assert "12 non-numeric (e.g. track 1: 'lots', track 2: 'lots'" in msg and "and 7 more" in msg
+
+
+def _fake_fma_dir(root, ids):
+    """FMA layout with empty stand-in mp3s (select only checks that the files exist)."""
+    for i in ids:
+        p = fma.audio_path(root, i)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"")
+    return root
+
+
+def test_wrong_audio_dir_message_is_short_and_suggests_the_subfolder(tmp_path):
+    path = _write_tracks(tmp_path)
+    t = fma.load_tracks(path)
+    _fake_fma_dir(tmp_path / "fma_mini" / "fma_small", range(1, 13))
+    with pytest.raises(PipelineError) as info:
+        fma.select(t, tmp_path / "fma_mini", subset="small")
+    msg = str(info.value)
+    first = tmp_path / "fma_mini" / "000" / "000001.mp3"
+    assert f"none of the 12 tracks of subset <= 'small' has its mp3 under '{tmp_path / 'fma_mini'}'" in msg
+    assert f"e.g. 1 ({first})" in msg and "and 7 more" in msg and "12 (" not in msg
+    assert "--audio-dir must be the folder holding 000/000001.mp3 (e.g. .../fma_small)" in msg
+    assert f"did you mean --audio-dir {tmp_path / 'fma_mini' / 'fma_small'}?" in msg
+    # one level too deep: the parent is suggested
+    with pytest.raises(PipelineError, match=r"did you mean --audio-dir .*fma_small\?"):
+        fma.select(t, tmp_path / "fma_mini" / "fma_small" / "000", subset="small")
+    # nothing that looks right: the hint without a suggestion
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PipelineError) as info:
+        fma.select(t, tmp_path / "empty", subset="small")
+    assert "--audio-dir must be" in str(info.value) and "did you mean" not in str(info.value)
+
+
+def test_many_missing_tracks_summarised_not_listed(tmp_path):
+    ids = np.arange(1, 2001)
+    cols = pd.MultiIndex.from_tuples([("track", "listens"), ("set", "subset")])
+    df = pd.DataFrame([[1.0, "small"]] * len(ids), index=pd.Index(ids, name="track_id"), columns=cols)
+    df.to_csv(tmp_path / "tracks.csv")
+    t = fma.load_tracks(tmp_path / "tracks.csv")
+    with pytest.raises(PipelineError) as info:
+        fma.select(t, tmp_path, subset="small")
+    assert "and 1995 more" in str(info.value) and len(str(info.value)) < 1000
+    _fake_fma_dir(tmp_path, [3, 7])
+    sel, rep = fma.select(t, tmp_path, subset="small")
+    assert sel.index.tolist() == [3, 7] and len(rep["missing_audio"]) == 1998  # full list kept for the manifest
+    text = fma.summarize_report(rep, tmp_path)
+    assert text.startswith("1998 tracks listed in the metadata have no audio file, e.g. 1 (") \
+        and text.endswith("and 1993 more") and len(text) < 600
+
+
 def test_missing_metadata_file(tmp_path):
     with pytest.raises(PipelineError, match="not found"):
         fma.load_tracks(tmp_path / "tracks.csv")
