@@ -53,6 +53,10 @@ expected dataset layouts:
     --data DATASET_DIR                      (holds manifest.json and the image arrays)"""
 
 
+class PrepInterrupted(KeyboardInterrupt):
+    """Ctrl-C while a dataset cache was being built (the finished chunks of tracks are kept)."""
+
+
 class UsageError(Exception):
     """Bad arguments or dataset path: exit code 2, message + expected layout."""
 
@@ -97,16 +101,34 @@ def print_table(title: str, rows, file=None) -> None:
     print(line, file=file)
 
 
-def _floats(s: str):
-    return [float(x) for x in s.split(",") if x.strip()]
+def _list_of(convert, what):
+    """An argparse ``type`` for a comma-separated list; its ``__name__`` is what argparse's error names."""
+
+    def parse(s: str):
+        parts = [x.strip() for x in s.split(",") if x.strip()]
+        if not parts:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {s!r}")
+        try:
+            return [convert(x) for x in parts]
+        except ValueError:
+            bad = next(x for x in parts if not _converts(convert, x))
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {bad!r}") from None
+
+    parse.__name__ = f"comma-separated {what}"
+    return parse
 
 
-def _ints(s: str):
-    return [int(x) for x in s.split(",") if x.strip()]
+def _converts(convert, x) -> bool:
+    try:
+        convert(x)
+        return True
+    except ValueError:
+        return False
 
 
-def _strs(s: str):
-    return [x.strip() for x in s.split(",") if x.strip()]
+_floats = _list_of(float, "numbers")
+_ints = _list_of(int, "integers")
+_strs = _list_of(str, "names")
 
 
 def _device_check(device: str) -> None:
@@ -127,6 +149,62 @@ def _device_check(device: str) -> None:
             raise
         except Exception as exc:
             raise UsageError(f"--device gpu: CUDA is unavailable ({exc}); use --device cpu") from exc
+
+
+#: TrainConfig field -> the flag that sets it (for error messages)
+_FLAG = {"batch_size": "--batch-size", "weight_decay": "--weight-decay", "checkpoint_every": "--checkpoint-every",
+         "max_steps": "--max-steps", "step_delay": "--step-delay"}
+
+
+def _check_train_config(cfg, where="") -> None:
+    """Raise UsageError naming each invalid setting of a TrainConfig by its flag (engine.train.config_problems)."""
+    from engine.train import config_problems
+
+    bad = config_problems(cfg)
+    if bad:
+        raise UsageError(where + "; ".join(f"{_FLAG.get(f, '--' + f)} {v!r}: expected {e}" for f, v, e in bad))
+
+
+def _check_data_args(args) -> None:
+    """Raise UsageError for data / spectrogram flags no pipeline run could use (before anything is built)."""
+    workers = getattr(args, "workers", None)
+    if workers is not None and workers < 0:
+        raise UsageError(f"--workers {workers}: expected an integer >= 0 (0: preprocess in this process)")
+    for flag, name in (("--demo-tracks", "demo_tracks"), ("--sr", "sr"), ("--n-fft", "n_fft"),
+                       ("--hop-length", "hop_length"), ("--height", "height"), ("--width", "width"),
+                       ("--n-mels", "n_mels")):
+        v = getattr(args, name, None)
+        if v is not None and v < 1:
+            raise UsageError(f"{flag} {v}: expected an integer >= 1")
+    for flag, name in (("--crop-seconds", "crop_seconds"), ("--demo-seconds", "demo_seconds")):
+        v = getattr(args, name, None)
+        if v is not None and not (v > 0 and v != float("inf")):
+            raise UsageError(f"{flag} {v}: expected a finite number of seconds > 0")
+
+
+def _read_json(path: Path, what="config.json") -> dict:
+    """``json.loads`` of a file; UsageError naming the file when it is unreadable or not a JSON object."""
+    try:
+        conf = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{path}: unreadable {what} ({exc})") from exc
+    if not isinstance(conf, dict):
+        raise UsageError(f"{path}: unreadable {what} (not a JSON object)")
+    return conf
+
+
+def _run_config(run: Path):
+    """(config dict, TrainConfig) of a run directory, with clear errors for a missing or damaged config.json."""
+    from engine.train import TrainConfig
+
+    cf = run / "config.json"
+    conf = _read_json(cf)
+    try:
+        cfg = TrainConfig(**conf["train"])
+        conf["data"]["dataset_dir"]
+    except (KeyError, TypeError) as exc:
+        raise UsageError(f"{cf}: not a hitcnn run configuration (bad or missing entry {exc})") from exc
+    return conf, cfg
 
 
 # ============================================================================ arguments
@@ -152,7 +230,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
                         r"speaker '^\d_([a-z]+)_' (default: none)")
     g.add_argument("--target", choices=("popularity", "genre"), default="popularity",
                    help="FMA label: popularity buckets from listens, or genre_top (default: popularity)")
-    g.add_argument("--bucket-edges", metavar="E1,E2", default=None,
+    g.add_argument("--bucket-edges", metavar="E1,E2", type=_floats, default=None,
                    help="explicit listens thresholds low < E1 <= medium < E2 <= high (default: quantiles "
                         "reproducing the paper's shares 16.8/46.7/36.5%%)")
     g.add_argument("--subset", choices=("small", "medium", "large"), default="small",
@@ -165,7 +243,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
                    help="where dataset caches (and the demo data) are built (default: $HITCNN_CACHE or "
                         "~/.cache/hitcnn)")
     g.add_argument("--workers", type=int, default=None,
-                   help="preprocessing processes (default: all cores)")
+                   help="preprocessing processes; 0 = in this process, no worker processes (default: all cores)")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bars (default: off)")
     s = p.add_argument_group("spectrogram images (the paper's defaults)")
     s.add_argument("--sr", type=int, default=22050, help="sample rate in Hz the audio is resampled to (default: 22050)")
@@ -194,13 +272,14 @@ def add_train_args(p: argparse.ArgumentParser, grid: bool = False) -> None:
                        help="architecture (default: cnn6_rgb, the paper's best)")
         g.add_argument("--batch-size", "-b", type=int, default=16, help="mini-batch size (default: 16)")
         g.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate (default: 5e-4)")
-        g.add_argument("--dropout", type=float, default=0.4, help="dropout before the last layer (default: 0.4)")
+        g.add_argument("--dropout", type=float, default=0.4,
+                       help="dropout probability before the last layer, 0 <= p < 1 (default: 0.4)")
         g.add_argument("--weight-decay", type=float, default=0.0, help="Adam L2 weight decay (default: 0)")
     g.add_argument("--epochs", "-e", type=int, default=None,
                    help=f"maximum epochs (default: 100, the paper's cap; {DEMO_EPOCHS} on the embedded demo data)")
     g.add_argument("--patience", type=int, default=None,
-                   help="early stopping: stop after this many epochs without a better validation accuracy "
-                        "(default: off)")
+                   help="early stopping: stop after this many (>= 1) epochs in a row without a better "
+                        "validation accuracy (default: off)")
     g.add_argument("--device", "-d", choices=("cpu", "gpu"), default="cpu",
                    help="cpu (Numba kernels) or gpu (CuPy kernels; needs CuPy and CUDA) (default: cpu)")
     g.add_argument("--seed", type=int, default=0, help="seed of weights, data order and dropout (default: 0)")
@@ -365,6 +444,7 @@ def data_source(args) -> dict:
     if args.metadata:
         if not Path(args.metadata).is_file():
             raise UsageError(f"--metadata {args.metadata}: no such file", layout=True)
+        _fma_dir_hint(ad)
         return dict(kind="fma", audio_dir=str(ad.resolve()), metadata=str(Path(args.metadata).resolve()))
     if args.labels:
         if not Path(args.labels).is_file():
@@ -372,6 +452,20 @@ def data_source(args) -> dict:
         return dict(kind="csv", audio_dir=str(ad.resolve()), labels=str(Path(args.labels).resolve()))
     return dict(kind="regex", audio_dir=str(ad.resolve()), label_regex=args.label_regex,
                 group_regex=args.group_regex)
+
+
+def _fma_dir_hint(ad: Path) -> None:
+    """UsageError when ``ad`` is the folder *above* FMA's audio (it holds fma_small/ but no 000/ ... folders)."""
+    try:
+        subs = [p for p in ad.iterdir() if p.is_dir()]
+    except OSError:
+        return
+    if any(p.name.isdigit() and len(p.name) == 3 for p in subs):
+        return
+    inner = sorted(p for p in subs if p.name.startswith("fma_") and p.name != "fma_metadata")
+    if inner:
+        raise UsageError(f"--audio-dir {ad}: this folder holds {', '.join(p.name for p in inner)}/ but no "
+                         f"000/ ... 155/ audio folders; pass --audio-dir {inner[0]}")
 
 
 def cache_root(args) -> Path:
@@ -398,7 +492,7 @@ def prepare_data(args, mode: str, out_dir=None, log=print):
         return ds, src
     config = spectrogram_config(args, mode)
     root = cache_root(args)
-    edges = _floats(args.bucket_edges) if args.bucket_edges else None
+    edges = list(args.bucket_edges) if args.bucket_edges else None
     split = args.split
     if src["kind"] == "demo":
         from pipeline import synth
@@ -411,8 +505,23 @@ def prepare_data(args, mode: str, out_dir=None, log=print):
         edges = edges or info["bucket_edges"]
         split = split or "fma"
     out_root = Path(out_dir) if out_dir else root / "datasets"
-    kw = dict(config=config, seed=args.split_seed, workers=args.workers,
-              progress=not getattr(args, "quiet", False))
+    progress = not getattr(args, "quiet", False)
+    kw = dict(config=config, seed=args.split_seed, workers=args.workers, progress=progress)
+    t0 = time.time()
+    try:
+        path = _build(pds, src, args, out_root, edges, split, kw)
+    except KeyboardInterrupt as exc:
+        raise PrepInterrupted() from exc
+    ds = pds.Dataset(path)
+    src["dataset_dir"] = str(Path(path).resolve())
+    # a cache built just now with progress on has already printed its skipped / padded report (pipeline)
+    man = Path(path) / "manifest.json"
+    src["reported"] = bool(progress and man.is_file() and man.stat().st_mtime >= t0)
+    return ds, src
+
+
+def _build(pds, src, args, out_root, edges, split, kw):
+    """The ``pipeline.dataset.prepare_*`` call for the source kind; returns the dataset directory."""
     if src["kind"] in ("demo", "fma"):
         path = pds.prepare_fma(src["audio_dir"], src["metadata"], out_root, subset=args.subset,
                                target=args.target, bucket_edges=edges, split=split or "stratified", **kw)
@@ -422,9 +531,7 @@ def prepare_data(args, mode: str, out_dir=None, log=print):
     else:
         path = pds.prepare_folder(src["audio_dir"], out_root, label_regex=src["label_regex"],
                                   group_regex=src["group_regex"], split=split or "stratified", **kw)
-    ds = pds.Dataset(path)
-    src["dataset_dir"] = str(Path(path).resolve())
-    return ds, src
+    return path
 
 
 def _manifest_hash(ds) -> str:
@@ -432,8 +539,14 @@ def _manifest_hash(ds) -> str:
     return str(man.get("param_hash") or man.get("hash") or "")
 
 
-def _status_report(ds, log=print, show_padded=5) -> None:
-    """Print every track that preprocessing skipped, and the padded ones (the first few), from the manifest."""
+def _status_report(ds, src=None, log=print, show_padded=5) -> None:
+    """Print every track that preprocessing skipped, and the padded ones (the first few), from the manifest.
+
+    Printed once: nothing when the pipeline has just printed its own report
+    while building the cache (``src['reported']``, see :func:`prepare_data`).
+    """
+    if src is not None and src.get("reported"):
+        return
     man = getattr(ds, "manifest", {}) or {}
     tracks = man.get("tracks") or []
     skipped = [t for t in tracks if isinstance(t, dict) and t.get("status") == "skipped"]
@@ -475,10 +588,12 @@ def _train_config(args, model=None, lr=None, batch_size=None, dropout=None, weig
                        progress=not args.quiet, max_steps=args.max_steps, step_delay=args.step_delay)
 
 
-def run_training(ds, src, cfg, out: Path, argv, resume=False, log=print) -> dict:
-    """Write config.json, print it, train, then write report.json and the plots."""
+def run_training(ds, src, cfg, out: Path, argv, resume=False, log=print, write_config=None) -> dict:
+    """Write config.json (unless resuming, or ``write_config`` is False), print it, train, then write
+    report.json and the plots."""
     from engine import train as tr
 
+    _check_train_config(cfg)
     out.mkdir(parents=True, exist_ok=True)
     conf = {
         "train": tr.config_dict(cfg),
@@ -494,7 +609,7 @@ def run_training(ds, src, cfg, out: Path, argv, resume=False, log=print) -> dict
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "threads": os.environ.get("NUMBA_NUM_THREADS") or str(os.cpu_count()),
     }
-    if not resume:
+    if (not resume) if write_config is None else write_config:
         (out / "config.json").write_text(json.dumps(conf, indent=2, default=str))
     rows = [("run directory", out), ("data", src["kind"] + (" (SYNTHETIC demo)" if src["kind"] == "demo" else "")),
             ("dataset", src.get("dataset_dir", "")), ("manifest hash", conf["dataset_manifest_hash"][:16]),
@@ -505,15 +620,33 @@ def run_training(ds, src, cfg, out: Path, argv, resume=False, log=print) -> dict
     rows += [("code version", conf["code_version"]), ("resume", resume)]
     print_table("configuration", rows)
     res = tr.fit(ds, cfg, out, resume=resume, log=log)
-    log(f"training done: {len(res['history'])} epochs ({res['stopped']}), best validation accuracy "
-        f"{res['best_val_acc']:.4f} at epoch {res['best_epoch']}, {res['seconds']:.1f} s")
+    log(training_done_message(res, cfg, resumed=resume))
     rep = tr.final_report(out, ds, cfg, log=log)
     log(f"run directory: {out}  (report.json, metrics.jsonl, checkpoints/, curves.png, confusion.png)")
     return dict(res, report=rep)
 
 
+def training_done_message(res: dict, cfg, resumed=False) -> str:
+    """'training done: 3 epochs (reached --epochs), best validation accuracy ...' from a fit() result.
+
+    After a resume it gives the training time of every session (the sum of
+    the epochs' ``seconds`` in metrics.jsonl) besides this session's.
+    """
+    n = len(res["history"])
+    why = {"epochs": f"reached --epochs {cfg.epochs}",
+           "patience": f"early stopping: no better validation accuracy for {cfg.patience} "
+                       f"epoch{'s' if cfg.patience != 1 else ''}",
+           "max_steps": f"reached --max-steps {cfg.max_steps}"}.get(res["stopped"], str(res["stopped"]))
+    msg = (f"training done: {n} epoch{'s' if n != 1 else ''} ({why}), best validation accuracy "
+           f"{res['best_val_acc']:.4f} at epoch {res['best_epoch']}, {res['seconds']:.1f} s")
+    if resumed:
+        total = sum(float(h.get("seconds") or 0.0) for h in res["history"])
+        msg += f" in this session, {total:.1f} s of training over all sessions"
+    return msg
+
+
 def cmd_train(args, argv) -> int:
-    from engine.train import TrainConfig, model_mode
+    from engine.train import model_mode
 
     if args.resume:
         if not args.out:
@@ -522,8 +655,7 @@ def cmd_train(args, argv) -> int:
         cf = out / "config.json"
         if not cf.is_file():
             raise UsageError(f"--resume: {cf} not found; is {out} a run directory?")
-        conf = json.loads(cf.read_text())
-        cfg = TrainConfig(**conf["train"])
+        conf, cfg = _run_config(out)
         cfg.progress = not args.quiet
         if args.epochs is not None:
             cfg.epochs = args.epochs
@@ -531,28 +663,39 @@ def cmd_train(args, argv) -> int:
         cfg.step_delay = args.step_delay
         if args.patience is not None:
             cfg.patience = args.patience
+        _check_train_config(cfg, f"--resume {out}: ")
         from pipeline.dataset import Dataset
 
         _device_check(cfg.device)
         ds = Dataset(conf["data"]["dataset_dir"])
+        if not (out / "checkpoints" / "last.npz").is_file():
+            # killed before its first checkpoint: nothing was trained, so the run simply starts over
+            print(f"{out} has no checkpoint yet (stopped before the first one): nothing was trained, "
+                  f"starting it from scratch with its saved configuration")
+            run_training(ds, conf["data"], cfg, out, argv, resume=False, write_config=False)
+            return 0
         print(f"resuming {out} with its saved configuration")
         run_training(ds, conf["data"], cfg, out, argv, resume=True)
         return 0
+    # every flag is checked before any data is built or any folder made
+    _check_data_args(args)
+    _check_train_config(_train_config(args))
     _device_check(args.device)
     src0 = data_source(args)
     out = Path(args.out) if args.out else Path(_default_run_name(src0, args.model))
     if (out / "checkpoints" / "last.npz").exists():
         raise UsageError(f"{out} already holds a run; continue it with --resume or pick another --out")
     ds, src = prepare_data(args, model_mode(args.model))
-    _status_report(ds)
+    _status_report(ds, src)
     cfg = _train_config(args, demo=src["kind"] == "demo")
     run_training(ds, src, cfg, out, argv)
     return 0
 
 
 def cmd_preprocess(args, argv) -> int:
+    _check_data_args(args)
     ds, src = prepare_data(args, args.mode, out_dir=args.out)
-    _status_report(ds)
+    _status_report(ds, src)
     n = {s: int((ds.split == s).sum()) for s in ("train", "val", "test")}
     print(f"dataset ready: {src['dataset_dir']}  classes {list(ds.classes)}  images {n}  "
           f"shape {tuple(ds.images.shape[1:])}")
@@ -569,8 +712,7 @@ def _load_run(run_dir, which="best"):
     cf = run / "config.json"
     if not cf.is_file():
         raise UsageError(f"{run_dir}: not a run directory (no config.json); make one with `python cli.py train`")
-    conf = json.loads(cf.read_text())
-    cfg = tr.TrainConfig(**conf["train"])
+    conf, cfg = _run_config(run)
     ck = run / "checkpoints" / f"{which}.npz"
     if not ck.is_file():
         raise UsageError(f"{ck} not found (has the run finished an epoch?)")
@@ -606,6 +748,8 @@ def cmd_predict(args, argv) -> int:
     from pipeline.errors import PipelineError
     from pipeline.spectrogram import SpectrogramConfig, colormap_lut, track_images
 
+    if args.crops < 1:
+        raise UsageError(f"--crops {args.crops}: expected an integer >= 1")
     conf, cfg, ds, model, _ = _load_run(args.run_dir, args.checkpoint)
     spec = conf.get("spectrogram") or (getattr(ds, "manifest", {}) or {}).get("config")
     if not spec:
@@ -618,15 +762,15 @@ def cmd_predict(args, argv) -> int:
     classes = list(ds.classes)
     xp = kernels.get_backend(cfg.device).xp
     model.eval()
-    rc = 0
-    if not args.json:
-        print(f"{'file':<40} {'class':>10}  " + "  ".join(f"{c:>8}" for c in classes))
+    failed = []
+    rows = []
     for f in args.files:
         try:
             imgs, info = track_images(f, sc, n_crops=args.crops)
-        except PipelineError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            rc = 2
+        except (PipelineError, OSError) as exc:  # unreadable, undecodable, or shorter than one STFT frame
+            msg = str(exc) if str(f) in str(exc) else f"{f}: {exc}"
+            print(f"error: {msg}", file=sys.stderr)
+            failed.append(f)
             continue
         q = np.rint(255.0 * imgs[:, 0]).astype(np.uint8)
         if lut is None:
@@ -641,15 +785,48 @@ def cmd_predict(args, argv) -> int:
         if args.json:
             print(json.dumps({"file": f, "class": classes[k], "probabilities": dict(zip(classes, prob.tolist())),
                               "crops": int(args.crops), "offsets_s": info.get("offsets_s"),
-                              "status": info.get("status")}))
+                              "status": info.get("status"), "duration_s": info.get("duration_s")}))
         else:
-            print(f"{f:<40} {classes[k]:>10}  " + "  ".join(f"{v:8.4f}" for v in prob))
-    return rc
+            rows.append((f, classes[k], _clip_status(info), prob))
+    if rows:
+        print(format_predictions(rows, classes))
+    if failed:
+        print(f"{len(failed)} of {len(args.files)} file(s) could not be predicted: {', '.join(map(str, failed))}",
+              file=sys.stderr)
+    return 2 if failed else 0
+
+
+def _clip_status(info: dict) -> str:
+    """'ok 30.0 s' or 'padded 1.2 s' (track_images' status and the clip's length)."""
+    d = info.get("duration_s")
+    return f"{info.get('status', '?')} {d:.1f} s" if isinstance(d, (int, float)) else str(info.get("status", "?"))
+
+
+def format_predictions(rows, classes) -> str:
+    """The predict table: file, class, status, one probability column per class; widths fit the longest cell.
+
+    ``rows`` holds ``(file, class, status, probabilities)`` tuples.
+    """
+    wf = max([len("file")] + [len(str(r[0])) for r in rows])
+    wc = max([len("class")] + [len(r[1]) for r in rows])
+    ws = max([len("status")] + [len(r[2]) for r in rows])
+    wp = [max(8, len(c)) for c in classes]
+    lines = [f"{'file':<{wf}}  {'class':<{wc}}  {'status':<{ws}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(classes, wp))]
+    for f, c, st, prob in rows:
+        lines.append(f"{str(f):<{wf}}  {c:<{wc}}  {st:<{ws}}  " + "  ".join(f"{v:{w}.4f}" for v, w in zip(prob, wp)))
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def cmd_grid(args, argv) -> int:
     from engine.train import model_mode
 
+    _check_data_args(args)
+    for m in args.model:
+        if m not in MODEL_NAMES:
+            raise UsageError(f"--model: unknown architecture {m!r}; choose from {MODEL_NAMES}")
+    for model, lr, bs, dr, wd in itertools.product(args.model, args.lr, args.batch_size, args.dropout,
+                                                    args.weight_decay):
+        _check_train_config(_train_config(args, model=model, lr=lr, batch_size=bs, dropout=dr, weight_decay=wd))
     _device_check(args.device)
     base = Path(args.out) if args.out else Path(f"runs/grid-{time.strftime('%Y%m%d-%H%M%S')}")
     base.mkdir(parents=True, exist_ok=True)
@@ -699,6 +876,9 @@ def cmd_reproduce(args, argv) -> int:
     for m in args.models:
         if m not in MODEL_NAMES:
             raise UsageError(f"--models: unknown architecture {m!r}; choose from {MODEL_NAMES}")
+    _check_data_args(args)
+    for m in args.models:
+        _check_train_config(_train_config(args, model=m, lr=5e-4, batch_size=16, dropout=0.4, weight_decay=0.0))
     base = Path(args.out) if args.out else Path(f"runs/reproduce-{time.strftime('%Y%m%d-%H%M%S')}")
     base.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -790,6 +970,7 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    from engine.checkpoint import CheckpointError
     from engine.train import TrainingError
     from pipeline.errors import PipelineError
 
@@ -807,6 +988,20 @@ def main(argv=None) -> int:
     except TrainingError as exc:
         print(f"\n{type(exc).__name__}: {exc}", file=sys.stderr)
         return exc.exit_code
+    except CheckpointError as exc:  # a truncated / foreign checkpoint: the message names the file
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except json.JSONDecodeError as exc:  # a damaged JSON file read outside _read_json (e.g. a dataset manifest)
+        print(f"error: unreadable JSON file ({exc}); is the run or dataset directory damaged?", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        msg = f"{exc.filename}: {exc.strerror or 'no such file or directory'}" if exc.filename else str(exc)
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    except PrepInterrupted:
+        print("\ninterrupted while building the dataset cache; run the same command again to resume; "
+              "finished tracks are kept", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130

@@ -133,6 +133,67 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
 
+def config_problems(cfg: TrainConfig) -> list:
+    """Every invalid setting of ``cfg`` as ``(field, value, expected)`` triples (empty: all valid).
+
+    The checks are those PyTorch's ``Adam`` / ``Dropout`` / ``DataLoader``
+    make (lr > 0, weight_decay >= 0, 0 <= p < 1, batch_size >= 1), plus
+    finite values and the loop's own limits: epochs >= 1, patience >= 1 (or
+    None: off), checkpoint_every >= 0 (0: only at epoch ends), max_steps >= 1
+    (or None), a known architecture and device.
+    """
+    from engine import models
+
+    def is_int(v):
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+    def is_num(v):
+        return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+    bad = []
+    if cfg.model not in models.MODELS:
+        bad.append(("model", cfg.model, f"one of {sorted(models.MODELS)}"))
+    if cfg.device not in ("cpu", "gpu"):
+        bad.append(("device", cfg.device, "'cpu' or 'gpu'"))
+    if not is_int(cfg.epochs) or cfg.epochs < 1:
+        bad.append(("epochs", cfg.epochs, "an integer >= 1"))
+    if not is_int(cfg.batch_size) or cfg.batch_size < 1:
+        bad.append(("batch_size", cfg.batch_size, "an integer >= 1"))
+    if not is_num(cfg.lr) or not math.isfinite(cfg.lr) or cfg.lr <= 0:
+        bad.append(("lr", cfg.lr, "a finite number > 0"))
+    if not is_num(cfg.weight_decay) or not math.isfinite(cfg.weight_decay) or cfg.weight_decay < 0:
+        bad.append(("weight_decay", cfg.weight_decay, "a finite number >= 0"))
+    if not is_num(cfg.dropout) or not (0.0 <= cfg.dropout < 1.0):
+        bad.append(("dropout", cfg.dropout, "a probability with 0 <= p < 1"))
+    if cfg.patience is not None and (not is_int(cfg.patience) or cfg.patience < 1):
+        bad.append(("patience", cfg.patience, "an integer >= 1 (or unset: no early stopping)"))
+    if not is_int(cfg.checkpoint_every) or cfg.checkpoint_every < 0:
+        bad.append(("checkpoint_every", cfg.checkpoint_every, "an integer >= 0 (0: only at epoch ends)"))
+    if cfg.max_steps is not None and (not is_int(cfg.max_steps) or cfg.max_steps < 1):
+        bad.append(("max_steps", cfg.max_steps, "an integer >= 1"))
+    if not is_num(cfg.step_delay) or not math.isfinite(cfg.step_delay) or cfg.step_delay < 0:
+        bad.append(("step_delay", cfg.step_delay, "a finite number of seconds >= 0"))
+    return bad
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Raise ValueError naming every invalid setting of ``cfg`` (see :func:`config_problems`).
+
+    Raises
+    ------
+    ValueError
+        e.g. ``"TrainConfig: batch_size = 0, expected an integer >= 1"``.
+    """
+    bad = config_problems(cfg)
+    if bad:
+        raise ValueError("TrainConfig: " + "; ".join(f"{f} = {v!r}, expected {e}" for f, v, e in bad))
+
+
+#: a step loss above this (or above EXPLODE_FACTOR x the session's first loss, floored at 1) logs a warning
+EXPLODE_LOSS = 1e6
+EXPLODE_FACTOR = 100.0
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """Seed of epoch ``epoch``'s data order (a fixed function of the run seed)."""
     return (int(seed) * 1_000_003 + 7919 * int(epoch) + 1) % (2 ** 31 - 1)
@@ -450,7 +511,16 @@ def fit(dataset, cfg: TrainConfig, out_dir, resume: bool = False, log=print) -> 
         When the loss is NaN or inf (``last.npz`` stays the last good state).
     FileNotFoundError
         ``resume`` without a checkpoint in ``out_dir``.
+    ValueError
+        An invalid setting in ``cfg`` (:func:`check_config`), before anything is written.
+
+    Notes
+    -----
+    A finite loss above ``EXPLODE_LOSS`` or ``EXPLODE_FACTOR`` times the
+    session's first loss (floored at 1) logs one warning ("loss is
+    exploding") and training goes on; only NaN / inf stops it.
     """
+    check_config(cfg)
     with _SigintFlag() as sigint:  # installed before anything slow, so Ctrl-C always saves
         return _fit(dataset, cfg, out_dir, resume, log, sigint)
 
@@ -513,6 +583,8 @@ def _fit(dataset, cfg, out_dir, resume, log, sigint):
                                            in_shape=list(in_shape)))
 
     stopped = "epochs"
+    first_loss = None  # the session's first step loss, for the "exploding" warning
+    warned = False
     t_run = time.perf_counter()
     while state["epoch"] < cfg.epochs:
         ep = state["epoch"]
@@ -560,6 +632,15 @@ def _fit(dataset, cfg, out_dir, resume, log, sigint):
                         f"{state['step_in_epoch'] + 1} of {steps_per_epoch}) with lr={cfg.lr:g}; try a lower "
                         f"learning rate, e.g. --lr {cfg.lr / 10:g}. The last good checkpoint is kept: "
                         f"{last_path if last_path.is_file() else '(none saved yet)'}")
+                if first_loss is None:
+                    first_loss = loss
+                if not warned and (loss > EXPLODE_LOSS or loss > EXPLODE_FACTOR * max(first_loss, 1.0)):
+                    warned = True
+                    if bar is not None:
+                        bar.clear()
+                    log(f"warning: loss is exploding ({loss:.3g} at step {state['global_step'] + 1}, "
+                        f"{first_loss:.3g} at the first step of this session); try a lower --lr, "
+                        f"e.g. --lr {cfg.lr / 10:g}")
                 model.backward(crit.backward())
                 opt.step()
                 nb = len(y)

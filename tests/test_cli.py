@@ -192,3 +192,201 @@ def test_reproduce_writes_paper_table(tiny_run, tmp_path, capsys):
     rep = json.loads((tmp_path / "r" / "cnn2_mono" / "report.json").read_text())
     assert float(cells[3]) == pytest.approx(100 * rep["accuracy"], abs=0.05)
     assert "61 %" in md
+
+
+# ---------------------------------------------------------------- robustness (new-user trial)
+
+BAD_TRAIN_FLAGS = [
+    (["--batch-size", "0"], "--batch-size 0"),
+    (["--epochs", "0"], "--epochs 0"),
+    (["--epochs", "-1"], "--epochs -1"),
+    (["--lr", "-1"], "--lr -1.0"),
+    (["--lr", "0"], "--lr 0.0"),
+    (["--lr", "nan"], "--lr nan"),
+    (["--lr", "inf"], "--lr inf"),
+    (["--weight-decay", "-1"], "--weight-decay -1.0"),
+    (["--dropout", "1.5"], "--dropout 1.5"),
+    (["--dropout", "1"], "--dropout 1.0"),
+    (["--patience", "0"], "--patience 0"),
+    (["--checkpoint-every", "-1"], "--checkpoint-every -1"),
+    (["--workers", "-1"], "--workers -1"),
+]
+
+
+@pytest.mark.parametrize("flags,named", BAD_TRAIN_FLAGS, ids=[" ".join(f) for f, _ in BAD_TRAIN_FLAGS])
+def test_bad_hyperparameter_is_one_line_error_before_anything(flags, named, tmp_path, capsys):
+    rc = cli.main(["train", "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache")] + flags)
+    cap = capsys.readouterr()
+    assert rc == 2
+    assert cap.err.startswith(f"error: {named}: expected") and cap.err.count("\n") == 1, cap.err
+    assert "Traceback" not in cap.err and "| Parameter" not in cap.out  # no config table printed
+    assert list(tmp_path.iterdir()) == []  # no run folder, no cache, no demo data
+
+
+def test_grid_rejects_bad_values_by_name(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["grid", "--lr", "1e-3,abc"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --lr: expected comma-separated numbers, got 'abc'" in err and "_floats" not in err
+    rc = cli.main(["grid", "--lr", "1e-3", "--dropout", "0.3,2", "--out", str(tmp_path / "g")])
+    assert rc == 2 and "--dropout 2.0" in capsys.readouterr().err
+    rc = cli.main(["grid", "--model", "cnn3", "--out", str(tmp_path / "g")])
+    assert rc == 2 and "unknown architecture 'cnn3'" in capsys.readouterr().err
+    assert not (tmp_path / "g").exists()
+
+
+def test_fma_parent_folder_gets_a_short_hint(tmp_path, capsys):
+    (tmp_path / "fma_small" / "000").mkdir(parents=True)
+    (tmp_path / "fma_metadata").mkdir()
+    meta = tmp_path / "fma_metadata" / "tracks.csv"
+    meta.write_text("x\n")
+    rc = cli.main(["preprocess", "--audio-dir", str(tmp_path), "--metadata", str(meta), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"pass --audio-dir {tmp_path / 'fma_small'}" in err and err.count("\n") == 1
+
+
+def test_interrupted_preprocess_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    from pipeline import dataset as pds
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pds, "prepare_folder", interrupt)
+    (tmp_path / "a").mkdir()
+    rc = cli.main(["preprocess", "--audio-dir", str(tmp_path / "a"), "--label-regex", "^(x)", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 130 and "run the same command again to resume; finished tracks are kept" in err
+
+
+def test_training_done_message_wording():
+    from engine.train import TrainConfig
+
+    cfg = TrainConfig(epochs=1, patience=2)
+    res = dict(history=[{"epoch": 1, "seconds": 2.5}], stopped="epochs", best_val_acc=0.5, best_epoch=1,
+               seconds=3.0)
+    msg = cli.training_done_message(res, cfg)
+    assert msg.startswith("training done: 1 epoch (reached --epochs 1), best validation accuracy 0.5000 at epoch 1")
+    assert "all sessions" not in msg
+    res = dict(res, history=[{"epoch": 1, "seconds": 2.5}, {"epoch": 2, "seconds": 4.0}], stopped="patience")
+    msg = cli.training_done_message(res, cfg, resumed=True)
+    assert "2 epochs (early stopping: no better validation accuracy for 2 epochs)" in msg
+    assert msg.endswith("3.0 s in this session, 6.5 s of training over all sessions")
+
+
+def test_status_report_printed_once(tmp_path, capsys):
+    class DS:
+        path = "D"
+        manifest = {"tracks": [{"status": "padded", "path": "a.mp3", "reason": "short"},
+                               {"status": "skipped", "path": "b.mp3", "reason": "broken"}]}
+
+    cli._status_report(DS(), {"reported": True})
+    assert capsys.readouterr().out == ""  # the pipeline has just printed it while building
+    cli._status_report(DS(), {"reported": False})
+    out = capsys.readouterr().out
+    assert out.count("a.mp3") == 1 and out.count("b.mp3") == 1
+
+
+def test_status_report_once_through_preprocess(tiny_run, tmp_path, capsys):
+    """A fresh cache (crop longer than the 3 s clips: every track padded) is reported once, not twice."""
+    _, cache = tiny_run
+    args = ["preprocess", "--cache-dir", str(cache), "--workers", "0", "--out", str(tmp_path)] + TINY[:4] + \
+        ["--crop-seconds", "4", "--height", "32", "--width", "48"]
+    assert cli.main(args) == 0
+    cap = capsys.readouterr()
+    assert (cap.out + cap.err).count("shorter than the 4.0 s crop") <= 20  # pipeline lists at most 20, once
+    assert cap.out.count("zero-padded") == 0
+    assert cli.main(args) == 0  # reused cache: the pipeline prints nothing, the CLI's summary is shown once
+    cap = capsys.readouterr()
+    assert cap.out.count("40 track(s) shorter than the crop, zero-padded") == 1 and "shorter than" not in cap.err
+
+
+def _copy_run(tiny_run, tmp_path):
+    import shutil
+
+    out, _ = tiny_run
+    dst = tmp_path / "run"
+    shutil.copytree(out, dst)
+    return dst
+
+
+def test_damaged_run_files_are_clean_errors(tiny_run, tmp_path, capsys):
+    run = _copy_run(tiny_run, tmp_path)
+    wav = tmp_path / "a.wav"
+    import soundfile as sf
+
+    sf.write(wav, np.zeros(22050, np.float32), 22050)
+    best = run / "checkpoints" / "best.npz"
+    best.write_bytes(best.read_bytes()[:100])  # truncated
+    for cmd in (["evaluate", str(run)], ["predict", str(run), str(wav)]):
+        assert cli.main(cmd) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and str(best) in err and "Traceback" not in err, err
+    (run / "config.json").write_text('{"train": {"model": ')  # truncated JSON
+    for cmd in (["evaluate", str(run)], ["predict", str(run), str(wav)], ["train", "--resume", "--out", str(run)]):
+        assert cli.main(cmd) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {run / 'config.json'}: unreadable config.json"), err
+
+
+def test_predict_status_column_widths_and_failures(tiny_run, tmp_path, capsys, monkeypatch):
+    import soundfile as sf
+
+    from pipeline import spectrogram
+    from pipeline.errors import PipelineError
+
+    out, _ = tiny_run
+    long_name = tmp_path / ("a_rather_long_folder_name_for_the_table" * 2) / "clip.wav"
+    long_name.parent.mkdir()
+    sf.write(long_name, 0.1 * np.random.default_rng(0).standard_normal(22050).astype(np.float32), 22050)  # 1 s
+    full = tmp_path / "full.wav"
+    sf.write(full, 0.1 * np.random.default_rng(1).standard_normal(3 * 22050).astype(np.float32), 22050)  # 3 s
+    capsys.readouterr()
+    assert cli.main(["predict", str(out), str(long_name), str(full)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["file", "class", "status"] and len(lines) == 3
+    assert lines[1].startswith(str(long_name) + "  ") and "padded 1.0 s" in lines[1] and "ok 3.0 s" in lines[2]
+    col = lines[0].index("class")
+    assert lines[1][col - 2:col] == "  " and lines[2][col - 2:col] == "  " and lines[2][col] != " "
+    assert len({len(s) for s in lines}) == 1  # every row as wide as the header: aligned
+    # a file the pipeline refuses (e.g. shorter than one STFT frame) is a named failure, exit code 2
+    real = spectrogram.track_images
+
+    def refuse_short(path, *a, **k):
+        if str(path).endswith("short.wav"):
+            raise PipelineError(f"{path}: 100 samples, shorter than one STFT frame (n_fft 2048)")
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(spectrogram, "track_images", refuse_short)
+    short = tmp_path / "short.wav"
+    sf.write(short, np.zeros(100, np.float32), 22050)
+    assert cli.main(["predict", str(out), str(full), str(short)]) == 2
+    cap = capsys.readouterr()
+    assert f"error: {short}: 100 samples" in cap.err and cap.out.startswith("file") and str(short) not in cap.out
+    assert cli.main(["predict", str(out), str(short)]) == 2
+    cap = capsys.readouterr()
+    assert cap.out == "" and str(short) in cap.err  # every file failed: no table header
+
+
+def test_predict_refuses_audio_shorter_than_one_frame(tiny_run, tmp_path, capsys):
+    """Real pipeline: once track_images refuses a clip shorter than one STFT frame, predict names it (rc 2)."""
+    import dataclasses
+
+    import soundfile as sf
+
+    from pipeline.errors import PipelineError
+    from pipeline.spectrogram import SpectrogramConfig, track_images
+
+    out, _ = tiny_run
+    short = tmp_path / "tiny.wav"
+    sf.write(short, np.full(100, 0.1, np.float32), 22050)
+    spec = json.loads((out / "config.json").read_text())["spectrogram"]
+    try:
+        track_images(short, dataclasses.replace(SpectrogramConfig.from_dict(spec), mode="mono"))
+    except PipelineError:
+        pass
+    else:
+        pytest.skip("this pipeline version still pads clips shorter than one STFT frame")
+    assert cli.main(["predict", str(out), str(short)]) == 2
+    cap = capsys.readouterr()
+    assert str(short) in cap.err and cap.out == ""
