@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import fma, labels as labels_mod, splits as splits_mod
+from . import audio as audio_mod, fma, labels as labels_mod, splits as splits_mod
 from .errors import PipelineError
 from .spectrogram import SpectrogramConfig, colormap_lut, track_image
 
@@ -93,15 +93,25 @@ def cache_hash(items, config: SpectrogramConfig, classes, seed=0) -> str:
 
 
 def _process_one(path, key, config: SpectrogramConfig, seed):
-    """One track -> (uint8 (H, W) image or None, info dict). Never raises."""
-    try:
-        img, info = track_image(path, config, seed=seed, track_id=key)
-        q = np.rint(img[0] * 255.0).astype(np.uint8)
-        return q, info
-    except PipelineError as exc:
-        return None, {"status": "skipped", "reason": str(exc)}
-    except Exception as exc:  # an unexpected decoder failure must not stop the run
-        return None, {"status": "skipped", "reason": f"{type(exc).__name__}: {exc}"}
+    """One track -> (uint8 (H, W) image or None, info dict). Never raises.
+
+    The decoder's stderr lines (libmpg123 warnings, captured by
+    :mod:`pipeline.audio` around each decode) are dropped for a good track and
+    appended to a skipped track's reason.
+    """
+    with audio_mod.collect_decoder_messages() as messages:
+        try:
+            img, info = track_image(path, config, seed=seed, track_id=key)
+            q = np.rint(img[0] * 255.0).astype(np.uint8)
+            return q, info
+        except PipelineError as exc:
+            reason = str(exc)
+        except Exception as exc:  # an unexpected decoder failure must not stop the run
+            reason = f"{type(exc).__name__}: {exc}"
+    note = audio_mod.format_decoder_messages(messages)
+    if note and "decoder messages:" not in reason:
+        reason += f"; {note}"
+    return None, {"status": "skipped", "reason": reason}
 
 
 def _worker_main(conn, config_dict, seed):
@@ -701,6 +711,9 @@ def prepare_fma(audio_dir, metadata, out_root, config=None, subset="small", targ
         print(f"FMA: {len(items)} tracks with audio; {len(missing)} listed in the metadata but absent on disk; "
               f"{sum(len(v) for v in report['missing_values'].values())} dropped for missing labels",
               file=sys.stderr)
+        details = fma.summarize_report(report, audio_dir)  # counts and a few ids; all of them in the manifest
+        if details:
+            print("\n".join("  " + ln for ln in details.splitlines()), file=sys.stderr)
     build_cache(out, items, config, classes, seed=seed, workers=workers, timeout=timeout,
                 progress=progress, extra=extra)
     return out

@@ -160,14 +160,52 @@ def test_prepare_folder_from_csv(tmp_path):
         D.prepare_folder(audio, tmp_path / "cache", CFG)
 
 
-def test_prepare_fma_mini_reports_faults_and_goes_on(fma_mini, tmp_path):
+@pytest.mark.parametrize("workers", [0, pytest.param(1, marks=pytest.mark.skipif(
+    not HAS_FORK, reason="fd 2 inherited by a forked worker"))])
+def test_decoder_messages_go_to_the_skip_reason_not_the_terminal(tmp_path, capfd, workers):
+    items = _items(tmp_path, n=4)
+    bad = text_as_mp3(tmp_path / "text.mp3")  # mpg123 prints "Note: Illegal Audio-MPEG-Header ..." on fd 2
+    items.append({"path": str(bad), "key": 99, "label": 0, "split": "train", "id": "text"})
+    m = D.build_cache(tmp_path / "ds", items, CFG, ["a", "b"], workers=workers, progress=False)
+    assert "Illegal Audio-MPEG-Header" not in capfd.readouterr().err
+    rec = m["tracks"][4]
+    assert rec["status"] == "skipped" and "not a recognised audio format" in rec["reason"]
+    assert "decoder messages: Note: Illegal Audio-MPEG-Header" in rec["reason"]
+    assert m["status_counts"] == {"ok": 4, "padded": 0, "skipped": 1}
+
+
+def test_decoder_messages_join_a_too_short_skip(tmp_path, monkeypatch, capfd):
+    """A track refused after decoding (too short) also carries what the decoder printed."""
+    import os
+
+    import pipeline.audio as A
+
+    real = A._read_soundfile
+
+    def noisy(path, offset, duration):
+        os.write(2, b"[src/libmpg123/parse.c:do_readahead():1099] error: bad data\n")
+        return real(path, offset, duration)
+
+    monkeypatch.setattr(A, "_read_soundfile", noisy)
+    p = write_wav(tmp_path / "short.wav", sine(0.01, 8000), 8000)  # 80 samples < n_fft = 256
+    img, info = D._process_one(str(p), 1, CFG, 0)
+    assert img is None and info["status"] == "skipped"
+    assert info["reason"].startswith(f"no usable audio in {str(p)!r}: 80 samples")
+    assert info["reason"].endswith("decoder messages: [src/libmpg123/parse.c:do_readahead():1099] error: bad data")
+    assert "bad data" not in capfd.readouterr().err
+
+
+def test_prepare_fma_mini_reports_faults_and_goes_on(fma_mini, tmp_path, capfd):
     out = D.prepare_fma(fma_mini / "fma_small", fma_mini / "fma_metadata" / "tracks.csv", tmp_path,
                         workers=2, progress=False)
+    err = capfd.readouterr().err  # the workers inherit fd 2: libmpg123's lines must not reach it
+    assert "libmpg123" not in err and "Xing" not in err and "Audio-MPEG-Header" not in err
     ds = D.Dataset(out)
     m = ds.manifest
     status = {t["id"]: t for t in m["tracks"]}
     assert len(status) == 58 and len(ds) == 57
     assert status["194"]["status"] == "skipped" and "000194.mp3" in status["194"]["reason"]
+    assert "24 samples" in status["194"]["reason"] and "decoder messages: Warning: Xing" in status["194"]["reason"]
     assert status["190"]["status"] == "padded" and "1.200 s" in status["190"]["reason"]
     assert m["status_counts"] == {"ok": 56, "padded": 1, "skipped": 1}
     report = D.format_report(m).splitlines()
