@@ -213,3 +213,75 @@ def test_default_demo_end_to_end(tmp_path):
     assert rep["majority_baseline"] < 0.5
     assert max(x["val_acc"] for x in lines) >= 0.85 and rep["accuracy"] >= 0.85, (lines, rep)
     print(f"default demo: {time.time() - t0:.0f} s wall, test accuracy {rep['accuracy']:.3f}")
+
+
+# ---------------------------------------------------------------- robustness (new-user trial)
+
+
+def test_fit_rejects_invalid_config_before_writing(tiny_data, tmp_path):
+    from engine import train as tr
+    from pipeline.dataset import Dataset
+
+    ds = Dataset(tiny_data)
+    for bad, field in ((dict(epochs=0), "epochs = 0"), (dict(batch_size=0), "batch_size = 0"),
+                       (dict(lr=float("inf")), "lr = inf"), (dict(dropout=1.0), "dropout = 1.0"),
+                       (dict(patience=0), "patience = 0"), (dict(weight_decay=-1.0), "weight_decay = -1.0")):
+        cfg = tr.TrainConfig(model="cnn2_mono", progress=False, **bad)
+        with pytest.raises(ValueError, match=field):
+            tr.fit(ds, cfg, tmp_path / "run")
+        assert not (tmp_path / "run").exists()
+    assert tr.config_problems(tr.TrainConfig()) == []
+
+
+def test_exploding_loss_warns_but_trains_on(tiny_data, tmp_path, capsys):
+    run = tmp_path / "boom"
+    assert cli.main(train_args(tiny_data, run, "--epochs", "1", "--batch-size", "8", "--lr", "1e6")) == 0
+    out = capsys.readouterr().out
+    assert out.count("warning: loss is exploding") == 1 and "try a lower --lr, e.g. --lr 100000" in out
+    assert "training done: 1 epoch (reached --epochs 1)" in out
+    assert [r["epoch"] for r in metrics_lines(run)] == [1]
+    assert cli.main(train_args(tiny_data, tmp_path / "calm", "--epochs", "1", "--batch-size", "8")) == 0
+    assert "loss is exploding" not in capsys.readouterr().out
+
+
+def test_resume_reports_time_of_all_sessions(tiny_data, tmp_path, capsys):
+    run = tmp_path / "two"
+    assert cli.main(train_args(tiny_data, run, "--epochs", "1", "--batch-size", "8")) == 0
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", "--out", str(run), "--epochs", "2", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    total = sum(r["seconds"] for r in metrics_lines(run))
+    assert "training done: 2 epochs (reached --epochs 2)" in out
+    assert f" s in this session, {total:.1f} s of training over all sessions" in out
+
+
+def test_resume_without_checkpoint_starts_over(tiny_data, tmp_path, capsys):
+    """Killed before the first checkpoint: config.json exists, nothing was trained; --resume starts it afresh."""
+    import shutil
+
+    ref, run = tmp_path / "ref", tmp_path / "early"
+    assert cli.main(train_args(tiny_data, ref, "--epochs", "1", "--batch-size", "8", "--seed", "3")) == 0
+    run.mkdir()
+    shutil.copy(ref / "config.json", run / "config.json")
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", "--out", str(run), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "has no checkpoint yet" in out and "starting it from scratch" in out
+    assert no_time(metrics_lines(run)) == no_time(metrics_lines(ref))
+    assert json.loads((run / "config.json").read_text()) == json.loads((ref / "config.json").read_text())
+    wr, wk = weights(ref / "checkpoints/last.npz"), weights(run / "checkpoints/last.npz")
+    for k in wr:
+        np.testing.assert_array_equal(wr[k], wk[k], err_msg=k)
+
+
+def test_resume_from_truncated_checkpoint_is_a_clean_error(tiny_data, tmp_path, capsys):
+    run = tmp_path / "cut"
+    assert cli.main(train_args(tiny_data, run, "--epochs", "1", "--batch-size", "8")) == 0
+    last = run / "checkpoints" / "last.npz"
+    last.write_bytes(last.read_bytes()[:200])
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", "--out", str(run), "--epochs", "2", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {last}") and "Traceback" not in err
+    assert cli.main(["train", "--resume", "--out", str(run), "--epochs", "0"]) == 2
+    assert "--epochs 0: expected an integer >= 1" in capsys.readouterr().err
