@@ -7,9 +7,14 @@ models, gradcheck, inspect.
 ``$HITCNN_CACHE`` (default ``~/.cache/hitcnn``). Run ``python cli.py CMD --help``
 for every flag and its default.
 
-Exit codes: 0 success; 1 unexpected error; 2 bad arguments or a missing /
-malformed dataset (the expected layout is printed); 3 NaN / inf loss;
-130 interrupted with Ctrl-C (a checkpoint was saved).
+Exit codes: 0 success; 1 unexpected error (with its traceback); 2 bad
+arguments (checked before any data is built or folder made), a missing /
+malformed dataset (the expected layout is printed), a damaged run file
+(config.json, checkpoint) or, for ``predict``, any file that could not be
+predicted; 3 NaN / inf loss; 130 interrupted with Ctrl-C (training: a
+checkpoint was saved; preprocessing: finished tracks are kept, run the same
+command again). ``train --resume`` on a run stopped before its first
+checkpoint starts it again from scratch with its saved configuration.
 """
 from __future__ import annotations
 
