@@ -474,6 +474,7 @@ def _fma_dir_hint(ad: Path) -> None:
 
 
 def cache_root(args) -> Path:
+    """The cache folder: --cache-dir, else $HITCNN_CACHE, else ~/.cache/hitcnn (a Path; created on use)."""
     from pipeline.synth import default_cache_dir
 
     return Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
@@ -651,6 +652,7 @@ def training_done_message(res: dict, cfg, resumed=False) -> str:
 
 
 def cmd_train(args, argv) -> int:
+    """`train`: prepare (or reuse) the dataset, then train, checkpoint and report into a run directory; returns the exit code."""
     from engine.train import model_mode
 
     if args.resume:
@@ -698,6 +700,7 @@ def cmd_train(args, argv) -> int:
 
 
 def cmd_preprocess(args, argv) -> int:
+    """`preprocess`: build the dataset cache only and print its directory; returns the exit code."""
     _check_data_args(args)
     ds, src = prepare_data(args, args.mode, out_dir=args.out)
     _status_report(ds, src)
@@ -730,6 +733,7 @@ def _load_run(run_dir, which="best"):
 
 
 def cmd_evaluate(args, argv) -> int:
+    """`evaluate RUN_DIR`: accuracy, per-class P/R/F1, macro-F1, confusion matrix and majority baseline of a checkpoint on a split."""
     from engine import metrics
     from engine import train as tr
 
@@ -746,6 +750,7 @@ def cmd_evaluate(args, argv) -> int:
 
 
 def cmd_predict(args, argv) -> int:
+    """`predict RUN_DIR FILE...`: class and probabilities per file, averaged over --crops crops; exit 2 if any file failed."""
     import numpy as np
 
     import kernels
@@ -823,6 +828,7 @@ def format_predictions(rows, classes) -> str:
 
 
 def cmd_grid(args, argv) -> int:
+    """`grid`: train every combination of --lr, --batch-size, --dropout; write grid.csv and grid.md, best validation accuracy first."""
     from engine.train import model_mode
 
     _check_data_args(args)
@@ -875,6 +881,7 @@ def _write_table(rows, csv_path, md_path, title):
 
 
 def cmd_reproduce(args, argv) -> int:
+    """`reproduce`: train the paper's four architectures with its hyperparameters and write the results table beside the paper's."""
     from engine.train import model_mode
 
     _device_check(args.device)
@@ -918,6 +925,7 @@ def cmd_reproduce(args, argv) -> int:
 
 
 def cmd_models(args, argv) -> int:
+    """`models`: each architecture's layers, output shapes and parameter counts."""
     from engine import models
 
     names = [args.model] if args.model else list(MODEL_NAMES)
@@ -931,6 +939,7 @@ def cmd_models(args, argv) -> int:
 
 
 def cmd_gradcheck(args, argv) -> int:
+    """`gradcheck`: float64 finite-difference check of every parameter's gradient of a model; exit 1 above the tolerance."""
     import numpy as np
 
     from engine import gradcheck, models
@@ -957,6 +966,7 @@ def cmd_gradcheck(args, argv) -> int:
 
 
 def cmd_inspect(args, argv) -> int:
+    """`inspect RUN_DIR`: per-layer activation / gradient statistics for one batch, as a table and a plot."""
     from engine import inspect as insp
 
     conf, cfg, ds, model, extra = _load_run(args.run_dir, args.checkpoint)
