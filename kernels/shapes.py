@@ -62,3 +62,16 @@ def maxpool2d_output_size(h, w, kernel_size, stride):
     if h < kernel_size or w < kernel_size:
         raise ValueError(f"input plane ({h}, {w}) smaller than the pooling window {kernel_size}")
     return (h - kernel_size) // stride + 1, (w - kernel_size) // stride + 1
+
+
+def dropout_scale(p):
+    """Inverted-dropout scale ``1 / (1 - p)`` for a drop probability ``p`` in [0, 1).
+
+    Raises
+    ------
+    ValueError
+        ``p`` outside [0, 1).
+    """
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout p must be in [0, 1), got {p}")
+    return 1.0 / (1.0 - p)

@@ -13,6 +13,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._threads import run as _run
+from ..shapes import dropout_scale
 
 __all__ = ["make_rng", "dropout_forward", "dropout_backward"]
 
@@ -52,12 +53,6 @@ def _check(name, a, shape, dtype):
     return a.reshape(-1)
 
 
-def _scale(p):
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout p must be in [0, 1), got {p}")
-    return 1.0 / (1.0 - p)
-
-
 def dropout_forward(out, mask, x, p, rng):
     """Inverted dropout forward (training mode).
 
@@ -80,7 +75,7 @@ def dropout_forward(out, mask, x, p, rng):
     """
     if x.dtype not in (np.float32, np.float64):
         raise ValueError(f"x must be float32 or float64, got {x.dtype}")
-    scale = _scale(p)
+    scale = dropout_scale(p)
     if out is x or np.shares_memory(out, x):
         raise ValueError("dropout out must not alias x")
     o = _check("out", out, x.shape, x.dtype)
@@ -91,6 +86,6 @@ def dropout_forward(out, mask, x, p, rng):
 
 def dropout_backward(dx, dout, mask, p):
     """Dropout backward with the forward's mask: ``dx = dout * mask / (1 - p)`` (overwrites ``dx``)."""
-    scale = _scale(p)
+    scale = dropout_scale(p)
     _run(dout.size, _bwd, _check("dx", dx, dout.shape, dout.dtype), _check("dout", dout, dout.shape, dout.dtype),
          _check("mask", mask, dout.shape, np.uint8), dout.dtype.type(scale))

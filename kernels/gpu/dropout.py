@@ -24,6 +24,7 @@ import cupy as cp
 import numpy as np
 
 from . import _launch as L
+from ..shapes import dropout_scale
 
 __all__ = ["make_rng", "CounterRNG", "dropout_forward", "dropout_backward"]
 
@@ -140,12 +141,6 @@ def make_rng(seed):
     return CounterRNG(seed)
 
 
-def _scale(p):
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout p must be in [0, 1), got {p}")
-    return 1.0 / (1.0 - p)
-
-
 def dropout_forward(out, mask, x, p, rng):
     """Inverted dropout forward (training mode).
 
@@ -166,7 +161,7 @@ def dropout_forward(out, mask, x, p, rng):
         On ``p`` outside [0, 1) or mismatched shapes/dtypes.
     """
     dt = L.float_dtype(x)
-    scale = _scale(p)
+    scale = dropout_scale(p)
     L.check_out("out", out, x.shape, dt)
     L.check_out("mask", mask, x.shape, np.uint8)
     x = L.contig(x)
@@ -179,7 +174,7 @@ def dropout_forward(out, mask, x, p, rng):
 def dropout_backward(dx, dout, mask, p):
     """Dropout backward with the forward's mask: ``dx = dout * mask / (1 - p)`` (overwrites ``dx``)."""
     dt = L.float_dtype(dout, "dout")
-    scale = _scale(p)
+    scale = dropout_scale(p)
     L.check_out("dx", dx, dout.shape, dt)
     dout = L.contig(dout)
     mask = L.check("mask", mask, dout.shape, np.uint8)
