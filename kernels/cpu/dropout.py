@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ._checks import checked_flat
 from ._threads import run as _run
 from ..shapes import dropout_scale
 
@@ -43,16 +44,6 @@ def _bwd(dx, dout, mask, scale):
             dx[i] = dout[i] * scale if mask[i] != 0 else 0.0
 
 
-def _check(name, a, shape, dtype):
-    if a.shape != shape:
-        raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
-    if a.dtype != dtype:
-        raise ValueError(f"{name} must have dtype {np.dtype(dtype)}, got {a.dtype}")
-    if not a.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous")
-    return a.reshape(-1)
-
-
 def dropout_forward(out, mask, x, p, rng):
     """Inverted dropout forward (training mode).
 
@@ -78,14 +69,14 @@ def dropout_forward(out, mask, x, p, rng):
     scale = dropout_scale(p)
     if out is x or np.shares_memory(out, x):
         raise ValueError("dropout out must not alias x")
-    o = _check("out", out, x.shape, x.dtype)
-    m = _check("mask", mask, x.shape, np.uint8)
+    o = checked_flat("out", out, x.shape, x.dtype)
+    m = checked_flat("mask", mask, x.shape, np.uint8)
     rng.random(dtype=x.dtype, out=o)
-    _run(x.size, _fwd, o, m, _check("x", x, x.shape, x.dtype), x.dtype.type(p), x.dtype.type(scale))
+    _run(x.size, _fwd, o, m, checked_flat("x", x, x.shape, x.dtype), x.dtype.type(p), x.dtype.type(scale))
 
 
 def dropout_backward(dx, dout, mask, p):
     """Dropout backward with the forward's mask: ``dx = dout * mask / (1 - p)`` (overwrites ``dx``)."""
     scale = dropout_scale(p)
-    _run(dout.size, _bwd, _check("dx", dx, dout.shape, dout.dtype), _check("dout", dout, dout.shape, dout.dtype),
-         _check("mask", mask, dout.shape, np.uint8), dout.dtype.type(scale))
+    _run(dout.size, _bwd, checked_flat("dx", dx, dout.shape, dout.dtype), checked_flat("dout", dout, dout.shape, dout.dtype),
+         checked_flat("mask", mask, dout.shape, np.uint8), dout.dtype.type(scale))

@@ -15,6 +15,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..shapes import maxpool2d_output_size
+from ._checks import checked_flat
 from ._threads import run as _run
 
 __all__ = ["maxpool2d_output_size", "maxpool2d_forward", "maxpool2d_backward"]
@@ -99,15 +100,6 @@ def _bwd_gather(dx, dout, argmax, k, s):  # dx (P, H, W); overlapping windows
                 dx[p, y, x_] = acc
 
 
-def _check(name, a, shape, dtype):
-    if a.shape != shape:
-        raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
-    if a.dtype != dtype:
-        raise ValueError(f"{name} must have dtype {np.dtype(dtype)}, got {a.dtype}")
-    if not a.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous")
-
-
 def maxpool2d_forward(out, argmax, x, kernel_size, stride):
     """Max pooling forward (floor mode, ties -> first maximum in row-major order).
 
@@ -129,9 +121,9 @@ def maxpool2d_forward(out, argmax, x, kernel_size, stride):
         raise ValueError(f"x must be 4-D (N, C, H, W) float32/float64, got {x.dtype} shape {x.shape}")
     n, c, h, w = x.shape
     oh, ow = maxpool2d_output_size(h, w, kernel_size, stride)
-    _check("x", x, x.shape, x.dtype)
-    _check("out", out, (n, c, oh, ow), x.dtype)
-    _check("argmax", argmax, (n, c, oh, ow), np.int32)
+    checked_flat("x", x, x.shape, x.dtype)
+    checked_flat("out", out, (n, c, oh, ow), x.dtype)
+    checked_flat("argmax", argmax, (n, c, oh, ow), np.int32)
     o3, a3 = out.reshape(n * c, oh, ow), argmax.reshape(n * c, oh, ow)
     if kernel_size == 2 and stride == 2:  # the paper's pool: specialised, no inner window loops
         _run(x.size, _fwd2, o3, a3, x.reshape(n * c, h * w), w)
@@ -160,9 +152,9 @@ def maxpool2d_backward(dx, dout, argmax, kernel_size, stride):
         raise ValueError(f"dx must be 4-D (N, C, H, W) float32/float64, got {dx.dtype} shape {dx.shape}")
     n, c, h, w = dx.shape
     oh, ow = maxpool2d_output_size(h, w, kernel_size, stride)
-    _check("dx", dx, dx.shape, dx.dtype)
-    _check("dout", dout, (n, c, oh, ow), dx.dtype)
-    _check("argmax", argmax, (n, c, oh, ow), np.int32)
+    checked_flat("dx", dx, dx.shape, dx.dtype)
+    checked_flat("dout", dout, (n, c, oh, ow), dx.dtype)
+    checked_flat("argmax", argmax, (n, c, oh, ow), np.int32)
     d3, a3 = dout.reshape(n * c, oh, ow), argmax.reshape(n * c, oh, ow)
     if kernel_size <= stride:
         _run(dx.size, _bwd_disjoint, dx.reshape(n * c, h * w), d3, a3)

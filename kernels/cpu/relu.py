@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ._checks import checked_flat
 from ._threads import run as _run
 
 __all__ = ["relu_forward", "relu_backward"]
@@ -33,16 +34,6 @@ def _bwd(dx, dout, out):
             dx[i] = dout[i] if out[i] > 0 else 0.0
 
 
-def _flat(name, a, shape, dtype):
-    if a.shape != shape:
-        raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
-    if a.dtype != dtype:
-        raise ValueError(f"{name} must have dtype {dtype}, got {a.dtype}")
-    if not a.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous")
-    return a.reshape(-1)
-
-
 def relu_forward(out, x):
     """ReLU forward.
 
@@ -59,7 +50,7 @@ def relu_forward(out, x):
     """
     if x.dtype not in (np.float32, np.float64):
         raise ValueError(f"x must be float32 or float64, got {x.dtype}")
-    _run(x.size, _fwd, _flat("out", out, x.shape, x.dtype), _flat("x", x, x.shape, x.dtype))
+    _run(x.size, _fwd, checked_flat("out", out, x.shape, x.dtype), checked_flat("x", x, x.shape, x.dtype))
 
 
 def relu_backward(dx, dout, out):
@@ -70,5 +61,5 @@ def relu_backward(dx, dout, out):
     dx, dout, out : np.ndarray [same shape and dtype], C-contiguous
         ``out`` is the forward output.
     """
-    _run(out.size, _bwd, _flat("dx", dx, out.shape, out.dtype), _flat("dout", dout, out.shape, out.dtype),
-         _flat("out", out, out.shape, out.dtype))
+    _run(out.size, _bwd, checked_flat("dx", dx, out.shape, out.dtype), checked_flat("dout", dout, out.shape, out.dtype),
+         checked_flat("out", out, out.shape, out.dtype))
