@@ -52,6 +52,20 @@ def _to_numpy(a):
     return a.get() if not isinstance(a, np.ndarray) and hasattr(a, "get") else np.asarray(a)
 
 
+def cached_buffer(cache, name, shape, dtype, xp):
+    """Return ``cache``'s buffer for ``(name, shape, dtype, array module)``, allocating it once.
+
+    Layers and the loss keep their outputs and gradients in such buffers, so
+    a training step after warm-up allocates nothing proportional to the
+    activations. Contents are whatever the last user left.
+    """
+    key = (name, tuple(shape), np.dtype(dtype).str, xp.__name__)
+    b = cache.get(key)
+    if b is None:
+        b = cache[key] = xp.empty(shape, dtype=dtype)
+    return b
+
+
 class Layer:
     """Base class: parameter/grad/buffer bookkeeping, train/eval, cached buffers, dtype and device moves."""
 
@@ -83,11 +97,7 @@ class Layer:
     # -- buffers ----------------------------------------------------------------
     def _buf(self, name, shape, dtype, xp):
         """Cached output/gradient buffer of ``shape`` (allocated once per shape, reused)."""
-        key = (name, tuple(shape), np.dtype(dtype).str, xp.__name__)
-        b = self._cache.get(key)
-        if b is None:
-            b = self._cache[key] = xp.empty(shape, dtype=dtype)
-        return b
+        return cached_buffer(self._cache, name, shape, dtype, xp)
 
     def _param_dtype(self):
         for p in self.params.values():

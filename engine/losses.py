@@ -11,6 +11,8 @@ import numpy as np
 
 import kernels
 
+from .layers import cached_buffer
+
 __all__ = ["SoftmaxCrossEntropy"]
 
 
@@ -39,11 +41,7 @@ class SoftmaxCrossEntropy:
         self._probs = None
 
     def _buf(self, name, shape, dtype, xp):
-        key = (name, tuple(shape), np.dtype(dtype).str, xp.__name__)
-        b = self._cache.get(key)
-        if b is None:
-            b = self._cache[key] = xp.empty(shape, dtype=dtype)
-        return b
+        return cached_buffer(self._cache, name, shape, dtype, xp)
 
     def _weights(self, logits, xp):
         if self.class_weights is None:
