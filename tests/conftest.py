@@ -50,19 +50,20 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-@pytest.fixture(scope="session")
-def fma_mini(shared_data) -> Path:
-    """Path to ../shared/data/fma_mini (skip when absent)."""
-    p = shared_data / "fma_mini"
+def _subdir(shared_data: Path, name: str) -> Path:
+    p = shared_data / name
     if not p.is_dir():
         pytest.skip(f"{p} not found")
     return p
+
+
+@pytest.fixture(scope="session")
+def fma_mini(shared_data) -> Path:
+    """Path to ../shared/data/fma_mini (skip when absent)."""
+    return _subdir(shared_data, "fma_mini")
 
 
 @pytest.fixture(scope="session")
 def fsdd(shared_data) -> Path:
     """Path to ../shared/data/fsdd (skip when absent)."""
-    p = shared_data / "fsdd"
-    if not p.is_dir():
-        pytest.skip(f"{p} not found")
-    return p
+    return _subdir(shared_data, "fsdd")
