@@ -756,7 +756,7 @@ def cmd_predict(args, argv) -> int:
     import kernels
     from engine import train as tr
     from pipeline.errors import PipelineError
-    from pipeline.spectrogram import SpectrogramConfig, colormap_lut, track_images
+    from pipeline.spectrogram import SpectrogramConfig, track_images
 
     if args.crops < 1:
         raise UsageError(f"--crops {args.crops}: expected an integer >= 1")
@@ -764,11 +764,10 @@ def cmd_predict(args, argv) -> int:
     spec = conf.get("spectrogram") or (getattr(ds, "manifest", {}) or {}).get("config")
     if not spec:
         raise UsageError(f"{args.run_dir}: the dataset manifest has no spectrogram config; cannot predict")
-    # the cache stores mono images quantised to uint8 and applies the colormap when batches are read
-    # (pipeline.dataset): do exactly the same here so predictions see what training saw
-    sc = dataclasses.replace(SpectrogramConfig.from_dict(spec), mode="mono")
+    # the run's own transform, both halves (pipeline.spectrogram): the mono image quantised as the
+    # cache stores it, then the model input of the run's mode (colormap applied once for rgb)
     mode = tr.model_mode(cfg.model)
-    lut = colormap_lut(sc.colormap) if mode == "rgb" else None
+    sc = dataclasses.replace(SpectrogramConfig.from_dict(spec), mode=mode)
     classes = list(ds.classes)
     xp = kernels.get_backend(cfg.device).xp
     model.eval()
@@ -776,17 +775,12 @@ def cmd_predict(args, argv) -> int:
     rows = []
     for f in args.files:
         try:
-            imgs, info = track_images(f, sc, n_crops=args.crops)
+            x, info = track_images(f, sc, n_crops=args.crops)
         except (PipelineError, OSError) as exc:  # unreadable, undecodable, or shorter than one STFT frame
             msg = str(exc) if str(f) in str(exc) else f"{f}: {exc}"
             print(f"error: {msg}", file=sys.stderr)
             failed.append(f)
             continue
-        q = np.rint(255.0 * imgs[:, 0]).astype(np.uint8)
-        if lut is None:
-            x = (q.astype(np.float32) * np.float32(1.0 / 255.0))[:, None]
-        else:
-            x = np.ascontiguousarray(lut[q].transpose(0, 3, 1, 2)).astype(np.float32)
         logits = tr.to_numpy(model.forward(xp.asarray(x) if xp is not np else x)).astype(np.float64)
         p = np.exp(logits - logits.max(axis=1, keepdims=True))
         p /= p.sum(axis=1, keepdims=True)
@@ -794,6 +788,7 @@ def cmd_predict(args, argv) -> int:
         k = int(prob.argmax())
         if args.json:
             print(json.dumps({"file": f, "class": classes[k], "probabilities": dict(zip(classes, prob.tolist())),
+                              "logits": logits.tolist(),
                               "crops": int(args.crops), "offsets_s": info.get("offsets_s"),
                               "status": info.get("status"), "duration_s": info.get("duration_s")}))
         else:

@@ -53,16 +53,48 @@ import numpy as np
 
 from . import audio as audio_mod, fma, labels as labels_mod, splits as splits_mod
 from .errors import PipelineError
-from .spectrogram import SpectrogramConfig, colormap_lut, track_image
+from .spectrogram import SpectrogramConfig, model_input, quantize, track_mono
 
 __all__ = ["build_cache", "Dataset", "prepare_fma", "prepare_folder", "cache_hash", "format_report",
            "FORMAT_VERSION"]
 
-FORMAT_VERSION = 1
+#: Version of the cache layout and of the transform that fills it. 2: the rows are the real mono
+#: image (format 1 stored the red channel of the already colormapped RGB image for rgb runs, and
+#: the colormap was applied again at read time). Any other version is never reused: it is rebuilt.
+FORMAT_VERSION = 2
 _READ_TIME_FIELDS = ("mode", "colormap")  # applied when batches are read, not cached
 
 
+#: what changed in the last format bump (quoted when an old cache is met)
+_FORMAT_CHANGE = "format 1 stored the red channel of the colormapped image instead of the mono image"
+
+
 # ---------------------------------------------------------------- helpers
+
+def _note_outdated(out: Path, progress=True) -> list:
+    """Caches beside ``out`` with its name but another format version: say they are not reused.
+
+    Returns the outdated directories found (``out`` itself is never one: its
+    name carries the hash of the current format version).
+    """
+    stem = out.name.rsplit("-", 1)[0]
+    old = []
+    if out.exists() or not out.parent.is_dir():
+        return old
+    for d in sorted(out.parent.glob(f"{stem}-*")):
+        try:
+            with open(d / "manifest.json") as f:
+                version = json.load(f).get("format_version")
+        except (OSError, ValueError):
+            continue
+        if version != FORMAT_VERSION:
+            old.append((d, version))
+    if old and progress:
+        print(f"note: {len(old)} dataset cache(s) of another format are not reused (e.g. {old[0][0]}, format "
+              f"{old[0][1]}; {_FORMAT_CHANGE}): building {out.name} (format {FORMAT_VERSION}) afresh; "
+              f"the old one(s) can be deleted", file=sys.stderr)
+    return [d for d, _ in old]
+
 
 def _atomic_write_json(path: Path, obj) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
@@ -101,9 +133,8 @@ def _process_one(path, key, config: SpectrogramConfig, seed):
     """
     with audio_mod.collect_decoder_messages() as messages:
         try:
-            img, info = track_image(path, config, seed=seed, track_id=key)
-            q = np.rint(img[0] * 255.0).astype(np.uint8)
-            return q, info
+            img, info = track_mono(path, config, seed=seed, track_id=key)
+            return quantize(img), info
         except PipelineError as exc:
             reason = str(exc)
         except Exception as exc:  # an unexpected decoder failure must not stop the run
@@ -482,6 +513,12 @@ class Dataset:
             raise PipelineError(f"{self.path} is not a finished dataset (no manifest.json); run preprocess")
         with open(mpath) as f:
             self.manifest = json.load(f)
+        version = self.manifest.get("format_version")
+        if version != FORMAT_VERSION:
+            raise PipelineError(
+                f"{self.path} is a dataset cache of format {version}, this code reads format {FORMAT_VERSION} "
+                f"({_FORMAT_CHANGE}); an old cache is never reused: rebuild it by running `python cli.py "
+                f"preprocess` (or train) with the audio flags it was made from, then delete it")
         self.images = np.load(self.path / "images.npy", mmap_mode="r")
         self.labels = np.load(self.path / "labels.npy")
         self.split = np.load(self.path / "split.npy")
@@ -524,12 +561,8 @@ class Dataset:
         return np.bincount(self.labels[self.indices(split)], minlength=len(self.classes))
 
     def decode(self, rows, mode=None) -> np.ndarray:
-        """Images of ``rows`` as float32 (N, C, H, W) in [0, 1] (mono /255, or colormap LUT)."""
-        q = self.images[np.asarray(rows)]
-        if self._mode(mode) == "mono":
-            return (q.astype(np.float32) * np.float32(1.0 / 255.0))[:, None]
-        lut = colormap_lut(self.config.colormap)
-        return np.ascontiguousarray(lut[q].transpose(0, 3, 1, 2))
+        """Images of ``rows`` as float32 (N, C, H, W) in [0, 1]: :func:`pipeline.spectrogram.model_input`."""
+        return model_input(self.images[np.asarray(rows)], self._mode(mode), self.config.colormap)
 
     def batches(self, split="train", batch_size=32, shuffle=True, seed=0, mode=None, drop_last=False,
                 prefetch=2):
@@ -714,6 +747,7 @@ def prepare_fma(audio_dir, metadata, out_root, config=None, subset="small", targ
         details = fma.summarize_report(report, audio_dir)  # counts and a few ids; all of them in the manifest
         if details:
             print("\n".join("  " + ln for ln in details.splitlines()), file=sys.stderr)
+    _note_outdated(out, progress)
     build_cache(out, items, config, classes, seed=seed, workers=workers, timeout=timeout,
                 progress=progress, extra=extra)
     return out
@@ -799,6 +833,7 @@ def prepare_folder(audio_dir, out_root, config=None, labels_csv=None, label_rege
                         "label_regex": label_regex, "group_regex": group_regex},
              "split_method": split, "fractions": list(fractions),
              "unmatched_files": [os.fspath(p) for p in skipped_names]}
+    _note_outdated(out, progress)
     build_cache(out, items, config, classes, seed=seed, workers=workers, timeout=timeout,
                 progress=progress, extra=extra)
     return out

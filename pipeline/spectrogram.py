@@ -23,9 +23,16 @@ Conventions
   cells it covers, OpenCV's INTER_AREA) when shrinking an axis, bilinear with
   half-pixel centres (PyTorch ``align_corners=False``, edges clamped) when
   enlarging it. Then per-image min-max to [0, 1]; a constant image (silence)
-  becomes zeros. NaN or inf raises before the colormap.
-- RGB: ``matplotlib.colormaps[colormap](img)[..., :3]`` (alpha dropped),
-  channels first.
+  becomes zeros. NaN or inf raises.
+- The transform has two halves, defined here and nowhere else: the *cached
+  half* (:func:`mono_image`, :func:`track_mono`: audio -> mono image in
+  [0, 1], stored by the dataset cache as uint8 :func:`quantize` = ``rint(255 x)``)
+  and the *read-time half* (:func:`model_input`: uint8 mono -> model input;
+  'mono' is ``q / 255``, 'rgb' the colormap applied exactly once, through
+  the 256-entry table :func:`colormap_lut`, alpha dropped, channels first).
+  The cache builder, ``Dataset`` batches, ``evaluate``, ``predict`` and
+  ``inspect`` all go through these; :func:`to_image` / :func:`track_image`
+  are the two halves in one call.
 - Crops: ``n_crop = round(crop_seconds * sr)`` samples starting at
   ``floor(u * (n - n_crop + 1))`` with ``u`` the first draw of
   ``numpy.random.default_rng([seed, key])`` (``key`` = track id, or a CRC32 of
@@ -55,8 +62,8 @@ from .stft import stft
 
 __all__ = [
     "SpectrogramConfig", "power_to_db", "amplitude_to_db", "mel_filterbank", "hz_to_mel",
-    "mel_to_hz", "resize_matrix", "resize", "spectrogram_db", "to_image", "colormap_lut",
-    "crop", "track_image", "track_images", "track_key",
+    "mel_to_hz", "resize_matrix", "resize", "spectrogram_db", "mono_image", "quantize", "model_input",
+    "to_image", "colormap_lut", "crop", "track_mono", "track_image", "track_images", "track_key",
 ]
 
 MODES = ("mono", "rgb")
@@ -441,46 +448,112 @@ def spectrogram_db(y, config: SpectrogramConfig) -> np.ndarray:
     return power
 
 
-def to_image(S_db, config: SpectrogramConfig) -> np.ndarray:
-    """dB spectrogram -> image in [0, 1] of shape (C, H, W).
+def mono_image(S_db, config: SpectrogramConfig) -> np.ndarray:
+    """dB spectrogram -> the mono image in [0, 1]: the *cached half* of the transform.
 
     Parameters
     ----------
     S_db : np.ndarray [shape=(n_bins, n_frames), real]
         dB spectrogram (row 0 lowest frequency).
     config : SpectrogramConfig
-        ``height``, ``width``, ``mode``, ``colormap``.
+        ``height`` and ``width`` are used (``mode`` and ``colormap`` are not:
+        they belong to the read-time half, :func:`model_input`).
 
     Returns
     -------
-    np.ndarray [shape=(C, height, width), dtype=float32]
-        ``C = 1`` (mono: min-max scaled resized dB) or 3 (rgb: the colormap of
-        it, alpha dropped). A constant input gives zeros (mono) or the
-        colormap's first colour (rgb).
+    np.ndarray [shape=(height, width), dtype=float32] in [0, 1]
+        Resized dB, min-max scaled per image; a constant input gives zeros.
 
     Raises
     ------
     PipelineError
-        Not 2-D, or NaN / inf anywhere (checked before the colormap).
+        Not 2-D, or NaN / inf anywhere.
     """
     S_db = np.asarray(S_db)
     if S_db.ndim != 2 or S_db.size == 0:
-        raise PipelineError(f"to_image expects a non-empty 2-D (n_bins, n_frames) array, got shape {S_db.shape}")
+        raise PipelineError(f"expected a non-empty 2-D (n_bins, n_frames) spectrogram, got shape {S_db.shape}")
     if not np.all(np.isfinite(S_db)):
         raise PipelineError("spectrogram contains NaN or inf values; refusing to make an image")
     img = resize(S_db, config.height, config.width)
     lo, hi = float(img.min()), float(img.max())
     if hi - lo <= 1e-5 * max(1.0, abs(lo), abs(hi)):
-        img = np.zeros_like(img)
-    else:
-        img = (img - np.float32(lo)) * np.float32(1.0 / (hi - lo))
-        np.clip(img, 0.0, 1.0, out=img)
-    if config.mode == "mono":
-        return img[None]
-    import matplotlib
+        return np.zeros_like(img)
+    img = (img - np.float32(lo)) * np.float32(1.0 / (hi - lo))
+    np.clip(img, 0.0, 1.0, out=img)
+    return img
 
-    rgba = matplotlib.colormaps[config.colormap](img)  # (H, W, 4) float64
-    return np.ascontiguousarray(rgba[..., :3].transpose(2, 0, 1), dtype=np.float32)
+
+def quantize(img) -> np.ndarray:
+    """Mono image(s) in [0, 1] -> uint8 ``rint(255 x)`` (what the cache stores; error <= 1/510)."""
+    return np.rint(np.asarray(img, dtype=np.float32) * np.float32(255.0)).astype(np.uint8)
+
+
+def model_input(q, mode: str = "mono", colormap: str = "viridis") -> np.ndarray:
+    """Quantised mono images -> model input: the *read-time half* of the transform.
+
+    The one place the colormap is applied (exactly once): the cache builder
+    stores :func:`quantize` of :func:`mono_image`, and ``Dataset`` batches,
+    ``evaluate``, ``predict`` and ``inspect`` all turn those bytes into the
+    network's input here.
+
+    Parameters
+    ----------
+    q : np.ndarray [shape=(N, H, W) or (H, W), dtype=uint8]
+        ``rint(255 x)`` of mono images ``x`` in [0, 1].
+    mode : {'mono', 'rgb'}
+        'mono': ``q / 255`` as one channel; 'rgb': the colormap's 256-entry
+        table (:func:`colormap_lut`) indexed by ``q``, channels first.
+    colormap : str
+        Matplotlib colormap name (rgb only).
+
+    Returns
+    -------
+    np.ndarray [shape=(N, C, H, W) (or (C, H, W) for a 2-D q), dtype=float32] in [0, 1]
+        C-contiguous; ``C`` = 1 (mono) or 3 (rgb).
+
+    Raises
+    ------
+    PipelineError
+        ``q`` not uint8 of 2 or 3 dimensions, an unknown mode or colormap.
+    """
+    q = np.asarray(q)
+    if q.dtype != np.uint8 or q.ndim not in (2, 3):
+        raise PipelineError(f"model_input expects uint8 (N, H, W) or (H, W) images, got {q.dtype} {q.shape}")
+    single = q.ndim == 2
+    if single:
+        q = q[None]
+    if mode == "mono":
+        x = (q.astype(np.float32) * np.float32(1.0 / 255.0))[:, None]
+    elif mode == "rgb":
+        x = np.ascontiguousarray(colormap_lut(colormap)[q].transpose(0, 3, 1, 2))
+    else:
+        raise PipelineError(f"mode must be one of {MODES}, got {mode!r}")
+    return x[0] if single else x
+
+
+def to_image(S_db, config: SpectrogramConfig) -> np.ndarray:
+    """dB spectrogram -> model input (C, H, W): both halves of the transform in one call.
+
+    ``model_input(quantize(mono_image(S_db, config)), config.mode, config.colormap)``,
+    so it equals what a ``Dataset`` batch holds for the same spectrogram.
+
+    Parameters
+    ----------
+    S_db : np.ndarray [shape=(n_bins, n_frames), real]
+    config : SpectrogramConfig
+
+    Returns
+    -------
+    np.ndarray [shape=(C, height, width), dtype=float32] in [0, 1]
+        ``C = 1`` (mono) or 3 (rgb). A constant input gives zeros (mono) or
+        the colormap's first colour (rgb).
+
+    Raises
+    ------
+    PipelineError
+        Not 2-D, or NaN / inf anywhere.
+    """
+    return model_input(quantize(mono_image(S_db, config)), config.mode, config.colormap)
 
 
 # ---------------------------------------------------------------- crops
@@ -573,8 +646,36 @@ def crop(path, config: SpectrogramConfig, seed: int = 0, track_id=None):
     return np.ascontiguousarray(y), info
 
 
+def track_mono(path, config: SpectrogramConfig, seed: int = 0, track_id=None):
+    """Mono image of the seeded random crop of one file: the cached half of the per-track chain.
+
+    Parameters
+    ----------
+    path, config, seed, track_id
+        As :func:`crop` (``config.mode`` / ``colormap`` are ignored).
+
+    Returns
+    -------
+    image : np.ndarray [shape=(config.height, config.width), dtype=float32] in [0, 1]
+        :func:`mono_image` of the crop's dB spectrogram; the cache stores
+        :func:`quantize` of it.
+    info : dict
+        As :func:`crop` (``status`` 'ok' or 'padded').
+
+    Raises
+    ------
+    PipelineError
+        As :func:`crop`, or a non-finite spectrogram.
+    """
+    y, info = crop(path, config, seed, track_id)
+    return mono_image(spectrogram_db(y, config), config), info
+
+
 def track_image(path, config: SpectrogramConfig, seed: int = 0, track_id=None):
-    """Image of the seeded random crop of one file (the per-track chain).
+    """Model input of the seeded random crop of one file (the whole per-track chain).
+
+    ``model_input(quantize(track_mono(...)), config.mode, config.colormap)``:
+    equal to the cached row of the track as a ``Dataset`` batch serves it.
 
     Parameters
     ----------
@@ -592,8 +693,8 @@ def track_image(path, config: SpectrogramConfig, seed: int = 0, track_id=None):
     PipelineError
         As :func:`crop`, or a non-finite spectrogram.
     """
-    y, info = crop(path, config, seed, track_id)
-    return to_image(spectrogram_db(y, config), config), info
+    img, info = track_mono(path, config, seed, track_id)
+    return model_input(quantize(img), config.mode, config.colormap), info
 
 
 def track_images(path, config: SpectrogramConfig, n_crops: int = 1):

@@ -390,3 +390,63 @@ def test_predict_refuses_audio_shorter_than_one_frame(tiny_run, tmp_path, capsys
     assert cli.main(["predict", str(out), str(short)]) == 2
     cap = capsys.readouterr()
     assert str(short) in cap.err and cap.out == ""
+
+
+DIGIT_FLAGS = ["--label-regex", r"^(\d)_", "--sr", "8000", "--crop-seconds", "1", "--n-fft", "256",
+               "--hop-length", "32", "--height", "32", "--width", "48", "--quiet", "--workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def digit_runs(tmp_path_factory):
+    """A tiny labelled wav folder (two tone classes, clips of exactly the 1 s crop: the cache's crop
+    window starts at 0, as predict's single window does) and a 1-epoch run of a mono and an rgb model."""
+    from audio_fixtures import write_wav
+
+    base = tmp_path_factory.mktemp("digits")
+    audio = base / "audio"
+    audio.mkdir()
+    rng = np.random.default_rng(0)
+    t = np.arange(8000) / 8000
+    for i in range(40):
+        c = i % 2
+        f0 = (300 + 200 * rng.random()) if c == 0 else (1000 + 500 * rng.random())
+        y = 0.4 * np.sin(2 * np.pi * f0 * t) * np.minimum(1, 4 * t) + 0.05 * rng.standard_normal(8000)
+        write_wav(audio / f"{c}_s{i % 3}_{i}.wav", y.astype(np.float32), 8000)
+    runs = {}
+    for model in ("cnn2_mono", "cnn4_rgb"):
+        out = base / model
+        rc = cli.main(["train", "--audio-dir", str(audio), "--cache-dir", str(base / "cache"), "--out", str(out),
+                       "--model", model, "--epochs", "1", "--batch-size", "8"] + DIGIT_FLAGS)
+        assert rc == 0
+        runs[model] = out
+    return audio, runs
+
+
+@pytest.mark.parametrize("model", ["cnn2_mono", "cnn4_rgb"])
+def test_predict_logits_equal_evaluate_on_the_cached_window(digit_runs, model, capsys):
+    """Issue 8 (b) and (c): predict on a test file, with the cache's crop window, gives the probabilities
+    evaluate computes for that row (bit-identical on the CPU at batch size 1), and the accuracy of
+    predict over the test files equals evaluate's."""
+    from engine import train as tr
+
+    audio, runs = digit_runs
+    conf, cfg, ds, net, _ = cli._load_run(runs[model])
+    test_rows = ds.indices("test")
+    assert len(test_rows) >= 4
+    files = [str(audio / ds.ids[r]) for r in test_rows]
+    offsets = {t["path"]: t["offset_s"] for t in ds.manifest["tracks"]}
+    assert all(offsets[f] == 0.0 for f in files)  # the cache's window is predict's single window
+    capsys.readouterr()
+    assert cli.main(["predict", str(runs[model])] + files + ["--crops", "1", "--json"]) == 0
+    recs = [json.loads(s) for s in capsys.readouterr().out.splitlines()]
+    assert [r["offsets_s"] for r in recs] == [[0.0]] * len(files)
+    pred = np.array([[r["probabilities"][c] for c in ds.classes] for r in recs], np.float64)
+    _, yt, yp, probs = tr.evaluate_split(net, ds, "test", 1, "cpu", tr.model_mode(model))
+    np.testing.assert_array_equal(pred.astype(np.float32), probs)  # same logits -> same float32 probabilities
+    _, yt_b, yp_b, probs_b = tr.evaluate_split(net, ds, "test", cfg.batch_size, "cpu", tr.model_mode(model))
+    np.testing.assert_allclose(probs_b, probs, atol=1e-5)  # the run's batch size (GEMM chunking aside)
+    acc_predict = float((pred.argmax(axis=1) == yt).mean())
+    assert abs(acc_predict - float((yt_b == yp_b).mean())) <= 1.0 / len(files) + 1e-12
+    assert cli.main(["evaluate", str(runs[model]), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["accuracy"] == pytest.approx(float((yt_b == yp_b).mean()))

@@ -9,7 +9,7 @@ import pytest
 from audio_fixtures import sine, text_as_mp3, write_wav, zero_byte
 import pipeline.dataset as D
 from pipeline.errors import PipelineError
-from pipeline.spectrogram import SpectrogramConfig, colormap_lut, track_image
+from pipeline.spectrogram import SpectrogramConfig, colormap_lut, track_image, track_mono
 
 CFG = SpectrogramConfig(sr=8000, crop_seconds=1.0, n_fft=256, hop_length=64)
 HAS_FORK = "fork" in multiprocessing.get_all_start_methods()
@@ -72,6 +72,52 @@ def test_batches_mono_rgb_shuffle_and_prefetch(tmp_path):
     assert ds.wait_seconds >= 0.0
     with pytest.raises(PipelineError, match="mode"):
         next(ds.batches("train", 2, mode="grey"))
+
+
+@pytest.mark.parametrize("mode", ["rgb", "mono"])
+def test_cached_row_is_the_mono_image_of_the_chain(tmp_path, mode):
+    """Issue 8 (a): built in rgb or mono mode, every row is the chain's mono image to 1/255, and an
+    rgb batch is the colormap applied once to it (format 1 stored red(viridis(x)))."""
+    items = _items(tmp_path, n=6)
+    cfg = SpectrogramConfig(**{**CFG.to_dict(), "mode": mode})
+    D.build_cache(tmp_path / "ds", items, cfg, ["a", "b"], seed=3, workers=0, progress=False)
+    ds = D.Dataset(tmp_path / "ds")
+    rows = np.arange(len(ds))
+    x_rgb = ds.decode(rows, "rgb")
+    x_mono = ds.decode(rows, "mono")
+    for i, it in enumerate(items):
+        mono, _ = track_mono(it["path"], CFG, seed=3, track_id=it["key"])
+        assert mono.dtype == np.float32 and mono.shape == (102, 159) and 0 <= mono.min() and mono.max() <= 1
+        assert np.abs(ds.images[i] / 255.0 - mono).max() <= 0.5 / 255 + 1e-6
+        assert np.abs(x_mono[i, 0] - mono).max() <= 0.5 / 255 + 1e-6
+        np.testing.assert_array_equal(x_rgb[i], colormap_lut("viridis")[np.rint(mono * 255).astype(np.uint8)]
+                                      .transpose(2, 0, 1))
+        img, _ = track_image(it["path"], cfg, seed=3, track_id=it["key"])  # the whole chain in one call
+        np.testing.assert_array_equal(img, (x_rgb if mode == "rgb" else x_mono)[i])
+    assert np.ptp(ds.images) > 200  # real images, not a constant
+
+
+def test_old_format_cache_is_never_reused(tmp_path, capsys):
+    """A format-1 cache (the red-channel bug) is refused by Dataset and rebuilt by prepare_folder, saying so."""
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    for i in range(20):
+        write_wav(audio / f"{i % 2}_x_{i}.wav", sine(1.0, 8000, 300.0 + 400 * (i % 2)), 8000)
+    kw = dict(config=CFG, label_regex=r"^(\d)_", workers=0, progress=True)
+    new = D.prepare_folder(audio, tmp_path / "cache", **kw)
+    old = new.parent / "audio-0123456789ab"
+    new.rename(old)
+    m = json.loads((old / "manifest.json").read_text())
+    m["format_version"] = 1
+    (old / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(PipelineError, match="format 1.*never reused.*rebuild"):
+        D.Dataset(old)
+    capsys.readouterr()
+    again = D.prepare_folder(audio, tmp_path / "cache", **kw)
+    assert again == new and (again / "manifest.json").is_file()
+    err = capsys.readouterr().err
+    assert "not reused" in err and str(old) in err and "format 1" in err
+    assert D.Dataset(again).manifest["format_version"] == D.FORMAT_VERSION
 
 
 def test_same_parameters_reuse_changed_parameters_refuse(tmp_path):

@@ -110,8 +110,25 @@ def test_to_image_shape_range_and_orientation():
     assert bright_row == int(200 / 11025 * 102)  # row 0 = lowest frequency
     rgb = S.to_image(S.spectrogram_db(y, S.SpectrogramConfig(mode="rgb")), S.SpectrogramConfig(mode="rgb"))
     assert rgb.shape == (3, 102, 159) and rgb.dtype == np.float32
-    expect = matplotlib.colormaps["viridis"](img[0])[..., :3].transpose(2, 0, 1)
+    # the colormap applied once, to the quantised mono image (the cache's read-time half)
+    q = np.rint(S.mono_image(S.spectrogram_db(y, cfg), cfg) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(img[0], q.astype(np.float32) * np.float32(1 / 255))
+    expect = matplotlib.colormaps["viridis"](q / 255.0)[..., :3].transpose(2, 0, 1)
     np.testing.assert_allclose(rgb, expect, atol=1e-7)
+
+
+def test_model_input_halves():
+    q = np.array([[[0, 128, 255]]], np.uint8)
+    np.testing.assert_array_equal(S.model_input(q, "mono"), q[:, None].astype(np.float32) * np.float32(1 / 255))
+    rgb = S.model_input(q, "rgb", "viridis")
+    assert rgb.shape == (1, 3, 1, 3) and rgb.flags.c_contiguous
+    np.testing.assert_array_equal(rgb[0, :, 0, :], S.colormap_lut("viridis")[q[0, 0]].T)
+    assert S.model_input(q[0], "mono").shape == (1, 1, 3)
+    assert S.quantize(np.array([0.0, 0.5 / 255 - 1e-6, 0.5, 1.0])).tolist() == [0, 0, 128, 255]
+    with pytest.raises(PipelineError, match="uint8"):
+        S.model_input(q.astype(np.float32), "mono")
+    with pytest.raises(PipelineError, match="mode"):
+        S.model_input(q, "grey")
 
 
 def test_to_image_constant_gives_zeros_and_nan_raises():
