@@ -11,9 +11,11 @@ Exit codes: 0 success; 1 unexpected error (with its traceback); 2 bad
 arguments (checked before any data is built or folder made), a missing /
 malformed dataset (the expected layout is printed), a damaged run file
 (config.json, checkpoint) or, for ``predict``, any file that could not be
-predicted; 3 NaN / inf loss; 130 interrupted with Ctrl-C (training: a
-checkpoint was saved; preprocessing: finished tracks are kept, run the same
-command again). ``train --resume`` on a run stopped before its first
+predicted; 3 NaN / inf loss or weights; 4 a checkpoint could not be written
+when the run ended (a full disk: the message gives the resume command); 130
+interrupted with Ctrl-C (training: a checkpoint was saved; preprocessing:
+finished tracks are kept, run the same command again). Every flag is checked
+before any work (``cli_checks.problems``). ``train --resume`` on a run stopped before its first
 checkpoint starts it again from scratch with its saved configuration.
 """
 from __future__ import annotations
@@ -24,6 +26,7 @@ import dataclasses
 import itertools
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -185,6 +188,15 @@ def _check_data_args(args) -> None:
         v = getattr(args, name, None)
         if v is not None and not (v > 0 and v != float("inf")):
             raise UsageError(f"{flag} {v}: expected a finite number of seconds > 0")
+
+
+def _check_flags(args, command: str) -> None:
+    """Raise UsageError (one line, every problem) for flags of ``command`` no run could use (cli_checks.problems)."""
+    import cli_checks
+
+    bad = cli_checks.problems(args, command)
+    if bad:
+        raise UsageError("; ".join(bad))
 
 
 def _read_json(path: Path, what="config.json") -> dict:
@@ -567,6 +579,10 @@ def _status_report(ds, src=None, log=print, show_padded=5) -> None:
             log(f"  padded   {t.get('path', t.get('id'))}  {t.get('reason', '')}")
         if len(padded) > show_padded:
             log(f"  ... and {len(padded) - show_padded} more (see {getattr(ds, 'path', '')}/manifest.json)")
+    from pipeline.labels import unmatched_lines
+
+    for line in unmatched_lines(man):
+        log(line)
 
 
 # ============================================================================ commands
@@ -611,7 +627,7 @@ def run_training(ds, src, cfg, out: Path, argv, resume=False, log=print, write_c
         "image_shape": list(ds.image_shape(tr.model_mode(cfg.model))),
         "dataset_manifest_hash": _manifest_hash(ds),
         "code_version": code_version(),
-        "command": "python cli.py " + " ".join(argv),
+        "command": shlex.join(["python", "cli.py"] + list(argv)),
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "threads": os.environ.get("NUMBA_NUM_THREADS") or str(os.cpu_count()),
     }
@@ -643,12 +659,30 @@ def training_done_message(res: dict, cfg, resumed=False) -> str:
            "patience": f"early stopping: no better validation accuracy for {cfg.patience} "
                        f"epoch{'s' if cfg.patience != 1 else ''}",
            "max_steps": f"reached --max-steps {cfg.max_steps}"}.get(res["stopped"], str(res["stopped"]))
-    msg = (f"training done: {n} epoch{'s' if n != 1 else ''} ({why}), best validation accuracy "
-           f"{res['best_val_acc']:.4f} at epoch {res['best_epoch']}, {res['seconds']:.1f} s")
+    if res.get("best_epoch", -1) < 1:  # stopped inside the first epoch: no validation has run
+        msg = (f"training stopped after {res.get('global_step', '?')} step{'s' if res.get('global_step') != 1 else ''}"
+               f" ({why}), before the first epoch ended: no validation yet, so no best checkpoint; "
+               f"the test report below is of last.npz, {res['seconds']:.1f} s")
+    else:
+        msg = (f"training done: {n} epoch{'s' if n != 1 else ''} ({why}), best validation accuracy "
+               f"{res['best_val_acc']:.4f} at epoch {res['best_epoch']}, {res['seconds']:.1f} s")
     if resumed:
         total = sum(float(h.get("seconds") or 0.0) for h in res["history"])
         msg += f" in this session, {total:.1f} s of training over all sessions"
     return msg
+
+
+def _no_checkpoint_reason(out: Path) -> str:
+    """Why a run directory has no last.npz, from what it does hold (metrics.jsonl)."""
+    m = out / "metrics.jsonl"
+    try:
+        n = sum(1 for line in m.read_text().splitlines() if line.strip()) if m.is_file() else 0
+    except OSError:
+        n = 0
+    if n:
+        return (f"metrics.jsonl records {n} finished epoch{'s' if n != 1 else ''}, but no checkpoint was "
+                f"written (a full disk?), so that training is lost")
+    return "stopped before the first checkpoint was written"
 
 
 def cmd_train(args, argv) -> int:
@@ -662,6 +696,7 @@ def cmd_train(args, argv) -> int:
         cf = out / "config.json"
         if not cf.is_file():
             raise UsageError(f"--resume: {cf} not found; is {out} a run directory?")
+        _check_flags(args, "train")
         conf, cfg = _run_config(out)
         cfg.progress = not args.quiet
         if args.epochs is not None:
@@ -676,8 +711,8 @@ def cmd_train(args, argv) -> int:
         _device_check(cfg.device)
         ds = Dataset(conf["data"]["dataset_dir"])
         if not (out / "checkpoints" / "last.npz").is_file():
-            # killed before its first checkpoint: nothing was trained, so the run simply starts over
-            print(f"{out} has no checkpoint yet (stopped before the first one): nothing was trained, "
+            # no checkpoint on disk (killed before the first one, or every write failed): start over
+            print(f"{out} has no checkpoint yet ({_no_checkpoint_reason(out)}): nothing can be resumed, "
                   f"starting it from scratch with its saved configuration")
             run_training(ds, conf["data"], cfg, out, argv, resume=False, write_config=False)
             return 0
@@ -687,6 +722,7 @@ def cmd_train(args, argv) -> int:
     # every flag is checked before any data is built or any folder made
     _check_data_args(args)
     _check_train_config(_train_config(args))
+    _check_flags(args, "train")
     _device_check(args.device)
     src0 = data_source(args)
     out = Path(args.out) if args.out else Path(_default_run_name(src0, args.model))
@@ -702,12 +738,13 @@ def cmd_train(args, argv) -> int:
 def cmd_preprocess(args, argv) -> int:
     """`preprocess`: build the dataset cache only and print its directory; returns the exit code."""
     _check_data_args(args)
+    _check_flags(args, "preprocess")
     ds, src = prepare_data(args, args.mode, out_dir=args.out)
     _status_report(ds, src)
     n = {s: int((ds.split == s).sum()) for s in ("train", "val", "test")}
     print(f"dataset ready: {src['dataset_dir']}  classes {list(ds.classes)}  images {n}  "
           f"shape {tuple(ds.images.shape[1:])}")
-    print(f"train on it with: python cli.py train --data {src['dataset_dir']}")
+    print(f"train on it with: {shlex.join(['python', 'cli.py', 'train', '--data', src['dataset_dir']])}")
     return 0
 
 
@@ -833,6 +870,7 @@ def cmd_grid(args, argv) -> int:
     for model, lr, bs, dr, wd in itertools.product(args.model, args.lr, args.batch_size, args.dropout,
                                                     args.weight_decay):
         _check_train_config(_train_config(args, model=model, lr=lr, batch_size=bs, dropout=dr, weight_decay=wd))
+    _check_flags(args, "grid")
     _device_check(args.device)
     base = Path(args.out) if args.out else Path(f"runs/grid-{time.strftime('%Y%m%d-%H%M%S')}")
     base.mkdir(parents=True, exist_ok=True)
@@ -886,6 +924,7 @@ def cmd_reproduce(args, argv) -> int:
     _check_data_args(args)
     for m in args.models:
         _check_train_config(_train_config(args, model=m, lr=5e-4, batch_size=16, dropout=0.4, weight_decay=0.0))
+    _check_flags(args, "reproduce")
     base = Path(args.out) if args.out else Path(f"runs/reproduce-{time.strftime('%Y%m%d-%H%M%S')}")
     base.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -923,6 +962,7 @@ def cmd_models(args, argv) -> int:
     """`models`: each architecture's layers, output shapes and parameter counts."""
     from engine import models
 
+    _check_flags(args, "models")
     names = [args.model] if args.model else list(MODEL_NAMES)
     for name in names:
         c = 3 if name.endswith("rgb") else 1
@@ -939,8 +979,9 @@ def cmd_gradcheck(args, argv) -> int:
 
     from engine import gradcheck, models
 
+    _check_flags(args, "gradcheck")
     c, widths = models.MODELS[args.model]
-    side = 2 ** len(widths)  # every MaxPool2d(2) halves H and W: the smallest input that fits
+    side = models.min_side(args.model)  # every MaxPool2d(2) halves H and W: the smallest input that fits
     h, w = args.height or side, args.width or side + side // 2
     model = models.build(args.model, in_shape=(c, h, w), n_classes=3, dropout=0.4, seed=args.seed,
                          dtype=np.float64)
@@ -964,9 +1005,11 @@ def cmd_inspect(args, argv) -> int:
     """`inspect RUN_DIR`: per-layer activation / gradient statistics for one batch, as a table and a plot."""
     from engine import inspect as insp
 
+    _check_flags(args, "inspect")
     conf, cfg, ds, model, extra = _load_run(args.run_dir, args.checkpoint)
     rows = insp.inspect_run(Path(args.run_dir), cfg, ds, model, split=args.split,
-                            batch_size=args.batch_size or cfg.batch_size, checkpoint=args.checkpoint)
+                            batch_size=args.batch_size if args.batch_size is not None else cfg.batch_size,
+                            checkpoint=args.checkpoint)
     print(insp.format_table(rows))
     print(f"written: {Path(args.run_dir) / 'inspect.md'}, inspect.json, inspect.png")
     return 0
@@ -993,7 +1036,8 @@ def main(argv=None) -> int:
         return 2
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        print(EXPECTED_LAYOUT, file=sys.stderr)
+        if getattr(exc, "show_layout", True):  # not after a full disk or a damaged cache file
+            print(EXPECTED_LAYOUT, file=sys.stderr)
         return 2
     except TrainingError as exc:
         print(f"\n{type(exc).__name__}: {exc}", file=sys.stderr)

@@ -24,24 +24,59 @@ layer for a later move (``engine.layers.Dropout.set_rng_state``).
 Writes are atomic: the archive goes to a temporary file in the target's
 directory, is flushed and fsync'ed, then ``os.replace``'d over the target
 (and the directory fsync'ed), so a crash leaves either the old or the new
-checkpoint, never a torn one.
+checkpoint, never a torn one. A write that fails (a full disk) removes its
+temporary file and raises :class:`CheckpointWriteError` naming the file and
+the space needed; the previous checkpoint is untouched.
+
+Only finite states are saved: :func:`save_checkpoint` raises
+:class:`NonFiniteState` (naming the arrays) before writing anything when a
+weight, a BatchNorm statistic or an Adam moment is NaN or inf, so a
+checkpoint on disk is always one training can resume from.
+:func:`checkpoint_arrays` and :func:`write_checkpoint` are the two halves of
+:func:`save_checkpoint`, for a caller that keeps a state in memory to retry
+its write later (``engine.train``).
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import zipfile
 
 import numpy as np
 
-__all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError", "FORMAT"]
+__all__ = ["save_checkpoint", "load_checkpoint", "checkpoint_arrays", "write_checkpoint", "CheckpointError",
+           "CheckpointWriteError", "NonFiniteState", "FORMAT"]
 
 FORMAT = "hitcnn-checkpoint-1"
 
 
 class CheckpointError(ValueError):
     """A checkpoint file is corrupt or does not match the model/optimizer (the message names the file)."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (e.g. a full disk); the previous file at ``path`` is intact.
+
+    Attributes: ``path`` (the target), ``nbytes`` (the archive's size), ``errno``.
+    """
+
+    def __init__(self, msg, path=None, nbytes=None, errno=None):
+        super().__init__(msg)
+        self.path, self.nbytes, self.errno = path, nbytes, errno
+
+
+class NonFiniteState(CheckpointError):
+    """The state to save holds NaN or inf values (``names``: the arrays); nothing was written."""
+
+    def __init__(self, msg, names=()):
+        super().__init__(msg)
+        self.names = list(names)
+
+
+def _fmt_bytes(n) -> str:
+    return f"{n / 2 ** 20:.1f} MiB" if n >= 2 ** 20 else f"{n / 1024:.1f} KiB"
 
 
 def save_checkpoint(path, model, optimizer=None, extra=None):
@@ -60,6 +95,23 @@ def save_checkpoint(path, model, optimizer=None, extra=None):
     ------
     ValueError
         If ``extra`` is not JSON-serialisable.
+    NonFiniteState
+        A NaN / inf weight, statistic or moment (nothing is written).
+    CheckpointWriteError
+        The file could not be written (the previous ``path`` is intact).
+    """
+    write_checkpoint(path, checkpoint_arrays(model, optimizer, extra, path=path))
+
+
+def checkpoint_arrays(model, optimizer=None, extra=None, path="checkpoint"):
+    """Host copies of everything :func:`save_checkpoint` stores, as ``{key: np.ndarray}`` (``meta``: JSON).
+
+    Raises
+    ------
+    ValueError
+        ``extra`` not JSON-serialisable.
+    NonFiniteState
+        Any floating-point array holds NaN or inf (naming them, first five).
     """
     path = os.fspath(path)
     arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
@@ -74,17 +126,46 @@ def save_checkpoint(path, model, optimizer=None, extra=None):
         meta_s = json.dumps(meta)
     except TypeError as exc:
         raise ValueError(f"save_checkpoint({path}): extra must be JSON-serialisable: {exc}") from exc
+    bad = [k for k, a in arrays.items() if np.asarray(a).dtype.kind in "fc" and not np.isfinite(a).all()]
+    if bad:
+        raise NonFiniteState(f"{path} not saved: non-finite values (NaN or inf) in {', '.join(bad[:5])}"
+                             + (f" and {len(bad) - 5} more" if len(bad) > 5 else ""), names=bad)
     arrays["meta"] = np.array(meta_s)
+    return arrays
+
+
+def write_checkpoint(path, arrays) -> None:
+    """Write :func:`checkpoint_arrays`' dict to ``path`` atomically (temp file, fsync, ``os.replace``).
+
+    Raises
+    ------
+    CheckpointWriteError
+        Naming ``path``, the reason and the archive's size; the temporary
+        file is removed and the previous ``path`` is left as it was.
+    """
+    path = os.fspath(path)
+    nbytes = sum(np.asarray(a).nbytes for a in arrays.values()) + 512 * len(arrays)  # archive size, roughly
     d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=d)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=d)
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+        try:
+            free = f", {_fmt_bytes(shutil.disk_usage(d).free)} free"
+        except OSError:
+            free = ""
+        raise CheckpointWriteError(f"cannot write checkpoint {path}: {exc.strerror or exc} (needs about "
+                                   f"{_fmt_bytes(nbytes)}{free})", path=path, nbytes=nbytes,
+                                   errno=exc.errno) from exc
     except BaseException:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
         raise
     try:

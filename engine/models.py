@@ -26,7 +26,7 @@ import numpy as np
 from .layers import BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU
 from .model import Sequential
 
-__all__ = ["MODELS", "build", "HIDDEN"]
+__all__ = ["MODELS", "build", "HIDDEN", "min_side"]
 
 #: name -> (input channels, block widths). Widths are ours: the paper does not give them.
 MODELS = {
@@ -38,6 +38,13 @@ MODELS = {
 
 #: Width of the hidden fully connected layer.
 HIDDEN = 512
+
+
+def min_side(name: str) -> int:
+    """Smallest image height and width ``name`` accepts: every block's 2x2 max-pool halves H and W (floor)."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    return 2 ** len(MODELS[name][1])
 
 
 def build(name, in_shape=None, n_classes=3, dropout=0.4, seed=0, dtype=np.float32, fuse=True):

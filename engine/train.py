@@ -42,7 +42,17 @@ SIGINT (Ctrl-C) sets a flag; after the current step the loop saves
 ``last.npz`` and raises :class:`Interrupted` whose message gives the resume
 command. A NaN or inf loss stops before backward (so no bad update is ever
 applied or saved) with :class:`NonFiniteLoss` naming the step and suggesting a
-lower learning rate; ``last.npz`` stays the last good checkpoint.
+lower learning rate; ``last.npz`` stays the last good checkpoint. Weights or
+Adam moments that overflow to NaN / inf are caught at the next checkpoint
+(:class:`NonFiniteWeights`, also exit 3): a non-finite state is never saved.
+
+A checkpoint write that fails (a full disk) logs one warning naming the file
+and training goes on: the previous file is intact, the unsaved state is kept
+in memory and written at the next checkpoint. If a state is still unsaved
+when the run ends, the user decides on a terminal (free space, press Enter
+to retry), otherwise :class:`CheckpointNotSaved` (exit 4) says what is on
+disk and prints the resume command. ``metrics.jsonl`` is rewritten whole
+(atomically) each epoch, so a failed write is made good by the next one.
 """
 from __future__ import annotations
 
@@ -50,6 +60,7 @@ import json
 import math
 import os
 import resource
+import shlex
 import signal
 import sys
 import time
@@ -78,6 +89,21 @@ class NonFiniteLoss(TrainingError):
     """The loss became NaN or inf; the message names the step."""
 
     exit_code = 3
+
+
+class NonFiniteWeights(NonFiniteLoss):
+    """Weights, BatchNorm statistics or Adam moments became NaN / inf; they were not saved."""
+
+
+class CheckpointNotSaved(TrainingError):
+    """The run ended with a checkpoint it could not write (e.g. a full disk); the message says how to resume."""
+
+    exit_code = 4
+
+
+def resume_command(out) -> str:
+    """The shell-quoted command that resumes the run in ``out``."""
+    return shlex.join(["python", "cli.py", "train", "--resume", "--out", os.fspath(out)])
 
 
 @dataclass
@@ -456,6 +482,82 @@ class _SigintFlag:
         return False
 
 
+def _flush_pending(pending: dict, saved: dict, last_path, log) -> bool:
+    """Write every unsaved checkpoint in ``pending`` (best before last); True when all are written.
+
+    A failure logs one line naming the file (once per file until it is
+    written) and keeps the state in ``pending``; the file on disk is intact.
+    """
+    from engine.checkpoint import CheckpointWriteError, write_checkpoint
+
+    for path in sorted(pending, key=lambda p: p == last_path):
+        arrays, step = pending[path]
+        try:
+            write_checkpoint(path, arrays)
+        except CheckpointWriteError as exc:
+            if path not in saved["warned"]:
+                saved["warned"].add(path)
+                prev = "the previous one is intact" if Path(path).is_file() else "there is no earlier one"
+                log(f"warning: {exc}; {prev}. Training goes on with this state kept in memory; it is written "
+                    f"at the next checkpoint")
+            continue
+        if path in saved["warned"]:
+            saved["warned"].discard(path)
+            log(f"checkpoint {path} written (step {step}) after the earlier failure")
+        del pending[path]
+        if path == last_path:
+            saved["step"] = step
+    return not pending
+
+
+def _settle_pending(pending: dict, saved: dict, last_path, out, log) -> None:
+    """The run is ending with unsaved checkpoints: retry on the user's word (a terminal), else stop (exit 4).
+
+    Raises
+    ------
+    CheckpointNotSaved
+        Naming the files, what ``last.npz`` holds and the resume command.
+    """
+    interactive = sys.stdin is not None and sys.stdin.isatty()
+    while pending and interactive:
+        try:
+            input(f"{len(pending)} checkpoint(s) not written ({', '.join(map(str, pending))}): free some space, "
+                  f"then press Enter to retry (Ctrl-D or Ctrl-C: stop) ")
+        except (EOFError, KeyboardInterrupt):
+            break
+        _flush_pending(pending, saved, last_path, log)
+    if not pending:
+        return
+    steps = sorted({step for _, step in pending.values()})
+    if saved["step"] is not None:
+        on_disk = f"{last_path} holds step {saved['step']}"
+    elif Path(last_path).is_file():
+        on_disk = f"{last_path} holds the state of an earlier session"
+    else:
+        on_disk = "no checkpoint is on disk, so a resume starts the run over"
+    raise CheckpointNotSaved(
+        f"could not write {', '.join(map(str, pending))} (the state of step {steps[-1]}): the disk is full or "
+        f"not writable; the training since the last written checkpoint is lost when this process ends; "
+        f"{on_disk}. Free some space, then resume with: {resume_command(out)}")
+
+
+def _write_history(path: Path, history: list, log=print) -> bool:
+    """Rewrite ``metrics.jsonl`` with every record of ``history`` (atomically); a failed write is logged, not raised."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
+        os.replace(tmp, path)
+        return True
+    except OSError as exc:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        log(f"warning: cannot write {path}: {exc.strerror or exc}; the epoch records are kept in memory and "
+            f"written with the next epoch's")
+        return False
+
+
 def _read_history(path: Path, before_epoch: int) -> list:
     """Lines of ``metrics.jsonl`` with ``epoch < before_epoch`` (the file is rewritten to them)."""
     if not path.is_file():
@@ -577,10 +679,25 @@ def _fit(dataset, cfg, out_dir, resume, log, sigint):
             dev_correct.fill(0)
             unread[0] = 0
 
+    from engine.checkpoint import NonFiniteState, checkpoint_arrays
+
+    pending = {}  # path -> arrays of a state whose write failed: kept in memory, retried at every checkpoint
+    saved = {"step": None, "warned": set()}  # step of the last.npz written by this session; files warned about
+
     def checkpoint(path=last_path):
+        """Save the state to ``path`` (and any earlier unsaved one); True when nothing is left unsaved."""
         flush_correct()
-        save_state(path, model, opt, dict(state, classes=classes, model=cfg.model, mode=mode,
-                                           in_shape=list(in_shape)))
+        try:
+            arrays = checkpoint_arrays(model, opt, dict(state, classes=classes, model=cfg.model, mode=mode,
+                                                        in_shape=list(in_shape)), path)
+        except NonFiniteState as exc:
+            raise NonFiniteWeights(
+                f"the weights / optimizer state became non-finite by step {state['global_step']} (epoch "
+                f"{state['epoch'] + 1}) with lr={cfg.lr:g}: {exc}; try a lower learning rate, e.g. --lr "
+                f"{cfg.lr / 10:g}. The last good checkpoint is kept: "
+                f"{last_path if last_path.is_file() else '(none saved yet)'}") from exc
+        pending[path] = (arrays, state["global_step"])
+        return _flush_pending(pending, saved, last_path, log)
 
     stopped = "epochs"
     first_loss = None  # the session's first step loss, for the "exploding" warning
@@ -607,13 +724,14 @@ def _fit(dataset, cfg, out_dir, resume, log, sigint):
         try:
             while True:
                 if sigint.hit:
-                    checkpoint()
                     if bar is not None:
                         bar.close()
+                    if not checkpoint():
+                        _settle_pending(pending, saved, last_path, out, log)
                     raise Interrupted(
                         f"interrupted at epoch {ep + 1}, batch {state['step_in_epoch']} of {steps_per_epoch} "
                         f"(step {state['global_step']}); checkpoint saved to {last_path}.\n"
-                        f"Resume with: python cli.py train --resume --out {out}")
+                        f"Resume with: {resume_command(out)}")
                 t0 = time.perf_counter()
                 try:
                     x, y = next(it) if feed is None else next(feed)
@@ -700,8 +818,7 @@ def _fit(dataset, cfg, out_dir, resume, log, sigint):
                    data_wait_share=round(state["wait_seconds"] / max(state["epoch_seconds"], 1e-9), 4),
                    peak_rss_mib=round(peak_rss_mib(), 1))
         history.append(rec)
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        _write_history(metrics_path, history, log)
         improved = val_acc > state["best_val_acc"]
         if improved:
             state["best_val_acc"], state["best_epoch"], state["bad_epochs"] = val_acc, ep + 1, 0
@@ -724,9 +841,13 @@ def _fit(dataset, cfg, out_dir, resume, log, sigint):
                 f"(best {state['best_val_acc']:.4f} at epoch {state['best_epoch']})")
             break
         if sigint.hit:
+            if pending:
+                _settle_pending(pending, saved, last_path, out, log)
             raise Interrupted(
                 f"interrupted after epoch {ep + 1}; checkpoint saved to {last_path}.\n"
-                f"Resume with: python cli.py train --resume --out {out}")
+                f"Resume with: {resume_command(out)}")
+    if pending and not _flush_pending(pending, saved, last_path, log):
+        _settle_pending(pending, saved, last_path, out, log)
     return dict(history=history, best_epoch=state["best_epoch"], best_val_acc=state["best_val_acc"],
                 stopped=stopped, global_step=state["global_step"], seconds=time.perf_counter() - t_run,
                 model=model, optimizer=opt)
@@ -750,7 +871,11 @@ def final_report(run_dir, dataset, cfg: TrainConfig, log=print) -> dict:
 
     Returns the report dict (see :func:`engine.metrics.classification_report`)
     with ``best_epoch``, ``val_accuracy``, ``train_accuracy`` of that epoch
-    added.
+    added. A run stopped before its first epoch ended (``--max-steps``) has
+    no validated (best) checkpoint: the report is of ``last.npz``, says so
+    (``best_epoch`` None, ``checkpoint_note``) and gives its step. A file
+    that cannot be written (full disk) is named in a warning; the report is
+    still returned and printed.
     """
     from engine import metrics, plots
 
@@ -771,18 +896,32 @@ def final_report(run_dir, dataset, cfg: TrainConfig, log=print) -> dict:
     hist = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines() if s.strip()] \
         if (run / "metrics.jsonl").is_file() else []
     best_epoch = int(extra.get("best_epoch", -1))
-    rep["best_epoch"] = best_epoch
+    if best.name == "best.npz" and best_epoch >= 1:
+        title = f"{split} metrics of the best checkpoint (epoch {best_epoch}):"
+        rep["best_epoch"] = best_epoch
+    else:  # stopped inside the first epoch: nothing validated yet
+        note = (f"last checkpoint (step {extra.get('global_step', '?')}, inside epoch "
+                f"{int(extra.get('epoch', 0)) + 1}: the run stopped before any epoch ended, so no "
+                f"validation and no best checkpoint)")
+        title = f"{split} metrics of the {note}:"
+        rep["best_epoch"] = None
+        rep["checkpoint_note"] = note
     rec = next((h for h in hist if h["epoch"] == best_epoch), None)
     if rec is not None:
         rep["val_accuracy"] = rec["val_acc"]
         rep["train_accuracy"] = rec["train_acc"]
     rep["checkpoint"] = str(best)
-    (run / "report.json").write_text(json.dumps(rep, indent=2))
+    writes = [(run / "report.json", lambda p: p.write_text(json.dumps(rep, indent=2)))]
     if hist:
-        plots.plot_curves(hist, run / "curves.png")
-    plots.plot_confusion(rep["confusion_matrix"], classes, run / "confusion.png",
-                         title=f"{split}: accuracy {rep['accuracy']:.3f}")
-    log(metrics.format_report(rep, f"{split} metrics of the best checkpoint (epoch {best_epoch}):"))
+        writes.append((run / "curves.png", lambda p: plots.plot_curves(hist, p)))
+    writes.append((run / "confusion.png", lambda p: plots.plot_confusion(
+        rep["confusion_matrix"], classes, p, title=f"{split}: accuracy {rep['accuracy']:.3f}")))
+    for path, write in writes:
+        try:
+            write(path)
+        except OSError as exc:
+            log(f"warning: cannot write {path}: {exc.strerror or exc}")
+    log(metrics.format_report(rep, title))
     return rep
 
 

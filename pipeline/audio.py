@@ -238,6 +238,9 @@ class AudioInfo(NamedTuple):
 def _check_path(path) -> str:
     path = os.fspath(path)
     if not os.path.exists(path):
+        if os.path.islink(path):
+            raise PipelineError(f"broken symbolic link: {path!r} points to {os.readlink(path)!r}, which does "
+                                f"not exist")
         raise PipelineError(f"audio file not found: {path!r}")
     if os.path.isdir(path):
         raise PipelineError(f"audio path is a directory, not a file: {path!r}")

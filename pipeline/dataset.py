@@ -51,9 +51,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import audio as audio_mod, fma, labels as labels_mod, splits as splits_mod
+from . import audio as audio_mod, cachefile, fma, labels as labels_mod, splits as splits_mod
 from .errors import PipelineError
 from .spectrogram import SpectrogramConfig, model_input, quantize, track_mono
+from .workers import die_with_parent
 
 __all__ = ["build_cache", "Dataset", "prepare_fma", "prepare_folder", "cache_hash", "format_report",
            "FORMAT_VERSION"]
@@ -98,11 +99,16 @@ def _note_outdated(out: Path, progress=True) -> list:
 
 def _atomic_write_json(path: Path, obj) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with cachefile.disk_errors(path):
+            with open(tmp, "w") as f:
+                json.dump(obj, f, indent=1, default=str)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def _cache_params(items, config: SpectrogramConfig, classes, seed):
@@ -149,6 +155,7 @@ def _worker_main(conn, config_dict, seed):
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle (it stops us)
+    die_with_parent()  # a killed parent (kill -9) must not leave us waiting under PID 1
     config = SpectrogramConfig.from_dict(config_dict)
     while True:
         try:
@@ -269,6 +276,7 @@ def format_report(manifest, limit=20) -> str:
             lines.append(f"  {status:7s} {t['id']} ({t['path']}): {t['reason']}")
         if limit is not None and len(hit) > limit:
             lines.append(f"  ... and {len(hit) - limit} more {status} (all listed in manifest.json)")
+    lines += labels_mod.unmatched_lines(manifest)
     return "\n".join(lines)
 
 
@@ -276,6 +284,22 @@ def format_report(manifest, limit=20) -> str:
 
 def build_cache(out_dir, items, config: SpectrogramConfig, classes, seed=0, workers=None,
                 timeout=120.0, chunk_size=64, progress=True, extra=None, stop_after_chunks=None):
+    """Preprocess ``items`` into a dataset directory, holding its lock (:class:`pipeline.cachefile.DirLock`).
+
+    A second build of the same directory waits for the first (saying so)
+    and then reuses its finished cache. A finished cache whose files do not
+    match its manifest (truncated, garbled) is reported and rebuilt. Every
+    parameter, the return value and the errors are those of
+    :func:`_build_cache` below.
+    """
+    with cachefile.DirLock(out_dir):
+        return _build_cache(out_dir, items, config, classes, seed=seed, workers=workers, timeout=timeout,
+                            chunk_size=chunk_size, progress=progress, extra=extra,
+                            stop_after_chunks=stop_after_chunks)
+
+
+def _build_cache(out_dir, items, config: SpectrogramConfig, classes, seed=0, workers=None,
+                 timeout=120.0, chunk_size=64, progress=True, extra=None, stop_after_chunks=None):
     """Preprocess ``items`` into a dataset directory (once; resumable).
 
     Parameters
@@ -316,8 +340,9 @@ def build_cache(out_dir, items, config: SpectrogramConfig, classes, seed=0, work
     Raises
     ------
     PipelineError
-        Bad items, ``out_dir`` holding a cache of other parameters, or every
-        track skipped.
+        Bad items, ``out_dir`` holding a cache of other parameters, every
+        track skipped, or a file that cannot be written (a full disk: the
+        message names the file and the space needed; finished chunks are kept).
     """
     from numpy.lib.format import open_memmap
 
@@ -338,13 +363,19 @@ def build_cache(out_dir, items, config: SpectrogramConfig, classes, seed=0, work
     phash = cache_hash(items, config, classes, seed)
     manifest_path = out / "manifest.json"
     if manifest_path.is_file():
-        with open(manifest_path) as f:
-            manifest = json.load(f)
-        if manifest.get("param_hash") != phash:
-            raise PipelineError(
-                f"{out} holds a cache built with other parameters (hash {manifest.get('param_hash', '?')[:12]} "
-                f"!= {phash[:12]}); use a new directory (prepare_* names them by hash)")
-        return manifest
+        try:
+            manifest = cachefile.read_manifest(manifest_path)
+            if manifest.get("param_hash") == phash:
+                cachefile.check_files(out, manifest)
+        except cachefile.DamagedCache as exc:  # rebuild it (the work/ folder, if any, is reused)
+            print(f"warning: {exc}; rebuilding the cache {out}", file=sys.stderr)
+            cachefile.discard(out)
+        else:
+            if manifest.get("param_hash") != phash:
+                raise PipelineError(
+                    f"{out} holds a cache built with other parameters (hash {manifest.get('param_hash', '?')[:12]}"
+                    f" != {phash[:12]}); use a new directory (prepare_* names them by hash)")
+            return manifest
 
     work = out / "work"
     (work / "chunks").mkdir(parents=True, exist_ok=True)
@@ -360,7 +391,17 @@ def build_cache(out_dir, items, config: SpectrogramConfig, classes, seed=0, work
         _atomic_write_json(pfile, {"param_hash": phash, **params})
     n, H, W = len(items), config.height, config.width
     img_path = work / "images.npy"
-    images = open_memmap(img_path, mode="r+" if img_path.is_file() else "w+", dtype=np.uint8, shape=(n, H, W))
+    images = None
+    if img_path.is_file():
+        try:  # unfinished work: reuse it only when the file is whole
+            cachefile.check_files(work, {"n_images": n}, names=("images.npy",))
+            images = open_memmap(img_path, mode="r+")
+        except cachefile.DamagedCache as exc:
+            print(f"warning: {exc}; starting the unfinished work over", file=sys.stderr)
+            shutil.rmtree(work / "chunks", ignore_errors=True)
+            (work / "chunks").mkdir(parents=True, exist_ok=True)
+    if images is None:
+        images = cachefile.create_npy(img_path, (n, H, W), np.uint8)  # space allocated: no SIGBUS on a full disk
     if images.shape != (n, H, W):
         raise PipelineError(f"{img_path} has shape {images.shape}, expected {(n, H, W)}")
 
@@ -413,7 +454,7 @@ def build_cache(out_dir, items, config: SpectrogramConfig, classes, seed=0, work
                     stopped = True
                     break
     finally:
-        if stopped and sup is not None:
+        if sup is not None:  # also on an error (e.g. a full disk): stop the workers now
             results.close()
         bar.close()
     if stopped and remaining:
@@ -427,14 +468,14 @@ def build_cache(out_dir, items, config: SpectrogramConfig, classes, seed=0, work
     if not keep.any():
         raise PipelineError(f"every one of the {n} tracks was skipped; first reason: {status[0]['reason']}")
     rows = np.flatnonzero(keep)
-    final = open_memmap(out / "images.npy.tmp", mode="w+", dtype=np.uint8, shape=(len(rows), H, W))
+    final = cachefile.create_npy(out / "images.npy.tmp", (len(rows), H, W), np.uint8)
     for s in range(0, len(rows), 1024):
         final[s:s + 1024] = images[rows[s:s + 1024]]
     final.flush()
     del final, images
-    np.save(out / "labels.npy", np.array([int(items[i]["label"]) for i in rows], dtype=np.int64))
-    np.save(out / "split.npy", np.array([items[i]["split"] for i in rows], dtype="<U5"))
-    np.save(out / "ids.npy", np.array([str(items[i]["id"]) for i in rows], dtype=str))
+    cachefile.save_npy(out / "labels.npy", np.array([int(items[i]["label"]) for i in rows], dtype=np.int64))
+    cachefile.save_npy(out / "split.npy", np.array([items[i]["split"] for i in rows], dtype="<U5"))
+    cachefile.save_npy(out / "ids.npy", np.array([str(items[i]["id"]) for i in rows], dtype=str))
     os.replace(out / "images.npy.tmp", out / "images.npy")
 
     tracks = []
@@ -467,6 +508,7 @@ def build_cache(out_dir, items, config: SpectrogramConfig, classes, seed=0, work
                      "libsndfile": soundfile.__libsndfile_version__, "python": sys.version.split()[0]},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **(extra or {}),
+        "files": cachefile.describe_files(out),
         "tracks": tracks,
     }
     _atomic_write_json(manifest_path, manifest)
@@ -511,14 +553,22 @@ class Dataset:
         mpath = self.path / "manifest.json"
         if not mpath.is_file():
             raise PipelineError(f"{self.path} is not a finished dataset (no manifest.json); run preprocess")
-        with open(mpath) as f:
-            self.manifest = json.load(f)
+        try:  # every file against the manifest, before anything is mapped
+            self.manifest = cachefile.read_manifest(mpath)
+        except cachefile.DamagedCache as exc:
+            raise cachefile.DamagedCache(f"{exc}; run the same preprocess (or train) command again to "
+                                         f"rebuild the cache") from exc
         version = self.manifest.get("format_version")
         if version != FORMAT_VERSION:
             raise PipelineError(
                 f"{self.path} is a dataset cache of format {version}, this code reads format {FORMAT_VERSION} "
                 f"({_FORMAT_CHANGE}); an old cache is never reused: rebuild it by running `python cli.py "
                 f"preprocess` (or train) with the audio flags it was made from, then delete it")
+        try:
+            cachefile.check_files(self.path, self.manifest)
+        except cachefile.DamagedCache as exc:
+            raise cachefile.DamagedCache(f"{exc}; run the same preprocess (or train) command again to "
+                                         f"rebuild the cache") from exc
         self.images = np.load(self.path / "images.npy", mmap_mode="r")
         self.labels = np.load(self.path / "labels.npy")
         self.split = np.load(self.path / "split.npy")
@@ -818,10 +868,13 @@ def prepare_folder(audio_dir, out_root, config=None, labels_csv=None, label_rege
         sp = splits_mod.stratified_split(codes, fractions, seed, class_names=classes)
 
     def rel(p):
-        try:
-            return Path(p).resolve().relative_to(root.resolve()).as_posix()
-        except ValueError:
-            return os.fspath(p)
+        # the name inside the folder (a link's own name, even when it points outside or nowhere)
+        for a, b in ((Path(os.path.abspath(p)), Path(os.path.abspath(root))), (Path(p).resolve(), root.resolve())):
+            try:
+                return a.relative_to(b).as_posix()
+            except ValueError:
+                pass
+        return os.fspath(p)
 
     items = [{"path": os.path.abspath(r["path"]), "key": zlib.crc32(rel(r["path"]).encode()),
               "label": int(c), "split": str(s), "id": rel(r["path"]), "group": r["group"]}

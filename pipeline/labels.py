@@ -21,7 +21,8 @@ import numpy as np
 from .errors import PipelineError
 
 __all__ = ["PAPER_SHARES", "POPULARITY_CLASSES", "popularity_edges", "popularity_buckets",
-           "encode", "labels_from_csv", "labels_from_regex", "AUDIO_EXTENSIONS", "find_audio"]
+           "encode", "labels_from_csv", "labels_from_regex", "AUDIO_EXTENSIONS", "find_audio",
+           "unmatched_lines"]
 
 PAPER_SHARES = (0.168, 0.467, 0.365)
 POPULARITY_CLASSES = ("low", "medium", "high")
@@ -144,11 +145,18 @@ def encode(names, classes=None):
 
 
 def find_audio(audio_dir, extensions=AUDIO_EXTENSIONS):
-    """Audio files under ``audio_dir`` (recursive), sorted by relative path."""
+    """Audio files under ``audio_dir`` (recursive), sorted by relative path.
+
+    A broken symbolic link with an audio extension is included: it is a
+    track the user put there, and preprocessing reports it as skipped with
+    the reason (``pipeline.audio`` names the missing target) instead of it
+    vanishing from the report and the manifest.
+    """
     root = Path(audio_dir)
     if not root.is_dir():
         raise PipelineError(f"audio directory not found: {os.fspath(audio_dir)!r}")
-    files = [p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in extensions]
+    files = [p for p in root.rglob("*") if p.suffix.lower() in extensions
+             and (p.is_file() or (p.is_symlink() and not p.exists()))]
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
@@ -158,7 +166,8 @@ def labels_from_csv(csv_path, audio_dir=None):
     Parameters
     ----------
     csv_path : str or os.PathLike
-        CSV with columns ``path`` and ``label`` (and optionally ``group``).
+        CSV with columns ``path`` and ``label`` (and optionally ``group``),
+        UTF-8 with or without a byte-order mark (as Excel saves it).
         Relative paths are resolved against ``audio_dir`` (default: the CSV's
         folder).
     audio_dir : str or os.PathLike or None
@@ -178,7 +187,7 @@ def labels_from_csv(csv_path, audio_dir=None):
     if not csv_path.is_file():
         raise PipelineError(f"labels CSV not found: {os.fspath(csv_path)!r}")
     base = Path(audio_dir) if audio_dir is not None else csv_path.parent
-    with open(csv_path, newline="") as f:
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:  # -sig: a byte-order mark (Excel) is dropped
         reader = csv.DictReader(f)
         fields = reader.fieldnames or []
         for col in ("path", "label"):
@@ -258,3 +267,17 @@ def labels_from_regex(paths, label_regex, group_regex=None):
         raise PipelineError(f"no file name matches the label regex {label_regex!r} "
                             f"({len(skipped)} files tried)")
     return rows, skipped
+
+
+def unmatched_lines(manifest, limit=5) -> list:
+    """Report lines for the files a folder's regexes did not match (``manifest['unmatched_files']``).
+
+    ``['3 file(s) do not match the label / group regex and are not in the dataset: a.wav, b.wav, c.wav']``,
+    at most ``limit`` names (then "... and N more"); [] when every file matched.
+    """
+    files = list((manifest or {}).get("unmatched_files") or [])
+    if not files:
+        return []
+    names = ", ".join(os.path.basename(os.fspath(f)) for f in files[:limit])
+    more = f" ... and {len(files) - limit} more (all in manifest.json 'unmatched_files')" if len(files) > limit else ""
+    return [f"{len(files)} file(s) do not match the label / group regex and are not in the dataset: {names}{more}"]
