@@ -127,6 +127,8 @@ class SpectrogramConfig:
             raise PipelineError(f"SpectrogramConfig.mode must be one of {MODES}, got {self.mode!r}")
         if not (self.top_db is None or self.top_db >= 0):
             raise PipelineError(f"SpectrogramConfig.top_db must be None or >= 0, got {self.top_db!r}")
+        if self.n_fft < 2:  # one STFT frame needs two samples (pipeline.stft): refuse before any decoding
+            raise PipelineError(f"SpectrogramConfig.n_fft must be an integer >= 2, got {self.n_fft!r}")
         if self.n_crop < self.n_fft // 2 + 1:
             raise PipelineError(
                 f"crop of {self.crop_seconds} s at {self.sr} Hz = {self.n_crop} samples is shorter than "

@@ -154,3 +154,23 @@ def test_run_shorter_than_one_epoch_says_so(folder, tmp_path, capsys):
     rep = json.loads((out / "report.json").read_text())
     assert rep["best_epoch"] is None and rep["checkpoint"].endswith("last.npz") and "checkpoint_note" in rep
     assert json.loads((out / "config.json").read_text())["command"].startswith("python cli.py train --audio-dir")
+
+
+def test_model_too_big_for_a_data_cache_is_refused_before_training(folder, tmp_path, capsys):
+    """Item 9 through --data: the cache's image size is read from its manifest."""
+    assert cli.main(prep_args(folder, tmp_path / "c")) == 0
+    (d,) = list((tmp_path / "c").iterdir())
+    capsys.readouterr()
+    rc = cli.main(["train", "--data", str(d), "--out", str(tmp_path / "run"), "--model", "cnn6_rgb", "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err == (f"error: --data {d}: images 32 x 48: cnn6_rgb has 6 2x2 max-pools and needs images "
+                               f"of at least 64 x 64\n")
+    assert not (tmp_path / "run").exists()
+
+
+def test_spectrogram_config_refuses_n_fft_1_before_decoding():
+    from pipeline.errors import PipelineError
+    from pipeline.spectrogram import SpectrogramConfig
+
+    with pytest.raises(PipelineError, match="n_fft must be an integer >= 2, got 1"):
+        SpectrogramConfig(sr=8000, crop_seconds=1.0, n_fft=1, hop_length=32)

@@ -309,3 +309,16 @@ def test_save_checkpoint_refuses_non_finite_state(tmp_path):
     with pytest.raises(NonFiniteState, match=r"a\.npz not saved: non-finite values \(NaN or inf\) in model/0\.weight"):
         save_checkpoint(tmp_path / "a.npz", m)
     assert (tmp_path / "a.npz").read_bytes() == before
+
+
+def test_checkpoint_on_a_full_20mb_disk_is_named_and_the_run_says_how_to_resume(built, tmp_path):
+    """A real full disk: cnn2_mono's checkpoint (weights + Adam moments, about 38 MiB) never fits a 20 MB tmpfs."""
+    mnt = tmp_path / "disk"
+    run = mnt / "run"
+    r = run_on_tmpfs(mnt, "20m", cli_cmd(["train", "--data", built[1], "--out", run, "--model", "cnn2_mono",
+                                          "--quiet", "--batch-size", "8", "--epochs", "1"]))
+    assert r.returncode == 4, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    assert f"warning: cannot write checkpoint {run / 'checkpoints' / 'last.npz'}: No space left on device" in r.stdout
+    assert f"could not write {run / 'checkpoints'}" in r.stderr and "no checkpoint is on disk" in r.stderr
+    assert f"resume with: python cli.py train --resume --out {run}" in r.stderr
