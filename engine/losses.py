@@ -4,6 +4,9 @@
 reduction 'mean' and optional class weights (weighted mean
 ``sum_i w[y_i] l_i / sum_i w[y_i]``), computed by the backend's
 ``softmax_xent`` kernels with a stable log-sum-exp and float64 accumulation.
+Targets are class indices ``(N,)``, or soft targets ``(N, K)`` (class
+probabilities, e.g. mixup's): then PyTorch's rule for probability targets,
+``l_i = -sum_k w_k t_ik log p_ik`` and the loss ``sum_i l_i / N``.
 """
 from __future__ import annotations
 
@@ -27,8 +30,10 @@ class SoftmaxCrossEntropy:
 
     Notes
     -----
-    ``forward(logits (N, K), targets (N,) int) -> float`` keeps the softmax for
+    ``forward(logits (N, K), targets) -> float`` keeps the softmax for
     ``backward() -> dlogits (N, K)``, a buffer reused between calls.
+    ``targets``: integer ``(N,)`` class indices, or float ``(N, K)`` soft
+    targets (cast to the logits' dtype; finite and >= 0).
     """
 
     def __init__(self, class_weights=None):
@@ -56,7 +61,7 @@ class SoftmaxCrossEntropy:
         return w
 
     def forward(self, logits, targets):
-        """Loss of ``logits (N, K)`` against integer ``targets (N,)`` in ``[0, K)``; returns a Python float.
+        """Loss of ``logits (N, K)`` against integer ``targets (N,)`` in ``[0, K)`` or soft ``(N, K)``; a Python float.
 
         Raises
         ------
@@ -67,7 +72,15 @@ class SoftmaxCrossEntropy:
             raise ValueError(f"SoftmaxCrossEntropy: expected logits of shape (N, K), got {logits.shape}")
         kb = kernels.backend_for(logits)
         xp = kb.xp
-        if targets.dtype != np.int64:
+        if targets.ndim == 2:
+            if targets.shape != logits.shape:
+                raise ValueError(f"SoftmaxCrossEntropy: soft targets must have the logits' shape {logits.shape}, "
+                                 f"got {targets.shape}")
+            if targets.dtype != logits.dtype:
+                if not np.issubdtype(targets.dtype, np.floating):
+                    raise ValueError(f"SoftmaxCrossEntropy: soft targets must be floats, got {targets.dtype}")
+                targets = targets.astype(logits.dtype)
+        elif targets.dtype != np.int64:
             if not np.issubdtype(targets.dtype, np.integer):
                 raise ValueError(f"SoftmaxCrossEntropy: targets must be integers, got {targets.dtype}")
             targets = targets.astype(np.int64)

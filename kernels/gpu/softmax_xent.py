@@ -11,6 +11,12 @@ synchronisation of a training step. The same read carries a count of targets
 outside ``[0, K)`` (checked on the device, so that validation costs no extra
 sync) and the weight sum: either raises ValueError there. The backward
 checks nothing that needs the host (the forward of the same batch did).
+
+Soft targets (``targets`` float ``(N, K)`` of the logits' dtype, e.g.
+mixup's): PyTorch's rule for probability targets, ``l_i = -sum_k w_k t_ik
+log p_ik``, loss ``sum_i l_i / N``; separate kernels (``*_soft``), so the
+integer path is unchanged. Negative or non-finite targets are counted on
+the device and raise ValueError at the loss read.
 """
 from __future__ import annotations
 
@@ -31,7 +37,10 @@ def _check(logits, targets, class_weights, name="logits"):
     n, k = logits.shape
     if n == 0:
         raise ValueError(f"{name} must have a non-empty batch, got shape {logits.shape}")
-    targets = L.check("targets", targets, (n,), np.int64)
+    if targets.ndim == 2:
+        targets = L.check("soft targets", targets, (n, k), dt)
+    else:
+        targets = L.check("targets", targets, (n,), np.int64)
     if class_weights is None:
         return dt, n, k, targets, None, 0
     cw = cp.ascontiguousarray(class_weights, dtype=dt)
@@ -48,7 +57,7 @@ def softmax_xent_forward(probs, logits, targets, class_weights=None):
     probs : cupy.ndarray [shape=(N, K), dtype=logits.dtype], C-contiguous
         Overwritten with ``softmax(logits)``.
     logits : cupy.ndarray [shape=(N, K), float32 or float64]
-    targets : cupy.ndarray [shape=(N,), dtype=int64]
+    targets : cupy.ndarray [shape=(N,), dtype=int64] or [shape=(N, K), dtype=logits.dtype] (soft)
     class_weights : cupy.ndarray [shape=(K,)] or None
 
     Returns
@@ -68,6 +77,13 @@ def softmax_xent_forward(probs, logits, targets, class_weights=None):
     res = _result.get(cp.cuda.Device().id)
     if res is None:
         res = _result[cp.cuda.Device().id] = cp.empty(3, np.float64)
+    if targets.ndim == 2:
+        L.kernel("softmax_xent.cu", "softmax_xent_forward_soft", dt)(
+            (1,), (L.THREADS,), (probs, res, logits, targets, cw, L.i32(weighted), L.i32(n), L.i32(k)))
+        loss, bad, _ = (float(v) for v in res.get())
+        if bad:
+            raise ValueError(f"soft targets must be finite and >= 0; {int(bad)} of {n * k} are not")
+        return loss
     L.kernel("softmax_xent.cu", "softmax_xent_forward", dt)(
         (1,), (L.THREADS,), (probs, res, logits, targets, cw, L.i32(weighted), L.i32(n), L.i32(k)))
     loss, bad, wsum = (float(v) for v in res.get())
@@ -82,7 +98,8 @@ def softmax_xent_backward(dlogits, probs, targets, class_weights=None):
     """Gradient with respect to the logits (overwrites ``dlogits``).
 
     ``dlogits[i] = w[y_i] * (probs[i] - onehot(y_i)) / sum_j w[y_j]`` (``w = 1``
-    without class weights: ``(probs - onehot) / N``).
+    without class weights: ``(probs - onehot) / N``); soft targets:
+    ``(probs[i, j] * sum_k w_k t_ik - w_j t_ij) / N``.
 
     Raises
     ------
@@ -94,5 +111,9 @@ def softmax_xent_backward(dlogits, probs, targets, class_weights=None):
     probs = L.contig(probs)
     if cw is None:
         cw = probs  # never read when weighted == 0
+    if targets.ndim == 2:
+        L.kernel("softmax_xent.cu", "softmax_xent_backward_soft", dt)(
+            L.flat_grid(n), (L.THREADS,), (dlogits, probs, targets, cw, L.i32(weighted), L.i32(n), L.i32(k)))
+        return
     L.kernel("softmax_xent.cu", "softmax_xent_backward", dt)(
         (1,), (L.THREADS,), (dlogits, probs, targets, cw, L.i32(weighted), L.i32(n), L.i32(k)))
