@@ -14,7 +14,7 @@ import importlib
 
 import numpy as xp
 
-OPS = ("conv2d", "batchnorm", "relu", "maxpool", "dropout", "linear", "softmax_xent", "adam", "fused")
+OPS = ("conv2d", "batchnorm", "relu", "maxpool", "dropout", "linear", "softmax_xent", "adam", "fused", "augment")
 
 
 def __getattr__(name):

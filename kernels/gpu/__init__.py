@@ -16,8 +16,8 @@ import importlib
 
 import cupy as xp  # noqa: F401  (raises ImportError without CuPy: caught by kernels.get_backend)
 
-OPS = ("conv2d", "batchnorm", "relu", "maxpool", "dropout", "linear", "softmax_xent", "adam", "fused", "stft",
-       "prefetch")
+OPS = ("conv2d", "batchnorm", "relu", "maxpool", "dropout", "linear", "softmax_xent", "adam", "fused", "augment",
+       "stft", "prefetch")
 
 
 def __getattr__(name):

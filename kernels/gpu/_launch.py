@@ -30,7 +30,7 @@ CUDA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cuda")
 
 #: Every kernel source, compiled by the CI test for sm_90 with nvcc and NVRTC.
 SOURCES = ("util.cu", "conv2d.cu", "batchnorm.cu", "relu.cu", "maxpool.cu", "dropout.cu",
-           "softmax_xent.cu", "adam.cu", "fused.cu", "stft.cu")
+           "softmax_xent.cu", "adam.cu", "fused.cu", "stft.cu", "augment.cu")
 
 #: NVRTC options (besides ``-DREAL=...``); the include path is added by :func:`options`.
 NVRTC_OPTIONS = ("--fmad=false",)

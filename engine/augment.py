@@ -1,0 +1,238 @@
+"""Batch-time data augmentation: settings, seeded parameters, and one function for either backend.
+
+What it does to a training batch (definitions in :mod:`engine.reference.augment`;
+kernels in ``kernels/{cpu,gpu}/augment``), on the cached uint8 mono levels
+``q (N, H, W)`` before the colormap, so that mono and RGB models see the same
+augmentation:
+
+* random time shift inside the window, up to ``time_shift`` x ``W`` columns
+  either way (columns shifted in are the image's floor, level 0);
+* random gain: up to ``gain_db`` dB either way, applied as the equivalent
+  brightness shift of ``rint(255 g / top_db)`` levels on the [0, 1] image
+  (the image spans at most ``top_db`` dB; a gain on the dB spectrogram before
+  the per-image min-max scaling would be undone by the scaling);
+* SpecAugment (Park et al. 2019, section 2): ``n_masks`` frequency masks of
+  height ``f ~ U{0..freq_mask}`` at ``f0 ~ U{0..H-f}`` and ``n_masks`` time
+  masks of width ``t ~ U{0..time_mask}`` at ``t0 ~ U{0..W-t}``, set to level 0;
+* mixup (Zhang et al. 2018): ``lam ~ Beta(mixup, mixup)`` per batch, each
+  sample mixed with ``perm[i]`` of a random permutation, soft targets
+  ``lam onehot(y) + (1 - lam) onehot(y[perm])`` for the loss.
+
+Determinism: the parameters of a batch are drawn on the host with NumPy from
+``SeedSequence([seed, epoch, step, kind])``, one independent stream per kind
+(shift, gain, masks, mixup), so turning one augmentation off leaves the
+others' draws unchanged, the same ``(seed, epoch, step)`` gives the same
+batch on the CPU and the GPU (the kernels are bit-identical for the same
+parameters), and a resumed run draws exactly what an uninterrupted one did.
+Evaluation and prediction never augment.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+import kernels
+
+__all__ = ["AugmentConfig", "DEFAULT", "OFF", "draw_params", "augment_batch", "config_problems"]
+
+_KIND_SHIFT, _KIND_GAIN, _KIND_MASKS, _KIND_MIXUP = 1, 2, 3, 4
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Batch-time augmentation settings (all recorded in ``config.json``; zeros turn each off).
+
+    Attributes
+    ----------
+    freq_mask : int >= 0
+        SpecAugment ``F``: largest frequency-mask height, in image rows.
+    time_mask : int >= 0
+        SpecAugment ``T``: largest time-mask width, in image columns.
+    n_masks : int >= 0
+        SpecAugment masks of each kind per image (``m_F = m_T``).
+    gain_db : float >= 0
+        Largest random gain either way, in dB (applied as a brightness shift).
+    time_shift : float in [0, 1]
+        Largest random shift either way, as a fraction of the window width.
+    mixup : float >= 0
+        mixup's Beta(alpha, alpha) parameter (0: off).
+    """
+
+    freq_mask: int = 0
+    time_mask: int = 0
+    n_masks: int = 0
+    gain_db: float = 0.0
+    time_shift: float = 0.0
+    mixup: float = 0.0
+
+    @property
+    def masks_on(self) -> bool:
+        return self.n_masks > 0 and (self.freq_mask > 0 or self.time_mask > 0)
+
+    @property
+    def image_on(self) -> bool:
+        """Any augmentation of the image itself (shift, gain or masks)."""
+        return self.masks_on or self.gain_db > 0 or self.time_shift > 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.image_on or self.mixup > 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d) -> "AugmentConfig":
+        """From a ``config.json`` dict (unknown keys are ignored; missing ones take the off value)."""
+        d = d or {}
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+#: What ``train`` and ``grid`` use unless told otherwise (chosen on FSDD: see README, "Augmentation").
+DEFAULT = AugmentConfig(freq_mask=12, time_mask=20, n_masks=2, gain_db=6.0, time_shift=0.1, mixup=0.2)
+#: Everything off (``reproduce`` unless asked; evaluation always).
+OFF = AugmentConfig()
+
+
+def config_problems(cfg: AugmentConfig) -> list:
+    """Every invalid setting as ``(field, value, expected)`` triples (empty: all valid)."""
+    def is_int(v):
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+    def is_num(v):
+        return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+
+    bad = []
+    for name in ("freq_mask", "time_mask", "n_masks"):
+        v = getattr(cfg, name)
+        if not is_int(v) or v < 0:
+            bad.append((name, v, "an integer >= 0"))
+    for name in ("gain_db", "mixup"):
+        v = getattr(cfg, name)
+        if not is_num(v) or v < 0:
+            bad.append((name, v, "a finite number >= 0 (0: off)"))
+    if not is_num(cfg.time_shift) or not 0.0 <= cfg.time_shift <= 1.0:
+        bad.append(("time_shift", cfg.time_shift, "a fraction of the window in [0, 1]"))
+    return bad
+
+
+def _rng(seed, epoch, step, kind):
+    return np.random.default_rng(np.random.SeedSequence([int(seed), int(epoch), int(step), kind]))
+
+
+def draw_params(cfg: AugmentConfig, seed: int, epoch: int, step: int, n: int, height: int, width: int,
+                top_db: float = 80.0):
+    """The augmentation parameters of batch ``step`` of ``epoch`` (host NumPy, seeded; see the module docstring).
+
+    Returns
+    -------
+    params : np.ndarray [shape=(n, 2 + 4 n_masks), dtype=int32]
+        Per sample: time shift (columns), brightness shift (levels), the
+        frequency masks ``(f0, f)`` then the time masks ``(t0, t)``
+        (:mod:`engine.reference.augment`'s layout). Zeros where a kind is off.
+    perm : np.ndarray [shape=(n,), dtype=int64] or None
+        mixup partners (None when mixup is off).
+    lam : float or None
+        mixup weight of each sample itself.
+    """
+    m = int(cfg.n_masks) if cfg.masks_on else 0
+    params = np.zeros((n, 2 + 4 * m), np.int32)
+    if cfg.time_shift > 0:
+        s = int(round(cfg.time_shift * width))
+        params[:, 0] = _rng(seed, epoch, step, _KIND_SHIFT).integers(-s, s + 1, n)
+    if cfg.gain_db > 0:
+        g = _rng(seed, epoch, step, _KIND_GAIN).uniform(-cfg.gain_db, cfg.gain_db, n)
+        params[:, 1] = np.rint(255.0 * g / float(top_db)).astype(np.int32)
+    if m:
+        r = _rng(seed, epoch, step, _KIND_MASKS)
+        for axis, big, size in ((0, cfg.freq_mask, height), (1, cfg.time_mask, width)):
+            big = min(int(big), size)
+            wid = r.integers(0, big + 1, (n, m))
+            start = np.floor(r.random((n, m)) * (size - wid + 1)).astype(np.int64)
+            col = 2 + 2 * m * axis
+            params[:, col:col + 2 * m:2] = start
+            params[:, col + 1:col + 2 * m:2] = wid
+    perm = lam = None
+    if cfg.mixup > 0:
+        r = _rng(seed, epoch, step, _KIND_MIXUP)
+        lam = float(r.beta(cfg.mixup, cfg.mixup))
+        perm = r.permutation(n).astype(np.int64)
+    return params, perm, lam
+
+
+def augment_batch(q, y, cfg: AugmentConfig, seed: int, epoch: int, step: int, n_classes: int, lut=None,
+                  top_db: float = 80.0, bufs=None, dtype=np.float32):
+    """Augment and decode one training batch on the backend that holds ``q`` (``kernels.backend_for``).
+
+    Parameters
+    ----------
+    q : np.ndarray or cupy.ndarray [shape=(N, H, W), dtype=uint8]
+        The batch's cached mono levels (crop windows already cut).
+    y : array [shape=(N,), dtype=int64], same backend as ``q``
+        Class indices.
+    cfg : AugmentConfig
+    seed, epoch, step : int
+        The run seed, the 0-based epoch and the 0-based batch index within it.
+    n_classes : int
+    lut : array [shape=(256, 3), dtype] or None
+        Colormap table on ``q``'s backend for RGB models (None: mono).
+    top_db : float
+        dB span of the image (``SpectrogramConfig.top_db``), for the gain.
+    bufs : dict or None
+        Reused output buffers (keyed by shape; e.g. one per training loop on
+        the GPU); None allocates fresh arrays (safe in a prefetch thread that
+        prepares batches ahead).
+    dtype : float32 or float64
+
+    Returns
+    -------
+    x : array [shape=(N, C, H, W), dtype], C = 3 with ``lut`` else 1
+    targets : array
+        ``y`` itself when mixup is off; else float ``(N, n_classes)`` soft targets.
+
+    Raises
+    ------
+    ValueError
+        On bad shapes or dtypes (from the kernels) or an invalid ``cfg``.
+    """
+    bad = config_problems(cfg)
+    if bad:
+        raise ValueError("AugmentConfig: " + "; ".join(f"{f} = {v!r}, expected {e}" for f, v, e in bad))
+    kb = kernels.backend_for(q)
+    xp = kb.xp
+    n, h, w = q.shape
+    c = 1 if lut is None else 3
+
+    def buf(name, shape, dt):
+        if bufs is None:
+            return xp.empty(shape, dtype=dt)
+        from engine.layers import cached_buffer
+
+        return cached_buffer(bufs, name, shape, dt, xp)
+
+    params, perm, lam = draw_params(cfg, seed, epoch, step, n, h, w, top_db)
+    params_d = _to_backend(params, xp, bufs, "params")
+    x = buf("x", (n, c, h, w), dtype)
+    kb.augment.augment_batch(x, q, params_d, lut)
+    if perm is None:
+        return x, y
+    xm = buf("x_mix", (n, c, h, w), dtype)
+    t = buf("targets", (n, int(n_classes)), dtype)
+    kb.augment.mixup_batch(xm, t, x, y, _to_backend(perm, xp, bufs, "perm"), lam)
+    return xm, t
+
+
+def _to_backend(a, xp, bufs, name):
+    """Host array ``a`` on ``xp``'s device: NumPy as is; CuPy into a reused buffer when ``bufs`` is given."""
+    if xp is np:
+        return a
+    if bufs is None:
+        return xp.asarray(a)
+    from engine.layers import cached_buffer
+
+    b = cached_buffer(bufs, "h2d_" + name, a.shape, a.dtype, xp)
+    b.set(a)
+    return b

@@ -1,0 +1,136 @@
+"""Float64 references of the batch-time augmentation kernels (``kernels/{cpu,gpu}/augment``).
+
+Plain NumPy, slow and obviously correct; nothing here imports ``kernels/``.
+
+``augment_batch``: the cached mono image of each sample (uint8 levels
+``q = rint(255 x)``, ``(N, H, W)``) is turned into the model input
+``(N, C, H, W)`` in three steps, per sample ``n`` with the integer parameters
+of row ``params[n]`` (layout: :data:`P_SHIFT`, :data:`P_LEVEL`, then ``M``
+frequency masks ``(start, width)``, then ``M`` time masks ``(start, width)``):
+
+1. time shift by ``s = params[n, 0]`` columns: output column ``w`` reads input
+   column ``w - s``; columns shifted in from outside the window are level 0
+   (the image's floor: silence);
+2. brightness (gain) shift by ``g = params[n, 1]`` levels on every pixel,
+   clipped to ``[0, 255]``: a gain of ``G`` dB is ``rint(255 G / top_db)``
+   levels (the image spans at most ``top_db`` dB; a gain applied to the dB
+   spectrogram *before* the per-image min-max scaling would be undone by it,
+   hence the shift on the image);
+3. SpecAugment masks (Park et al. 2019, "SpecAugment: a simple data
+   augmentation method for automatic speech recognition", section 2): rows
+   ``[f0, f0 + f)`` and columns ``[t0, t0 + t)`` set to level 0; a width of 0
+   is no mask; ranges are clipped to the image.
+
+The result is decoded as ``Dataset.decode`` does: mono ``q / 255`` (computed
+as ``q * float32(1/255)``), RGB ``lut[q]`` (the 256-entry colormap
+table). With all parameters 0 it is exactly the un-augmented batch.
+
+``mixup_batch`` (Zhang et al. 2018, "mixup: beyond empirical risk
+minimization"): ``x' = lam x + (1 - lam) x[perm]``, soft targets
+``t = lam onehot(y) + (1 - lam) onehot(y[perm])``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["P_SHIFT", "P_LEVEL", "n_params", "augment_levels", "augment_batch", "mixup_batch"]
+
+#: Column of the time shift (in image columns) and of the brightness shift (in levels) in a params row.
+P_SHIFT, P_LEVEL = 0, 1
+
+
+def n_params(n_masks: int) -> int:
+    """Columns of a params row for ``n_masks`` masks of each kind: ``2 + 4 n_masks``."""
+    return 2 + 4 * int(n_masks)
+
+
+def _check(q, params):
+    q = np.asarray(q)
+    if q.ndim != 3 or q.dtype != np.uint8:
+        raise ValueError(f"q must be uint8 (N, H, W), got {q.dtype} shape {q.shape}")
+    params = np.asarray(params)
+    if params.ndim != 2 or params.shape[0] != q.shape[0] or (params.shape[1] - 2) % 4 or params.shape[1] < 2:
+        raise ValueError(f"params must be (N, 2 + 4M) integers for N = {q.shape[0]}, got shape {params.shape}")
+    return q, params.astype(np.int64)
+
+
+def augment_levels(q, params):
+    """Steps 1-3 of the module docstring on the levels: int64 ``(N, H, W)`` in ``[0, 255]``."""
+    q, params = _check(q, params)
+    n, h, w = q.shape
+    m = (params.shape[1] - 2) // 4
+    out = np.zeros((n, h, w), np.int64)
+    for i in range(n):
+        s = int(params[i, P_SHIFT])
+        src = np.arange(w) - s
+        ok = (src >= 0) & (src < w)
+        out[i][:, ok] = q[i][:, src[ok]]
+        out[i] = np.clip(out[i] + int(params[i, P_LEVEL]), 0, 255)
+        for k in range(m):
+            f0, fw = int(params[i, 2 + 2 * k]), int(params[i, 3 + 2 * k])
+            if fw > 0:
+                out[i, max(f0, 0):max(min(f0 + fw, h), 0), :] = 0
+            t0, tw = int(params[i, 2 + 2 * m + 2 * k]), int(params[i, 3 + 2 * m + 2 * k])
+            if tw > 0:
+                out[i, :, max(t0, 0):max(min(t0 + tw, w), 0)] = 0
+    return out
+
+
+def augment_batch(q, params, lut=None):
+    """Reference of ``kernels.*.augment.augment_batch``: float64 ``(N, C, H, W)``.
+
+    Parameters
+    ----------
+    q : np.ndarray [shape=(N, H, W), dtype=uint8]
+        Cached mono image levels.
+    params : np.ndarray [shape=(N, 2 + 4M), integer]
+        Per sample: time shift (columns), brightness shift (levels), M frequency
+        masks (start row, height), M time masks (start column, width).
+    lut : np.ndarray [shape=(256, 3)] or None
+        Colormap table (RGB output, ``C = 3``); None gives mono (``C = 1``).
+
+    Returns
+    -------
+    np.ndarray [shape=(N, C, H, W), dtype=float64]
+        Mono: ``level * float32(1/255)``, exact in float64 (rounded to
+        float32 it is ``Dataset.decode``'s value); RGB: ``lut[level]``.
+
+    Raises
+    ------
+    ValueError
+        On a wrong dtype or shape.
+    """
+    lev = augment_levels(q, params)
+    if lut is None:
+        return (lev * np.float64(np.float32(1.0 / 255.0)))[:, None]
+    lut = np.asarray(lut, dtype=np.float64)
+    if lut.shape != (256, 3):
+        raise ValueError(f"lut must be (256, 3), got {lut.shape}")
+    return lut[lev].transpose(0, 3, 1, 2).copy()
+
+
+def mixup_batch(x, y, perm, lam, n_classes):
+    """Reference mixup: ``(lam x + (1 - lam) x[perm], lam onehot(y) + (1 - lam) onehot(y[perm]))`` in float64.
+
+    Parameters
+    ----------
+    x : np.ndarray [shape=(N, ...)]
+    y : np.ndarray [shape=(N,), integer] in ``[0, n_classes)``
+    perm : np.ndarray [shape=(N,), integer]
+        Partner of each sample (a permutation of ``range(N)``).
+    lam : float in [0, 1]
+    n_classes : int
+
+    Returns
+    -------
+    x_mix : np.ndarray [shape=x.shape, dtype=float64]
+    targets : np.ndarray [shape=(N, n_classes), dtype=float64]
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y, perm = np.asarray(y), np.asarray(perm)
+    if perm.shape != (x.shape[0],) or y.shape != (x.shape[0],):
+        raise ValueError(f"y and perm must have shape ({x.shape[0]},), got {y.shape}, {perm.shape}")
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lam must be in [0, 1], got {lam}")
+    eye = np.eye(n_classes)
+    return lam * x + (1.0 - lam) * x[perm], lam * eye[y] + (1.0 - lam) * eye[y[perm]]

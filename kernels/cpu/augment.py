@@ -1,0 +1,166 @@
+"""Batch-time augmentation as Numba kernels (CPU): shift, gain, SpecAugment masks + decode; mixup.
+
+Same entry points and signatures as :mod:`kernels.gpu.augment`; the float64
+references are in :mod:`engine.reference.augment` (whose docstring defines
+the three steps and the params layout). Everything is integer arithmetic on
+the uint8 levels followed by a table look-up, so the CPU and the GPU give
+bit-identical batches for the same params; mixup is one float expression
+per element (``lam * a + (1 - lam) * b`` in the output dtype, no
+contraction), bit-identical too.
+
+Entry points (outputs first, preallocated by the caller and reused):
+
+* ``augment_batch(out, q, params, lut)``: ``out (N, C, H, W)`` float32/64,
+  ``q (N, H, W)`` uint8, ``params (N, 2 + 4M)`` int32, ``lut (256, 3)`` of
+  ``out``'s dtype for ``C = 3`` (ignored, may be None, for ``C = 1``).
+* ``mixup_batch(out, targets, x, y, perm, lam)``: ``out`` like ``x``
+  ``(N, ...)`` (must not be ``x``), ``targets (N, K)`` soft labels of
+  ``out``'s dtype, ``y (N,)`` int64, ``perm (N,)`` int64, ``lam`` a float.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ._threads import run as _run
+
+__all__ = ["augment_batch", "mixup_batch", "MONO_SCALE"]
+
+#: Mono decode factor: ``float32(1/255)`` (``Dataset.decode``'s), applied to a level exactly in float64.
+MONO_SCALE = float(np.float32(1.0 / 255.0))
+
+
+@njit(parallel=True, cache=True)
+def _augment(out, q, params, lut, n_masks, rgb, scale):
+    n, h, w = q.shape
+    for i in prange(n):
+        s = params[i, 0]
+        g = params[i, 1]
+        for r in range(h):
+            masked_row = False
+            for k in range(n_masks):
+                f0 = params[i, 2 + 2 * k]
+                fw = params[i, 3 + 2 * k]
+                if fw > 0 and f0 <= r < f0 + fw:
+                    masked_row = True
+            for c in range(w):
+                src = c - s
+                v = np.int32(0)
+                if 0 <= src < w:
+                    v = np.int32(q[i, r, src])
+                v += g
+                if v < 0:
+                    v = 0
+                elif v > 255:
+                    v = 255
+                if masked_row:
+                    v = 0
+                else:
+                    for k in range(n_masks):
+                        t0 = params[i, 2 + 2 * n_masks + 2 * k]
+                        tw = params[i, 3 + 2 * n_masks + 2 * k]
+                        if tw > 0 and t0 <= c < t0 + tw:
+                            v = 0
+                if rgb:
+                    out[i, 0, r, c] = lut[v, 0]
+                    out[i, 1, r, c] = lut[v, 1]
+                    out[i, 2, r, c] = lut[v, 2]
+                else:
+                    out[i, 0, r, c] = v * scale  # exact in float64, rounded once on the store
+
+
+@njit(parallel=True, cache=True)
+def _mixup(out, targets, x, y, perm, lam, mlam):
+    n = x.shape[0]
+    for i in prange(n):
+        j = perm[i]
+        for e in range(x.shape[1]):
+            out[i, e] = lam * x[i, e] + mlam * x[j, e]
+        for k in range(targets.shape[1]):
+            targets[i, k] = 0.0
+        targets[i, y[i]] += lam
+        targets[i, y[j]] += mlam
+
+
+def _check_augment(out, q, params, lut):
+    if not isinstance(q, np.ndarray) or q.ndim != 3 or q.dtype != np.uint8 or not q.flags.c_contiguous:
+        raise ValueError(f"q must be a C-contiguous uint8 (N, H, W) array, got {getattr(q, 'dtype', type(q))} "
+                         f"shape {getattr(q, 'shape', None)}")
+    n, h, w = q.shape
+    if out.ndim != 4 or out.shape[0] != n or out.shape[2:] != (h, w) or out.shape[1] not in (1, 3):
+        raise ValueError(f"out must be (N, 1 or 3, H, W) = ({n}, C, {h}, {w}), got {out.shape}")
+    if out.dtype not in (np.float32, np.float64) or not out.flags.c_contiguous:
+        raise ValueError(f"out must be C-contiguous float32/float64, got {out.dtype}")
+    if (params.ndim != 2 or params.shape[0] != n or params.shape[1] < 2 or (params.shape[1] - 2) % 4
+            or params.dtype != np.int32):
+        raise ValueError(f"params must be int32 (N, 2 + 4M) with N = {n}, got {params.dtype} {params.shape}")
+    rgb = out.shape[1] == 3
+    if rgb:
+        if lut is None or lut.shape != (256, 3) or lut.dtype != out.dtype:
+            raise ValueError(f"lut must be (256, 3) {out.dtype} for an RGB out, got "
+                             f"{None if lut is None else (lut.dtype, lut.shape)}")
+    return rgb, (params.shape[1] - 2) // 4
+
+
+def augment_batch(out, q, params, lut=None):
+    """Shift, gain and mask the uint8 levels ``q`` and decode them into ``out`` (see the module docstring).
+
+    Parameters
+    ----------
+    out : np.ndarray [shape=(N, C, H, W), dtype=float32 or float64], C in {1, 3}
+        Overwritten with the model input: mono ``level * (1/255)``, RGB ``lut[level]``.
+    q : np.ndarray [shape=(N, H, W), dtype=uint8], C-contiguous
+    params : np.ndarray [shape=(N, 2 + 4M), dtype=int32]
+        Per sample: time shift (columns), brightness shift (levels), M
+        frequency masks (start row, height), M time masks (start column, width).
+    lut : np.ndarray [shape=(256, 3), dtype=out.dtype] or None
+        Colormap table; needed for C = 3.
+
+    Raises
+    ------
+    ValueError
+        On a wrong shape, dtype or layout.
+    """
+    rgb, m = _check_augment(out, q, params, lut)
+    lut_a = lut if rgb else np.zeros((1, 3), out.dtype)
+    _run(out.size, _augment, out, q, np.ascontiguousarray(params), lut_a, m, rgb, MONO_SCALE)
+
+
+def mixup_batch(out, targets, x, y, perm, lam):
+    """mixup (Zhang et al. 2018): ``out = lam x + (1 - lam) x[perm]``, ``targets`` the mixed one-hot labels.
+
+    Parameters
+    ----------
+    out : np.ndarray [shape=x.shape, dtype=x.dtype], C-contiguous, not ``x``
+    targets : np.ndarray [shape=(N, K), dtype=x.dtype]
+        Overwritten with ``lam onehot(y) + (1 - lam) onehot(y[perm])``.
+    x : np.ndarray [shape=(N, ...), float32 or float64], C-contiguous
+    y, perm : np.ndarray [shape=(N,), dtype=int64]
+        Labels in ``[0, K)``; each sample's partner (a permutation of ``range(N)``).
+    lam : float in [0, 1]
+
+    Raises
+    ------
+    ValueError
+        On wrong shapes or dtypes, ``out`` sharing memory with ``x``, labels
+        or partners out of range, or ``lam`` outside [0, 1].
+    """
+    if x.dtype not in (np.float32, np.float64) or not x.flags.c_contiguous or x.ndim < 2:
+        raise ValueError(f"x must be C-contiguous float32/float64 (N, ...), got {x.dtype} {x.shape}")
+    n = x.shape[0]
+    if out.shape != x.shape or out.dtype != x.dtype or not out.flags.c_contiguous:
+        raise ValueError(f"out must be C-contiguous {x.dtype} {x.shape}, got {out.dtype} {out.shape}")
+    if np.shares_memory(out, x):
+        raise ValueError("mixup_batch: out must not share memory with x")
+    if targets.ndim != 2 or targets.shape[0] != n or targets.dtype != x.dtype or not targets.flags.c_contiguous:
+        raise ValueError(f"targets must be C-contiguous {x.dtype} ({n}, K), got {targets.dtype} {targets.shape}")
+    k = targets.shape[1]
+    for name, a, hi in (("y", y, k), ("perm", perm, n)):
+        if a.shape != (n,) or a.dtype != np.int64:
+            raise ValueError(f"{name} must be int64 of shape ({n},), got {a.dtype} {a.shape}")
+        if n and (int(a.min()) < 0 or int(a.max()) >= hi):
+            raise ValueError(f"{name} must be in [0, {hi}), got range [{int(a.min())}, {int(a.max())}]")
+    if not 0.0 <= float(lam) <= 1.0:
+        raise ValueError(f"mixup lam must be in [0, 1], got {lam}")
+    t = x.dtype.type
+    _run(out.size, _mixup, out.reshape(n, -1), targets, x.reshape(n, -1), y, perm, t(lam), t(1.0 - float(lam)))

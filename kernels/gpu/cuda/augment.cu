@@ -1,0 +1,57 @@
+// Batch-time augmentation (engine/reference/augment.py defines it; kernels/cpu/augment.py is the CPU twin).
+//
+// augment_batch: one thread per output pixel (n, h, w), grid-stride (64-bit):
+// time shift (fill level 0), brightness shift in levels clipped to [0, 255],
+// SpecAugment frequency and time masks (level 0), then the decode of
+// Dataset.decode: mono level * float32(1/255) (exact in double, rounded once),
+// RGB lut[level]. Integer arithmetic and a table look-up: bit-identical to
+// the CPU for the same params. params row n (P = 2 + 4M ints): shift, level,
+// M x (f0, f_height), M x (t0, t_width).
+//
+// mixup_batch: out = lam * x + mlam * x[perm] per element (no contraction:
+// --fmad=false, the CPU's float expression), targets = mixed one-hot labels.
+#include "common.cuh"
+
+extern "C" __global__ void augment_batch(real* out, const unsigned char* q, const int* params, const real* lut,
+                                         int N, int H, int W, int M, int rgb) {
+    const i64 plane = (i64)H * W, total = (i64)N * plane;
+    const int P = 2 + 4 * M;
+    const double mono_scale = (double)(float)(1.0 / 255.0);
+    for (i64 idx = gtid(); idx < total; idx += gstride()) {
+        const int n = (int)(idx / plane);
+        const int r = (int)((idx - (i64)n * plane) / W);
+        const int c = (int)(idx - (i64)n * plane - (i64)r * W);
+        const int* pr = params + (i64)n * P;
+        const int src = c - pr[0];
+        int v = (src >= 0 && src < W) ? (int)q[(i64)n * plane + (i64)r * W + src] : 0;
+        v += pr[1];
+        v = v < 0 ? 0 : (v > 255 ? 255 : v);
+        for (int k = 0; k < M; ++k) {
+            const int f0 = pr[2 + 2 * k], fw = pr[3 + 2 * k];
+            const int t0 = pr[2 + 2 * M + 2 * k], tw = pr[3 + 2 * M + 2 * k];
+            if ((fw > 0 && r >= f0 && r < f0 + fw) || (tw > 0 && c >= t0 && c < t0 + tw)) v = 0;
+        }
+        const i64 o = (i64)n * (rgb ? 3 : 1) * plane + (i64)r * W + c;
+        if (rgb) {
+            out[o] = lut[3 * v];
+            out[o + plane] = lut[3 * v + 1];
+            out[o + 2 * plane] = lut[3 * v + 2];
+        } else {
+            out[o] = (real)((double)v * mono_scale);
+        }
+    }
+}
+
+extern "C" __global__ void mixup_batch(real* out, real* targets, const real* x, const i64* y, const i64* perm,
+                                       real lam, real mlam, int N, i64 E, int K) {
+    const i64 total = (i64)N * E;
+    for (i64 idx = gtid(); idx < total; idx += gstride()) {
+        const i64 i = idx / E, e = idx - i * E;
+        out[idx] = lam * x[idx] + mlam * x[perm[i] * E + e];
+    }
+    for (i64 idx = gtid(); idx < (i64)N * K; idx += gstride()) {
+        const i64 i = idx / K;
+        const int j = (int)(idx - i * K);
+        targets[idx] = (j == y[i] ? lam : (real)0) + (j == y[perm[i]] ? mlam : (real)0);
+    }
+}
