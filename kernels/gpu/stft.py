@@ -124,7 +124,8 @@ def spectrogram_db(y, config):
 
 
 def spectrogram_image(y, config):
-    """Audio (CuPy, at ``config.sr``) -> image in [0, 1], as ``to_image(spectrogram_db(y, config), config)``.
+    """Audio (CuPy, at ``config.sr``) -> model input in [0, 1], as ``to_image(spectrogram_db(y, config), config)``
+    (the mono image quantised to ``rint(255 x)``, then ``q/255`` or the colormap row ``q``).
 
     Parameters
     ----------

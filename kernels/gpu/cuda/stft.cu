@@ -6,8 +6,9 @@
 // to_db: 10 log10(max(amin, S)) - 10 log10(max(amin, ref)) (librosa power_to_db).
 // floor_db: max(S, smax - top_db), smax read on the device (no host sync).
 // image_rgb / image_mono: min-max scale with lo, hi read on the device, clip to
-// [0, 1], then the 256-entry colormap (matplotlib's quantisation:
-// index = min(int(v * 256), 255)); a constant image gives 0.
+// [0, 1], quantised as the dataset cache stores it (q = rint(255 v), the read-time
+// half of pipeline.spectrogram: mono q * (1/255), rgb the 256-entry colormap row q);
+// a constant image gives 0.
 #include "common.cuh"
 
 extern "C" __global__ void frame_window(real* frames, const real* ypad, const real* window, int n_fft,
@@ -52,14 +53,14 @@ __device__ __forceinline__ real scaled(real v, const real* lohi) {
 
 // img (H*W) -> out (1, H, W).
 extern "C" __global__ void image_mono(real* out, const real* img, const real* lohi, i64 n) {
-    for (i64 i = gtid(); i < n; i += gstride()) out[i] = scaled(img[i], lohi);
+    for (i64 i = gtid(); i < n; i += gstride()) out[i] = rint(scaled(img[i], lohi) * (real)255) * (real)(1.0 / 255.0);
 }
 
 // img (H*W) -> out (3, H, W) through lut (256, 3).
 extern "C" __global__ void image_rgb(real* out, const real* img, const real* lohi, const real* lut, i64 n) {
     for (i64 i = gtid(); i < n; i += gstride()) {
         const real u = scaled(img[i], lohi);
-        int q = (int)(u * (real)256);
+        int q = (int)rint(u * (real)255);
         q = q > 255 ? 255 : (q < 0 ? 0 : q);
         out[i] = lut[q * 3];
         out[n + i] = lut[q * 3 + 1];
