@@ -351,6 +351,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", choices=("train", "val", "test"), default="test", help="split to evaluate")
     e.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint")
     e.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    e.add_argument("--audio-dir", metavar="DIR", default=None,
+                   help="evaluate on this folder of new labelled audio instead of a split (preprocessed with "
+                        "the run's spectrogram settings into the cache); labels from --label-regex or --labels")
+    e.add_argument("--label-regex", metavar="REGEX", default=None,
+                   help="with --audio-dir: regex on file names whose group 1 is the label (a class of the run)")
+    e.add_argument("--labels", metavar="CSV", default=None,
+                   help="with --audio-dir: CSV with columns path,label (labels: classes of the run)")
+    e.add_argument("--cache-dir", metavar="DIR", default=None,
+                   help="where the --audio-dir cache, or a rebuilt missing cache of the run, is built "
+                        "(default: the run's, else $HITCNN_CACHE or ~/.cache/hitcnn)")
+    e.add_argument("--workers", type=int, default=None, help="preprocessing processes (default: all cores)")
+    e.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     e.set_defaults(func=cmd_evaluate)
 
     pr = sub.add_parser("predict", help="class and probabilities of audio files", formatter_class=fmt,
@@ -492,6 +504,22 @@ def cache_root(args) -> Path:
     return Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
 
 
+def _data_dests() -> list:
+    """The argparse ``dest`` of every data / spectrogram flag (:func:`add_data_args`)."""
+    p = argparse.ArgumentParser(add_help=False)
+    add_data_args(p)
+    return [a.dest for a in p._actions]
+
+
+def data_args(args) -> dict:
+    """The data and spectrogram flags of ``args`` (what :func:`prepare_data` needs to build the same cache)."""
+    out = {}
+    for d in _data_dests():
+        v = getattr(args, d, None)
+        out[d] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
 def prepare_data(args, mode: str, out_dir=None, log=print):
     """Build (or reuse) the dataset cache the flags describe and open it.
 
@@ -504,6 +532,7 @@ def prepare_data(args, mode: str, out_dir=None, log=print):
     from pipeline import dataset as pds
 
     src = data_source(args)
+    src["data_args"] = data_args(args)  # config.json keeps them: a deleted cache is rebuilt from them
     if src["kind"] == "cache":
         ds = pds.Dataset(src["data"])
         src["dataset_dir"] = src["data"]
@@ -749,9 +778,13 @@ def cmd_preprocess(args, argv) -> int:
 
 
 def _load_run(run_dir, which="best"):
-    """(config dict, TrainConfig, Dataset, model with the checkpoint loaded, extra)."""
+    """(config dict, TrainConfig, model with the checkpoint loaded, extra), from the run directory alone.
+
+    The model's input shape and classes come from config.json (``image_shape``,
+    ``classes``): nothing here reads the dataset cache, so ``predict`` works
+    after the cache is deleted.
+    """
     from engine import train as tr
-    from pipeline.dataset import Dataset
 
     run = Path(run_dir)
     cf = run / "config.json"
@@ -761,29 +794,122 @@ def _load_run(run_dir, which="best"):
     ck = run / "checkpoints" / f"{which}.npz"
     if not ck.is_file():
         raise UsageError(f"{ck} not found (has the run finished an epoch?)")
+    try:
+        in_shape = tuple(int(v) for v in conf["image_shape"])
+        classes = [str(c) for c in conf["classes"]]
+        if len(in_shape) != 3 or not classes:
+            raise ValueError(conf["image_shape"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UsageError(f"{cf}: no usable image_shape / classes ({exc})") from exc
     _device_check(cfg.device)
-    ds = Dataset(conf["data"]["dataset_dir"])
-    mode = tr.model_mode(cfg.model)
-    model = tr.build_model(cfg, tr._in_shape(ds, mode), len(ds.classes))
+    model = tr.build_model(cfg, in_shape, len(classes))
     extra = tr.load_state(ck, model, None)
-    return conf, cfg, ds, model, extra
+    return conf, cfg, model, extra
+
+
+def _run_dataset(run_dir, conf, cache_dir=None, log=None):
+    """The run's dataset cache; rebuilt (same hash, same settings) when it has been deleted.
+
+    Raises
+    ------
+    UsageError
+        The cache is missing and cannot be rebuilt (a ``--data`` run, or a run
+        whose config.json predates the saved data flags), or the rebuilt cache
+        has another hash than the run's.
+    """
+    from pipeline.dataset import Dataset
+
+    log = log or (lambda m: print(m, file=sys.stderr))
+    path = Path(conf["data"]["dataset_dir"])
+    if (path / "manifest.json").is_file():
+        return Dataset(path)
+    dargs = conf["data"].get("data_args")
+    if not dargs or conf["data"].get("kind") == "cache":
+        raise UsageError(f"{run_dir}: its dataset cache {path} is missing and the run does not record how to "
+                         f"rebuild it ({'trained on --data' if dargs else 'config.json predates the saved data flags'}); "
+                         f"rebuild it with `python cli.py preprocess` and the flags of the run's command: "
+                         f"{conf.get('command', '?')}")
+    ns = build_parser().parse_args(["train"])
+    for k, v in dargs.items():
+        setattr(ns, k, v)
+    if cache_dir is not None:
+        ns.cache_dir = cache_dir
+    elif path.parent.name == "datasets":
+        ns.cache_dir = str(path.parent.parent)  # where it was (the run's --cache-dir or the default)
+    log(f"note: the dataset cache of {run_dir} ({path}) is missing: rebuilding it with the run's settings "
+        f"(same parameters, same hash)")
+    from engine.train import model_mode
+
+    _, cfg = _run_config(Path(run_dir))
+    ds, src = prepare_data(ns, model_mode(cfg.model), log=log)
+    want = conf.get("dataset_manifest_hash") or ""
+    if want and _manifest_hash(ds) != want:
+        raise UsageError(f"{run_dir}: the rebuilt cache {src['dataset_dir']} has hash {_manifest_hash(ds)[:12]}, "
+                         f"the run was trained on {want[:12]} (the audio or labels changed?)")
+    log(f"rebuilt {src['dataset_dir']}")
+    return ds
 
 
 def cmd_evaluate(args, argv) -> int:
-    """`evaluate RUN_DIR`: accuracy, per-class P/R/F1, macro-F1, confusion matrix and majority baseline of a checkpoint on a split."""
+    """`evaluate RUN_DIR`: accuracy, per-class P/R/F1, macro-F1, confusion matrix and majority baseline of a
+    checkpoint on a split of the run's data, or on a folder of new labelled audio (--audio-dir)."""
     from engine import metrics
     from engine import train as tr
 
-    conf, cfg, ds, model, extra = _load_run(args.run_dir, args.checkpoint)
-    loss, yt, yp, _ = tr.evaluate_split(model, ds, args.split, cfg.batch_size, cfg.device, tr.model_mode(cfg.model))
-    rep = metrics.classification_report(yt, yp, list(ds.classes))
-    rep.update(split=args.split, loss=loss, checkpoint=args.checkpoint, epoch=extra.get("best_epoch"))
+    if args.audio_dir is None and (args.label_regex or args.labels):
+        raise UsageError("--label-regex / --labels need --audio-dir (the folder of new labelled audio)")
+    if args.audio_dir is not None:
+        if not Path(args.audio_dir).is_dir():
+            raise UsageError(f"--audio-dir {args.audio_dir}: no such directory")
+        if bool(args.label_regex) == bool(args.labels):
+            raise UsageError("--audio-dir needs exactly one of --label-regex or --labels")
+        if args.labels and not Path(args.labels).is_file():
+            raise UsageError(f"--labels {args.labels}: no such file")
+    if args.workers is not None and args.workers < 0:
+        raise UsageError(f"--workers {args.workers}: expected an integer >= 0")
+    conf, cfg, model, extra = _load_run(args.run_dir, args.checkpoint)
+    classes = [str(c) for c in conf["classes"]]
+    if args.audio_dir is None:
+        ds = _run_dataset(args.run_dir, conf, args.cache_dir)
+        split, where = args.split, f"{args.split} split"
+    else:
+        ds = _folder_dataset(args, conf, classes)
+        split, where = "test", f"{len(ds)} files of {args.audio_dir}"
+    if list(ds.classes) != classes:
+        raise UsageError(f"{ds.path}: classes {list(ds.classes)} differ from the run's {classes}")
+    loss, yt, yp, _ = tr.evaluate_split(model, ds, split, cfg.batch_size, cfg.device, tr.model_mode(cfg.model))
+    rep = metrics.classification_report(yt, yp, classes)
+    rep.update(split=split, loss=loss, checkpoint=args.checkpoint, epoch=extra.get("best_epoch"))
+    if args.audio_dir is not None:
+        rep.update(audio_dir=str(Path(args.audio_dir).resolve()), dataset_dir=str(ds.path))
     if args.json:
         print(json.dumps(rep, indent=2))
     else:
-        print(metrics.format_report(rep, f"{args.run_dir}: {args.split} split, {args.checkpoint} checkpoint "
+        print(metrics.format_report(rep, f"{args.run_dir}: {where}, {args.checkpoint} checkpoint "
                                          f"(loss {loss:.4f})"))
     return 0
+
+
+def _folder_dataset(args, conf, classes):
+    """`evaluate --audio-dir`: the folder preprocessed with the run's spectrogram settings, every file in 'test'."""
+    from pipeline import dataset as pds
+    from pipeline.spectrogram import SpectrogramConfig
+
+    spec = conf.get("spectrogram")
+    if not spec:
+        raise UsageError(f"{args.run_dir}/config.json has no spectrogram settings; cannot preprocess new audio")
+    sc = SpectrogramConfig.from_dict(spec)
+    root = Path(args.cache_dir).expanduser() if args.cache_dir else cache_root(argparse.Namespace(cache_dir=None))
+    seed = int((conf["data"].get("data_args") or {}).get("split_seed") or 0)
+    progress = not args.quiet
+    try:
+        path = pds.prepare_folder(args.audio_dir, root / "datasets", config=sc, labels_csv=args.labels,
+                                  label_regex=args.label_regex, split="test", seed=seed, workers=args.workers,
+                                  progress=progress, classes=classes,
+                                  name=f"eval-{Path(args.audio_dir).resolve().name}")
+    except KeyboardInterrupt as exc:
+        raise PrepInterrupted() from exc
+    return pds.Dataset(path)
 
 
 def cmd_predict(args, argv) -> int:
@@ -797,15 +923,15 @@ def cmd_predict(args, argv) -> int:
 
     if args.crops < 1:
         raise UsageError(f"--crops {args.crops}: expected an integer >= 1")
-    conf, cfg, ds, model, _ = _load_run(args.run_dir, args.checkpoint)
-    spec = conf.get("spectrogram") or (getattr(ds, "manifest", {}) or {}).get("config")
+    conf, cfg, model, _ = _load_run(args.run_dir, args.checkpoint)  # the run directory alone, no cache
+    spec = conf.get("spectrogram")
     if not spec:
-        raise UsageError(f"{args.run_dir}: the dataset manifest has no spectrogram config; cannot predict")
+        raise UsageError(f"{args.run_dir}/config.json has no spectrogram settings; cannot predict")
     # the run's own transform, both halves (pipeline.spectrogram): the mono image quantised as the
     # cache stores it, then the model input of the run's mode (colormap applied once for rgb)
     mode = tr.model_mode(cfg.model)
     sc = dataclasses.replace(SpectrogramConfig.from_dict(spec), mode=mode)
-    classes = list(ds.classes)
+    classes = [str(c) for c in conf["classes"]]
     xp = kernels.get_backend(cfg.device).xp
     model.eval()
     failed = []
@@ -1006,7 +1132,8 @@ def cmd_inspect(args, argv) -> int:
     from engine import inspect as insp
 
     _check_flags(args, "inspect")
-    conf, cfg, ds, model, extra = _load_run(args.run_dir, args.checkpoint)
+    conf, cfg, model, extra = _load_run(args.run_dir, args.checkpoint)
+    ds = _run_dataset(args.run_dir, conf)
     rows = insp.inspect_run(Path(args.run_dir), cfg, ds, model, split=args.split,
                             batch_size=args.batch_size if args.batch_size is not None else cfg.batch_size,
                             checkpoint=args.checkpoint)

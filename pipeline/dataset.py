@@ -805,7 +805,7 @@ def prepare_fma(audio_dir, metadata, out_root, config=None, subset="small", targ
 
 def prepare_folder(audio_dir, out_root, config=None, labels_csv=None, label_regex=None, group_regex=None,
                    split="stratified", fractions=(0.8, 0.1, 0.1), seed=0, workers=None, timeout=120.0,
-                   files=None, progress=True, name=None):
+                   files=None, progress=True, name=None, classes=None):
     """Any folder of labelled audio -> cached dataset directory.
 
     Labels come from ``labels_csv`` (``path,label[,group]``) or from
@@ -825,13 +825,19 @@ def prepare_folder(audio_dir, out_root, config=None, labels_csv=None, label_rege
     labels_csv : str or None
     label_regex, group_regex : str or None
         See :func:`pipeline.labels.labels_from_regex`.
-    split : {'stratified', 'group'}
-        'group' needs groups (CSV ``group`` column or a group regex).
+    split : {'stratified', 'group', 'test'}
+        'group' needs groups (CSV ``group`` column or a group regex); 'test'
+        puts every file in the test split (``evaluate --audio-dir``: new
+        labelled audio for a trained run).
     fractions, seed, workers, timeout, progress
         As :func:`prepare_fma` / :func:`build_cache`.
     files : list of path-like or None
         Use these files instead of scanning ``audio_dir`` (e.g. a subset).
     name : str or None
+    classes : list of str or None
+        Fixed class names (a trained run's): labels index them, and a label
+        outside them is an error naming the label and the file. None: the
+        sorted labels found.
 
     Returns
     -------
@@ -842,13 +848,14 @@ def prepare_folder(audio_dir, out_root, config=None, labels_csv=None, label_rege
     ------
     PipelineError
         Neither or both label sources, no audio, no matching names, a class
-        too small to split, a group split without groups.
+        too small to split, a group split without groups, a label not in
+        ``classes``.
     """
     config = config or SpectrogramConfig()
     if (labels_csv is None) == (label_regex is None):
         raise PipelineError("give exactly one label source: labels_csv or label_regex")
-    if split not in ("stratified", "group"):
-        raise PipelineError(f"split must be 'stratified' or 'group' for a folder, got {split!r}")
+    if split not in ("stratified", "group", "test"):
+        raise PipelineError(f"split must be 'stratified', 'group' or 'test' for a folder, got {split!r}")
     root = Path(audio_dir)
     skipped_names = []
     if labels_csv is not None:
@@ -858,9 +865,17 @@ def prepare_folder(audio_dir, out_root, config=None, labels_csv=None, label_rege
         if not paths:
             raise PipelineError(f"no audio files in {os.fspath(root)!r}")
         rows, skipped_names = labels_mod.labels_from_regex(paths, label_regex, group_regex)
-    codes, classes = labels_mod.encode([r["label"] for r in rows])
+    if classes is not None:
+        known = {str(c) for c in classes}
+        for r in rows:
+            if str(r["label"]) not in known:
+                raise PipelineError(f"label {str(r['label'])!r} of {os.fspath(r['path'])!r} is not one of the "
+                                    f"run's classes {[str(c) for c in classes]}")
+    codes, classes = labels_mod.encode([r["label"] for r in rows], classes)
     groups = [r["group"] for r in rows]
-    if split == "group":
+    if split == "test":
+        sp = ["test"] * len(rows)
+    elif split == "group":
         if any(g is None for g in groups):
             raise PipelineError("split='group' needs a group for every file (CSV 'group' column or group_regex)")
         sp = splits_mod.group_split(groups, fractions, seed)

@@ -430,7 +430,8 @@ def test_predict_logits_equal_evaluate_on_the_cached_window(digit_runs, model, c
     from engine import train as tr
 
     audio, runs = digit_runs
-    conf, cfg, ds, net, _ = cli._load_run(runs[model])
+    conf, cfg, net, _ = cli._load_run(runs[model])
+    ds = cli._run_dataset(runs[model], conf)
     test_rows = ds.indices("test")
     assert len(test_rows) >= 4
     files = [str(audio / ds.ids[r]) for r in test_rows]
@@ -450,3 +451,63 @@ def test_predict_logits_equal_evaluate_on_the_cached_window(digit_runs, model, c
     assert cli.main(["evaluate", str(runs[model]), "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["accuracy"] == pytest.approx(float((yt_b == yp_b).mean()))
+
+
+def test_evaluate_on_new_labelled_audio(digit_runs, tmp_path, capsys):
+    """Issue 8 part 4: evaluate --audio-dir preprocesses a folder with the run's settings; on copies of the
+    run's test files it reports exactly what evaluate reports for the test split; an unknown label is
+    a one-line error naming it and the file."""
+    import shutil
+
+    audio, runs = digit_runs
+    run = runs["cnn4_rgb"]
+    conf, _, _, _ = cli._load_run(run)
+    ds = cli._run_dataset(run, conf)
+    new = tmp_path / "new"
+    new.mkdir()
+    for r in ds.indices("test"):
+        shutil.copy(audio / ds.ids[r], new / ds.ids[r])
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(run), "--json"]) == 0
+    want = json.loads(capsys.readouterr().out)
+    assert cli.main(["evaluate", str(run), "--audio-dir", str(new), "--label-regex", r"^(\d)_", "--json",
+                     "--cache-dir", str(tmp_path / "cache"), "--quiet", "--workers", "0"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["confusion_matrix"] == want["confusion_matrix"] and got["accuracy"] == want["accuracy"]
+    assert got["majority_baseline"] == want["majority_baseline"] and got["audio_dir"] == str(new.resolve())
+    assert cli.main(["evaluate", str(run), "--audio-dir", str(new), "--label-regex", r"^(\d)_",
+                     "--cache-dir", str(tmp_path / "cache"), "--quiet", "--workers", "0"]) == 0
+    text = capsys.readouterr().out
+    assert "macro-F1" in text and "confusion matrix" in text and "majority baseline" in text
+    shutil.copy(audio / ds.ids[0], new / "7_s0_99.wav")
+    assert cli.main(["evaluate", str(run), "--audio-dir", str(new), "--label-regex", r"^(\d)_",
+                     "--cache-dir", str(tmp_path / "cache"), "--quiet", "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "'7'" in err and "7_s0_99.wav" in err and "classes" in err
+    assert cli.main(["evaluate", str(run), "--label-regex", "x"]) == 2
+    assert "--audio-dir" in capsys.readouterr().err
+
+
+def test_predict_and_evaluate_work_after_the_cache_is_deleted(digit_runs, capsys):
+    """Issue 10 item 8: predict needs only the run directory; evaluate rebuilds the run's missing cache
+    (same hash) and says so."""
+    import shutil
+
+    audio, runs = digit_runs
+    run = runs["cnn2_mono"]
+    conf = json.loads((run / "config.json").read_text())
+    files = [str(audio / "0_s0_0.wav"), str(audio / "1_s1_1.wav")]
+    capsys.readouterr()
+    assert cli.main(["predict", str(run)] + files + ["--json"]) == 0
+    before_pred = capsys.readouterr().out
+    assert cli.main(["evaluate", str(run), "--json"]) == 0
+    before_eval = json.loads(capsys.readouterr().out)
+    shutil.rmtree(conf["data"]["dataset_dir"])
+    assert cli.main(["predict", str(run)] + files + ["--json"]) == 0
+    assert capsys.readouterr().out == before_pred
+    assert not Path(conf["data"]["dataset_dir"]).exists()  # predict did not need it
+    assert cli.main(["evaluate", str(run), "--json"]) == 0
+    cap = capsys.readouterr()
+    assert json.loads(cap.out) == before_eval
+    assert "missing" in cap.err and "rebuilding" in cap.err
+    assert (Path(conf["data"]["dataset_dir"]) / "manifest.json").is_file()
