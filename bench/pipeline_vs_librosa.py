@@ -3,17 +3,30 @@
 Run:  python bench/pipeline_vs_librosa.py [--data ../shared/data/fma_mini] [--reps 3]
 
 Chains, timed per track on the fma_mini clips (30 s, 44.1 kHz stereo mp3), on
-one core (BLAS/OpenMP threads pinned to 1, one process), interleaved file by
-file so machine noise hits both alike:
+one core (BLAS/OpenMP/Numba threads pinned to 1, one process), interleaved file
+by file with the order rotated each file (so machine noise and cache warmth hit
+every chain alike); medians. Two comparisons of equal work:
 
-- ``hitcnn``: ``track_image`` = header probe, seek + decode only the 10 s
-  window (soundfile), mono mean, resample_poly 44.1 -> 22.05 kHz, own STFT
+10 s window (the image of one crop):
+
+- ``hitcnn (seek 10 s)``: ``track_image`` = header probe, seek + decode only the
+  10 s window (soundfile), mono mean, resample 44.1 -> 22.05 kHz, own STFT
   (2048 / 512), power dB, resize to 102 x 159, min-max -> float32 image.
-- ``hitcnn, full decode``: the same chain, but decoding the whole 30 s first
-  (what the chain costs without seeking).
-- ``librosa``: what a user writes today: ``librosa.load(path, sr=22050)`` (the
-  whole clip, soxr_hq resampling), a 10 s slice, ``librosa.stft``,
+- ``hitcnn (whole decode, 10 s STFT)``: the same chain, but decoding the whole
+  30 s first (the work the librosa chain does).
+- ``librosa chain``: what a user writes today: ``librosa.load(path, sr=22050)``
+  (the whole clip, soxr_hq resampling), a 10 s slice, ``librosa.stft``,
   ``librosa.amplitude_to_db(np.abs(D))`` (no image resize: librosa has none).
+
+Whole clip (what a whole-clip cache computes, capped at 30 s):
+
+- ``hitcnn whole clip``: ``audio.load(path, sr=22050, duration=30)`` (channel
+  mean fused into the 2:1 decimation kernel), ``spectrogram_db`` of all of it.
+- ``librosa whole clip``: ``librosa.load(path, sr=22050, duration=30)``,
+  ``librosa.stft``, ``librosa.amplitude_to_db(np.abs(D))`` of all of it.
+
+The first rows also print the decode alone (``soundfile`` read of the whole
+clip, float32): the floor both whole-decode chains share.
 
 Then the parallel build: ``prepare_fma`` of all of fma_mini with 1 and 2
 worker processes (fresh cache directories), giving the speed-up and the time
@@ -21,7 +34,8 @@ to preprocess fma_mini. Reports medians, the machine and the versions.
 """
 import os
 
-for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+for _v in _THREAD_VARS:
     os.environ.setdefault(_v, "1")
 
 import argparse  # noqa: E402
@@ -43,11 +57,13 @@ from pipeline.spectrogram import SpectrogramConfig, spectrogram_db, to_image, tr
 
 
 def _versions():
+    import numba
     import scipy
     import soundfile
 
     v = {"python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__,
-         "soundfile": soundfile.__version__, "libsndfile": soundfile.__libsndfile_version__}
+         "numba": numba.__version__, "soundfile": soundfile.__version__,
+         "libsndfile": soundfile.__libsndfile_version__}
     try:
         import librosa
         import soxr
@@ -78,6 +94,29 @@ def librosa_chain(path, crop_seconds=10.0):
     return librosa.amplitude_to_db(np.abs(D))
 
 
+def whole_clip_chain(path, cfg, cap_seconds=30.0):
+    """hitcnn whole clip: decode up to ``cap_seconds``, resample, STFT and dB of all of it."""
+    y, _ = audio.load(path, sr=cfg.sr, duration=cap_seconds)
+    return spectrogram_db(y, cfg)
+
+
+def librosa_whole_clip(path, cap_seconds=30.0):
+    """librosa doing the same whole-clip work."""
+    import librosa
+
+    y, sr = librosa.load(path, sr=22050, duration=cap_seconds)
+    D = librosa.stft(y, n_fft=2048, hop_length=512)
+    return librosa.amplitude_to_db(np.abs(D))
+
+
+def decode_only(path):
+    """The whole-clip decode both whole-decode chains share (soundfile, float32)."""
+    import soundfile as sf
+
+    with sf.SoundFile(path) as f:
+        return f.read(dtype="float32", always_2d=True)
+
+
 def main():
     """Time the per-track chain, ours vs librosa's, side by side on fma_mini; print tracks/s, ratio and build times."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -104,31 +143,44 @@ def main():
     except ImportError:
         have_librosa = False
     chains = {"hitcnn (seek 10 s)": lambda p: track_image(p, cfg, seed=0, track_id=int(p.stem)),
-              "hitcnn (full decode)": lambda p: full_decode_chain(p, cfg, int(p.stem))}
+              "hitcnn (whole decode, 10 s STFT)": lambda p: full_decode_chain(p, cfg, int(p.stem)),
+              "hitcnn whole clip": lambda p: whole_clip_chain(p, cfg),
+              "decode only (soundfile, whole clip)": decode_only}
     if have_librosa:
         chains["librosa chain"] = librosa_chain
-    for f in chains.values():  # warm-up: imports, caches, soxr init
+        chains["librosa whole clip"] = librosa_whole_clip
+    names = list(chains)
+    for f in chains.values():  # warm-up: imports, Numba kernels, caches, soxr init
         f(good[0])
     times = {k: [] for k in chains}
+    k = 0
     for _ in range(args.reps):
         for p in good:
-            for name, f in chains.items():
+            order = names[k % len(names):] + names[:k % len(names)]  # rotate: alternate who goes first
+            k += 1
+            for name in order:
                 t0 = time.perf_counter()
-                f(p)
+                chains[name](p)
                 times[name].append(time.perf_counter() - t0)
 
     print("# hitcnn pipeline vs librosa (per track, one core)")
     print(f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs, load average "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} (shared machine)")
+    print("threads: " + ", ".join(f"{v}={os.environ.get(v)}" for v in _THREAD_VARS))
     print("versions: " + ", ".join(f"{k} {v}" for k, v in _versions().items()))
-    print(f"clips: {len(good)} fma_mini 30 s 44.1 kHz stereo mp3, {args.reps} passes, medians\n")
-    ref = np.median(times["librosa chain"]) if have_librosa else None
-    print("| chain | median ms/track | tracks/s | speed vs librosa |")
-    print("| --- | ---: | ---: | ---: |")
-    for name, ts in times.items():
-        med = float(np.median(ts))
-        ratio = f"{ref / med:.2f}x" if ref else "n/a"
-        print(f"| {name} | {med * 1e3:.1f} | {1 / med:.1f} | {ratio} |")
+    print(f"clips: {len(good)} fma_mini 30 s 44.1 kHz stereo mp3, {args.reps} passes, chains alternated "
+          "file by file, medians\n")
+    med = {name: float(np.median(ts)) for name, ts in times.items()}
+    blocks = (("10 s window", ["hitcnn (seek 10 s)", "hitcnn (whole decode, 10 s STFT)",
+                               "decode only (soundfile, whole clip)"], "librosa chain"),
+              ("whole clip (30 s)", ["hitcnn whole clip"], "librosa whole clip"))
+    print("| work | chain | median ms/track | tracks/s | speed vs librosa, same work |")
+    print("| --- | --- | ---: | ---: | ---: |")
+    for work, ours, peer in blocks:
+        ref = med.get(peer)
+        for name in ours + ([peer] if ref else []):
+            ratio = f"{ref / med[name]:.2f}x" if ref else "n/a"
+            print(f"| {work} | {name} | {med[name] * 1e3:.1f} | {1 / med[name]:.1f} | {ratio} |")
 
     if not args.no_parallel:
         print("\n| fma_mini build (prepare_fma, all 58 tracks) | seconds | tracks/s | speed-up |")

@@ -18,10 +18,23 @@ Conventions
   header can claim 30 s for a file holding 47 samples). :func:`probe` exposes
   the header values only as a hint (e.g. to place a random crop).
 - Mono is the arithmetic mean of the channels, whatever the backend.
-- Resampling: :func:`scipy.signal.resample_poly` with ``up/down`` reduced by
-  their gcd (Kaiser-windowed FIR, scipy's default ``('kaiser', 5.0)``). This
-  differs from ``librosa.load``'s default ``soxr_hq`` by a small amount near
-  the band edge; it is documented, not hidden.
+- Resampling: a polyphase Kaiser-windowed-sinc FIR (:func:`resample_filter`:
+  ``RESAMPLE_HALF_TAPS = 16`` taps per side at the slower rate, Kaiser
+  ``beta = 8``, cutoff at the lower Nyquist), ``up/down`` reduced by their
+  gcd. Integer decimation (``up == 1``, e.g. 44.1 -> 22.05 kHz) runs a Numba
+  kernel on the polyphase components of the input, with the channel mean
+  fused into the split and the filter's exact zeros skipped (33 of 65 taps
+  for 2:1); other ratios go through :func:`scipy.signal.resample_poly` with
+  the same filter. Both equal ``resample_poly(y, up, down,
+  window=resample_filter(up, down))`` to float32 rounding. Distance from
+  ``librosa.load``'s default ``soxr_hq`` (44.1 -> 22.05 kHz, 5 s test
+  signals, tests/test_audio.py): SNR >= 85 dB (measured 92 dB) on white noise
+  band-limited to 8 kHz, >= 85 dB (measured 92 dB) on a sum of sines up to
+  9 kHz, >= 40 dB (measured 47 dB) on noise up to 10 kHz; on full-band white
+  noise only ~17 dB, all of it in 10-11 kHz, where soxr_hq's passband (to
+  ~0.91 of Nyquist) and this filter's transition band (centred on Nyquist)
+  differ. (scipy's default ``('kaiser', 5.0)``, 41 taps, used before: 63 /
+  58 / 39 dB.)
 - File descriptors: every file is opened in a ``with`` block and closed on
   every path, so decoding thousands of files in one process leaks nothing.
 - Decoder messages: libmpg123 (inside libsndfile) writes warnings such as
@@ -57,17 +70,22 @@ import re
 import sys
 import tempfile
 import threading
+from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
 
 from .errors import PipelineError
 
-__all__ = ["load", "probe", "resample", "AudioInfo", "PREROLL", "collect_decoder_messages",
+__all__ = ["load", "probe", "resample", "resample_filter", "AudioInfo", "PREROLL", "collect_decoder_messages",
            "format_decoder_messages"]
 
 #: Native-rate frames decoded and dropped before a seek target (see _read_soundfile).
 PREROLL = 8192
+#: Resampling filter: taps on each side of the centre, per sample of the slower rate.
+RESAMPLE_HALF_TAPS = 16
+#: Resampling filter: Kaiser window shape parameter (stopband ~ -80 dB).
+RESAMPLE_BETA = 8.0
 
 
 #: A captured stderr line that is a decoder (libmpg123) message, e.g.
@@ -341,8 +359,128 @@ def _mean_channels(y: np.ndarray) -> np.ndarray:
     return acc
 
 
+@lru_cache(maxsize=32)
+def _filter(up: int, down: int) -> np.ndarray:
+    from scipy.signal import firwin
+
+    m = max(up, down)
+    half_len = RESAMPLE_HALF_TAPS * m
+    h = firwin(2 * half_len + 1, 1.0 / m, window=("kaiser", RESAMPLE_BETA))
+    k = np.arange(-half_len, half_len + 1)
+    h[(k % m == 0) & (k != 0)] = 0.0  # the sinc's zeros, exact (skipped by the kernel)
+    h.setflags(write=False)
+    return h
+
+
+def resample_filter(up: int, down: int) -> np.ndarray:
+    """The resampler's lowpass FIR for a ratio ``up / down`` (already reduced).
+
+    Parameters
+    ----------
+    up, down : int > 0
+        Interpolation and decimation factors.
+
+    Returns
+    -------
+    np.ndarray [shape=(2 * RESAMPLE_HALF_TAPS * max(up, down) + 1,), dtype=float64]
+        ``scipy.signal.firwin(len, 1 / max(up, down), window=('kaiser',
+        RESAMPLE_BETA))`` (unit DC gain, at the rate ``up * orig_sr``) with
+        the taps at nonzero multiples of ``max(up, down)`` from the centre set
+        to exactly 0 (the sinc's zeros). Read-only (cached). Pass it as
+        ``window=`` to :func:`scipy.signal.resample_poly` for the reference.
+    """
+    if int(up) != up or int(down) != down or up <= 0 or down <= 0:
+        raise PipelineError(f"up and down must be positive integers, got up={up!r}, down={down!r}")
+    return _filter(int(up), int(down))
+
+
+_kernels: dict = {}
+
+
+def _decimate_kernels():
+    """Numba kernels of the integer-decimation path (compiled on first use, cached on disk)."""
+    if not _kernels:
+        from numba import njit
+
+        @njit(cache=True, nogil=True)
+        def fir_phases(xp, taps, phase, offset, n_out):
+            # y[m] = sum_j taps[j] * xp[phase[j], offset[j] + m], in blocks that stay in L1;
+            # the inner loop runs over m (contiguous), so it vectorises without reordering sums.
+            block = 1024
+            y = np.empty(n_out, np.float32)
+            acc = np.empty(block, np.float32)
+            for b0 in range(0, n_out, block):
+                nb = min(block, n_out - b0)
+                a = acc[:nb]
+                a[:] = 0.0
+                for j in range(taps.shape[0]):
+                    hj = taps[j]
+                    s = xp[phase[j], offset[j] + b0:offset[j] + b0 + nb]
+                    for m in range(nb):
+                        a[m] += hj * s[m]
+                y[b0:b0 + nb] = a
+            return y
+
+        _kernels["fir"] = fir_phases
+    return _kernels["fir"]
+
+
+@lru_cache(maxsize=16)
+def _decimation_plan(down: int):
+    """Nonzero taps of ``resample_filter(1, down)`` with their polyphase component and offset."""
+    h = resample_filter(1, down)
+    half_len = (len(h) - 1) // 2
+    pad = -(-len(h) // down) + 1
+    j = np.nonzero(h)[0]
+    # y[m] = sum_j h[j] x[m * down + half_len - j]; index = q * down + r
+    r = (half_len - j) % down
+    q_off = (half_len - j - r) // down
+    return (h[j].astype(np.float32), r.astype(np.int64), (q_off + pad).astype(np.int64), pad)
+
+
+def _split_phases(frames: np.ndarray, down: int, pad: int) -> np.ndarray:
+    """(n, ch) -> (down, ceil(n / down) + 2 pad): zero-padded polyphase components of the
+    channel mean, ``xp[r, pad + q] = mean_c frames[q * down + r, c]``, summed in channel
+    order and scaled like :func:`_mean_channels` (bit-identical to it)."""
+    n, ch = frames.shape
+    nq = -(-n // down)
+    xp = np.empty((down, nq + 2 * pad), np.float32)
+    for r in range(down):
+        nr = len(range(r, n, down))
+        row = xp[r]
+        row[:pad] = 0.0
+        row[pad + nr:] = 0.0
+        body = row[pad:pad + nr]
+        if ch == 1:
+            body[:] = frames[r::down, 0]
+            continue
+        np.add(frames[r::down, 0], frames[r::down, 1], out=body)
+        for c in range(2, ch):
+            body += frames[r::down, c]
+        body *= np.float32(1.0 / ch)
+    return xp
+
+
+def _decimate(frames: np.ndarray, down: int) -> np.ndarray:
+    """(n, ch) float32 -> (ceil(n / down),) channel mean lowpassed and decimated by ``down``."""
+    fir = _decimate_kernels()
+    taps, phase, offset, pad = _decimation_plan(down)
+    n = frames.shape[0]
+    xp = _split_phases(np.asarray(frames, dtype=np.float32), down, pad)
+    return fir(xp, taps, phase, offset, -(-n // down))
+
+
+def _check_rates(orig_sr, target_sr):
+    if int(orig_sr) != orig_sr or int(target_sr) != target_sr or orig_sr <= 0 or target_sr <= 0:
+        raise PipelineError(
+            f"sample rates must be positive integers, got orig_sr={orig_sr!r}, target_sr={target_sr!r}"
+        )
+    g = math.gcd(int(orig_sr), int(target_sr))
+    return int(target_sr) // g, int(orig_sr) // g
+
+
 def resample(y: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
-    """Resample along the last axis with :func:`scipy.signal.resample_poly`.
+    """Resample along the last axis with the polyphase FIR of :func:`resample_filter`.
 
     Parameters
     ----------
@@ -355,26 +493,31 @@ def resample(y: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     Returns
     -------
     np.ndarray [shape=(..., ceil(n * up / down)), dtype=float32]
-        ``y`` itself when the rates are equal.
+        ``y`` itself when the rates are equal. Equal (to float32 rounding,
+        ~1e-6) to ``scipy.signal.resample_poly(y, up, down,
+        window=resample_filter(up, down))``; sample ``m`` sits at input time
+        ``m * down / up`` (zero-phase, zeros beyond the ends). Integer
+        decimation (``up == 1``) runs the Numba kernel, other ratios scipy.
+        How far this is from soxr_hq: see the module docstring.
 
     Raises
     ------
     PipelineError
         If a rate is not a positive integer.
     """
+    up, down = _check_rates(orig_sr, target_sr)
+    if up == down:
+        return y
+    if y.shape[-1] == 0:
+        return np.zeros(y.shape[:-1] + (0,), np.float32)
+    if up == 1:
+        flat = np.ascontiguousarray(y, dtype=np.float32).reshape(-1, y.shape[-1])
+        out = np.stack([_decimate(row[:, None], down) for row in flat])
+        return out.reshape(y.shape[:-1] + (out.shape[-1],))
     from scipy.signal import resample_poly
 
-    if int(orig_sr) != orig_sr or int(target_sr) != target_sr or orig_sr <= 0 or target_sr <= 0:
-        raise PipelineError(
-            f"sample rates must be positive integers, got orig_sr={orig_sr!r}, target_sr={target_sr!r}"
-        )
-    orig_sr, target_sr = int(orig_sr), int(target_sr)
-    if orig_sr == target_sr or y.shape[-1] == 0:
-        if orig_sr != target_sr:
-            return np.zeros(y.shape[:-1] + (0,), np.float32)
-        return y
-    g = math.gcd(orig_sr, target_sr)
-    out = resample_poly(y, target_sr // g, orig_sr // g, axis=-1)
+    out = resample_poly(np.asarray(y, dtype=np.float32), up, down, axis=-1,
+                        window=resample_filter(up, down).astype(np.float32))
     return out.astype(np.float32, copy=False)
 
 
@@ -444,6 +587,10 @@ def load(path, sr: int | None = 22050, mono: bool = True, offset: float = 0.0,
     if y is None:
         note = format_decoder_messages(messages)
         raise PipelineError(f"cannot decode {path!r}: " + "; ".join(errors) + (f"; {note}" if note else ""))
+    if sr is not None and int(sr) != native:
+        up, down = _check_rates(native, int(sr))
+        if mono and up == 1 and len(y):  # integer decimation: channel mean fused into the kernel
+            return _decimate(y, down), int(sr)
     if mono:
         y = _mean_channels(y)
     else:

@@ -37,7 +37,7 @@ def test_resample_44k_to_22k_matches_scipy_and_keeps_pitch(tmp_path):
     p = write_wav(tmp_path / "hi.wav", y, 44100)
     out, sr = audio.load(p, sr=22050)
     assert sr == 22050 and len(out) == 22050
-    np.testing.assert_allclose(out, resample_poly(y, 1, 2), atol=1e-6)
+    np.testing.assert_allclose(out, resample_poly(y, 1, 2, window=audio.resample_filter(1, 2)), atol=1e-6)
     spec = np.abs(np.fft.rfft(out * np.hanning(len(out))))
     assert abs(np.argmax(spec) * 22050 / len(out) - 1000.0) <= 1.0
 
@@ -46,9 +46,66 @@ def test_resample_rates_reduced_by_gcd():
     y = sine(0.5, 22050)
     out = audio.resample(y, 22050, 8000)  # up/down = 160/441
     assert len(out) == math.ceil(len(y) * 160 / 441)
-    np.testing.assert_allclose(out, resample_poly(y, 160, 441), atol=1e-6)
+    np.testing.assert_allclose(out, resample_poly(y, 160, 441, window=audio.resample_filter(160, 441)),
+                               atol=1e-6)
     with pytest.raises(PipelineError, match="orig_sr"):
         audio.resample(y, 0, 8000)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 130, 44101])
+@pytest.mark.parametrize("down", [2, 3, 4])
+def test_decimation_kernel_equals_resample_poly_reference(n, down):
+    x = np.random.default_rng(n).standard_normal(n).astype(np.float32)
+    ref = resample_poly(x.astype(np.float64), 1, down, window=audio.resample_filter(1, down))
+    out = audio.resample(x, 44100, 44100 // down)
+    assert out.dtype == np.float32 and out.shape == ref.shape == (math.ceil(n / down),)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=2e-6)
+    stacked = audio.resample(np.stack([x, -x]), 44100, 44100 // down)  # (channels, n) rows
+    np.testing.assert_array_equal(stacked, np.stack([out, -out]))
+
+
+def test_filter_taps_and_zeros():
+    h = audio.resample_filter(1, 2)
+    assert len(h) == 4 * audio.RESAMPLE_HALF_TAPS + 1 and abs(h.sum() - 1.0) < 1e-12
+    centre = len(h) // 2
+    assert np.all(h[centre + 2::2] == 0) and np.all(h[centre - 2::-2] == 0) and np.all(h[1::2] != 0)
+    np.testing.assert_array_equal(h, h[::-1])  # linear phase
+
+
+def test_stereo_mean_fused_into_decimation_is_bit_identical(tmp_path):
+    rng = np.random.default_rng(3)
+    st = rng.uniform(-0.5, 0.5, (44100 + 7, 2)).astype(np.float32)
+    p = write_wav(tmp_path / "st.wav", st, 44100)
+    fused, sr = audio.load(p, sr=22050)
+    dec, _ = audio.load(p, sr=None)  # the mean, not resampled
+    assert sr == 22050
+    np.testing.assert_array_equal(fused, audio.resample(dec, 44100, 22050))
+
+
+def test_resampler_distance_from_soxr_hq():
+    """The bounds the module docstring states (librosa.load's default resampler)."""
+    soxr = pytest.importorskip("soxr")
+    from scipy.signal import fftconvolve, firwin
+
+    sr, n = 44100, 5 * 44100
+    rng = np.random.default_rng(0)
+    white = 0.1 * rng.standard_normal(n)
+    t = np.arange(n) / sr
+    sines = sum(np.sin(2 * np.pi * f * t + f) for f in (110, 440, 1000, 3000, 5000, 7000, 9000)) / 7
+
+    def band(fc):
+        return fftconvolve(white, firwin(2001, fc / (sr / 2)), mode="same")
+
+    def snr_db(sig):
+        sig = sig.astype(np.float32)
+        ref = soxr.resample(sig, sr, 22050, "HQ").astype(np.float64)[2000:-2000]
+        ours = audio.resample(sig, sr, 22050).astype(np.float64)[2000:-2000]
+        return 10 * np.log10(np.sum(ref ** 2) / np.sum((ours - ref) ** 2))
+
+    assert snr_db(band(8000.0)) >= 85.0
+    assert snr_db(sines) >= 85.0
+    assert snr_db(band(10000.0)) >= 40.0
+    assert snr_db(white) < 30.0  # the bound is on band-limited signals: soxr's passband is wider
 
 
 def test_offset_and_duration_read_only_the_window(tmp_path):
