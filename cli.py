@@ -161,7 +161,8 @@ def _device_check(device: str) -> None:
 
 #: TrainConfig field -> the flag that sets it (for error messages)
 _FLAG = {"batch_size": "--batch-size", "weight_decay": "--weight-decay", "checkpoint_every": "--checkpoint-every",
-         "max_steps": "--max-steps", "step_delay": "--step-delay"}
+         "max_steps": "--max-steps", "step_delay": "--step-delay", "freq_mask": "--freq-mask",
+         "time_mask": "--time-mask", "n_masks": "--n-masks", "gain_db": "--gain-db", "time_shift": "--time-shift"}
 
 
 def _check_train_config(cfg, where="") -> None:
@@ -281,7 +282,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
                    help="length of each synthetic clip in seconds, cropped to --crop-seconds (default: 12)")
 
 
-def add_train_args(p: argparse.ArgumentParser, grid: bool = False) -> None:
+def add_train_args(p: argparse.ArgumentParser, grid: bool = False, augment_off: bool = False) -> None:
     """Hyperparameters, device, seed (lists of values for ``grid``)."""
     g = p.add_argument_group("training")
     if not grid:
@@ -304,6 +305,44 @@ def add_train_args(p: argparse.ArgumentParser, grid: bool = False) -> None:
                    help="also checkpoint every N steps inside an epoch, for --resume (default: 50; 0 = epoch ends)")
     g.add_argument("--max-steps", type=int, default=None, help=argparse.SUPPRESS)
     g.add_argument("--step-delay", type=float, default=0.0, help=argparse.SUPPRESS)
+    add_augment_args(p, default="off" if augment_off else "default")
+
+
+def add_augment_args(p: argparse.ArgumentParser, default: str = "default") -> None:
+    """Batch-time augmentation flags (engine.augment.AugmentConfig); unset ones come from ``--augment``."""
+    from engine.augment import DEFAULT
+
+    a = p.add_argument_group(
+        "augmentation of the training batches (engine.augment; evaluation and predict never augment)")
+    a.add_argument("--augment", choices=("default", "off"), default=default,
+                   help=f"starting point of the flags below: 'default' = --freq-mask {DEFAULT.freq_mask} "
+                        f"--time-mask {DEFAULT.time_mask} --n-masks {DEFAULT.n_masks} --gain-db {DEFAULT.gain_db:g} "
+                        f"--time-shift {DEFAULT.time_shift:g} --mixup {DEFAULT.mixup:g}; 'off' = all 0 "
+                        f"(default here: {default})")
+    a.add_argument("--freq-mask", type=int, default=None, metavar="F",
+                   help="SpecAugment: largest frequency-mask height in image rows (0: none)")
+    a.add_argument("--time-mask", type=int, default=None, metavar="T",
+                   help="SpecAugment: largest time-mask width in image columns (0: none)")
+    a.add_argument("--n-masks", type=int, default=None, metavar="M",
+                   help="SpecAugment: masks of each kind per image (0: none)")
+    a.add_argument("--gain-db", type=float, default=None, metavar="G",
+                   help="random gain up to G dB either way, as a brightness shift of the image (0: none)")
+    a.add_argument("--time-shift", type=float, default=None, metavar="S",
+                   help="random time shift up to this fraction of the window either way (0: none)")
+    a.add_argument("--mixup", type=float, default=None, metavar="ALPHA",
+                   help="mixup with lam ~ Beta(ALPHA, ALPHA), soft targets (0: off)")
+
+
+def augment_config(args) -> dict:
+    """The AugmentConfig fields of the parsed flags: ``--augment``'s set, then every flag given."""
+    from engine.augment import DEFAULT, OFF
+
+    base = (OFF if getattr(args, "augment", "default") == "off" else DEFAULT).to_dict()
+    for k in base:
+        v = getattr(args, k, None)
+        if v is not None:
+            base[k] = v
+    return base
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -397,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "validation / test accuracy beside the paper's numbers.",
                         epilog=EXPECTED_LAYOUT, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_args(rp)
-    add_train_args(rp, grid=True)
+    add_train_args(rp, grid=True, augment_off=True)
     rp.add_argument("--models", type=_strs, default=list(MODEL_NAMES),
                     help="comma-separated architectures (default: all four)")
     rp.add_argument("--out", "-o", metavar="DIR", default=None, help="output directory (default: runs/reproduce-<time>)")
@@ -636,7 +675,8 @@ def _train_config(args, model=None, lr=None, batch_size=None, dropout=None, weig
                        patience=args.patience, device=args.device, seed=args.seed,
                        checkpoint_every=args.checkpoint_every,
                        overfit_batch=bool(getattr(args, "overfit_batch", False)),
-                       progress=not args.quiet, max_steps=args.max_steps, step_delay=args.step_delay)
+                       progress=not args.quiet, max_steps=args.max_steps, step_delay=args.step_delay,
+                       augment=augment_config(args))
 
 
 def run_training(ds, src, cfg, out: Path, argv, resume=False, log=print, write_config=None) -> dict:

@@ -140,6 +140,9 @@ class TrainConfig:
         Stop after this many steps in total (debug / tests).
     step_delay : float
         Seconds to sleep after every step (tests: makes a run slow enough to kill mid-epoch).
+    augment : dict
+        Batch-time augmentation of the training batches, ``engine.augment.AugmentConfig``'s
+        fields (empty: off; evaluation never augments; ``--overfit-batch`` ignores it).
     """
 
     model: str = "cnn6_rgb"
@@ -156,6 +159,7 @@ class TrainConfig:
     progress: bool = True
     max_steps: int | None = None
     step_delay: float = 0.0
+    augment: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
 
@@ -199,6 +203,16 @@ def config_problems(cfg: TrainConfig) -> list:
         bad.append(("max_steps", cfg.max_steps, "an integer >= 1"))
     if not is_num(cfg.step_delay) or not math.isfinite(cfg.step_delay) or cfg.step_delay < 0:
         bad.append(("step_delay", cfg.step_delay, "a finite number of seconds >= 0"))
+    from engine import augment as aug_mod
+
+    if not isinstance(cfg.augment, dict):
+        bad.append(("augment", cfg.augment, "a dict of engine.augment.AugmentConfig fields"))
+    else:
+        unknown = sorted(set(cfg.augment) - set(aug_mod.AugmentConfig().to_dict()))
+        if unknown:
+            bad.append(("augment", unknown, f"fields of AugmentConfig {sorted(aug_mod.AugmentConfig().to_dict())}"))
+        else:
+            bad += aug_mod.config_problems(aug_mod.AugmentConfig.from_dict(cfg.augment))
     return bad
 
 
@@ -668,6 +682,26 @@ def _fit(dataset, cfg, out_dir, resume, log, sigint):
     n_train = 1 if cfg.overfit_batch else _split_size(dataset, "train")
     steps_per_epoch = 1 if cfg.overfit_batch else math.ceil(n_train / cfg.batch_size)
 
+    # batch-time augmentation (engine.augment): the loop gets the cached uint8 levels and augments + decodes
+    # them on its device, seeded by (seed, epoch, step in epoch), so a resumed run draws what it would have
+    from engine import augment as aug_mod
+
+    aug = aug_mod.AugmentConfig.from_dict(cfg.augment)
+    if cfg.overfit_batch:
+        aug = aug_mod.OFF
+    levels = aug_mod.LevelBatches(dataset) if aug.enabled else None
+    aug_bufs = {}
+    aug_lut = None
+    aug_top_db = 80.0
+    if aug.enabled:
+        sc = getattr(dataset, "config", None)
+        if getattr(sc, "top_db", None):
+            aug_top_db = float(sc.top_db)
+        if mode == "rgb":
+            from pipeline.spectrogram import colormap_lut
+
+            aug_lut = _as_device(np.ascontiguousarray(colormap_lut(getattr(sc, "colormap", "viridis"))), xp)
+
     gpu = cfg.device == "gpu"
     # GPU: correct predictions since the last read, summed on the device (read at checkpoints / epoch end)
     dev_correct = xp.zeros((), dtype=np.int64) if gpu else None
@@ -713,7 +747,7 @@ def _fit(dataset, cfg, out_dir, resume, log, sigint):
         if cfg.overfit_batch:
             it = iter([(overfit_x, overfit_y)])
         else:
-            it = Prefetcher(dataset, "train", cfg.batch_size, shuffle=True,
+            it = Prefetcher(levels if aug.enabled else dataset, "train", cfg.batch_size, shuffle=True,
                             seed=epoch_seed(cfg.seed, ep), mode=mode)
             for _ in range(skip):  # finished batches of an interrupted epoch
                 next(it)
@@ -739,9 +773,13 @@ def _fit(dataset, cfg, out_dir, resume, log, sigint):
                     break
                 t1 = time.perf_counter()
                 xd, yd = (x, y) if feed is not None else (_as_device(x, xp), _as_device(y, xp))
+                td = yd
+                if aug.enabled:  # xd: uint8 levels (N, H, W) -> augmented model input; td soft with mixup
+                    xd, td = aug_mod.augment_batch(xd, yd, aug, cfg.seed, ep, state["step_in_epoch"], len(classes),
+                                                   lut=aug_lut, top_db=aug_top_db, bufs=aug_bufs)
                 model.zero_grad()
                 logits = model.forward(xd)
-                loss = float(crit.forward(logits, yd))
+                loss = float(crit.forward(logits, td))
                 if not math.isfinite(loss):
                     if bar is not None:
                         bar.close()

@@ -285,3 +285,46 @@ def test_resume_from_truncated_checkpoint_is_a_clean_error(tiny_data, tmp_path, 
     assert err.startswith(f"error: {last}") and "Traceback" not in err
     assert cli.main(["train", "--resume", "--out", str(run), "--epochs", "0"]) == 2
     assert "--epochs 0: expected an integer >= 1" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- batch-time augmentation (issue 8 part 3)
+
+
+def test_resume_with_augmentation_is_bit_exact(tiny_data, tmp_path):
+    """Every augmentation on (mixup too): stopped mid-epoch and resumed = uninterrupted; and it is really applied."""
+    aug = ["--freq-mask", "6", "--time-mask", "8", "--n-masks", "2", "--gain-db", "6", "--time-shift", "0.2",
+           "--mixup", "0.4"]
+    common = ["--epochs", "2", "--batch-size", "4", "--checkpoint-every", "1", "--seed", "3", *aug]
+    ref, run, off = tmp_path / "ref", tmp_path / "stopped", tmp_path / "off"
+    assert cli.main(train_args(tiny_data, ref, *common)) == 0
+    assert cli.main(train_args(tiny_data, run, *common, "--max-steps", "11")) == 0  # stops in epoch 2, step 3
+    extra = ckpt_extra(run / "checkpoints/last.npz")
+    assert extra["epoch"] == 1 and extra["step_in_epoch"] == 3, extra
+    assert cli.main(["train", "--resume", "--out", str(run), "--quiet"]) == 0
+    assert no_time(metrics_lines(run)) == no_time(metrics_lines(ref))
+    wr, wk = weights(ref / "checkpoints/last.npz"), weights(run / "checkpoints/last.npz")
+    for k in wr:
+        np.testing.assert_array_equal(wr[k], wk[k], err_msg=k)
+    conf = json.loads((ref / "config.json").read_text())
+    assert conf["train"]["augment"] == dict(freq_mask=6, time_mask=8, n_masks=2, gain_db=6.0, time_shift=0.2,
+                                            mixup=0.4)
+    assert cli.main(train_args(tiny_data, off, "--epochs", "2", "--batch-size", "4", "--seed", "3",
+                               "--augment", "off")) == 0
+    assert json.loads((off / "config.json").read_text())["train"]["augment"]["mixup"] == 0.0
+    assert metrics_lines(off)[0]["train_loss"] != metrics_lines(ref)[0]["train_loss"]
+
+
+def test_augment_off_feeds_exactly_the_dataset_batches(tiny_data):
+    """The augmentation path with everything off (levels -> augment kernel) = Dataset.batches, bit for bit."""
+    from engine import augment as A
+    from pipeline.dataset import Dataset
+    from pipeline.spectrogram import colormap_lut
+
+    ds = Dataset(tiny_data)
+    lut = np.ascontiguousarray(colormap_lut(ds.config.colormap))
+    plain = list(ds.batches("train", 5, shuffle=True, seed=11, mode="rgb", prefetch=0))
+    levels = list(A.LevelBatches(ds).batches("train", 5, shuffle=True, seed=11))
+    assert len(plain) == len(levels) > 1
+    for step, ((x, y), (q, yq)) in enumerate(zip(plain, levels)):
+        xa, ya = A.augment_batch(q, yq, A.OFF, 0, 0, step, len(ds.classes), lut=lut)
+        assert np.array_equal(xa, x) and np.array_equal(ya, y)
