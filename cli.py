@@ -320,17 +320,17 @@ def add_augment_args(p: argparse.ArgumentParser, default: str = "default") -> No
                         f"--time-shift {DEFAULT.time_shift:g} --mixup {DEFAULT.mixup:g}; 'off' = all 0 "
                         f"(default here: {default})")
     a.add_argument("--freq-mask", type=int, default=None, metavar="F",
-                   help="SpecAugment: largest frequency-mask height in image rows (0: none)")
+                   help="SpecAugment: largest frequency-mask height in image rows (0: none; default: from --augment)")
     a.add_argument("--time-mask", type=int, default=None, metavar="T",
-                   help="SpecAugment: largest time-mask width in image columns (0: none)")
+                   help="SpecAugment: largest time-mask width in image columns (0: none; default: from --augment)")
     a.add_argument("--n-masks", type=int, default=None, metavar="M",
-                   help="SpecAugment: masks of each kind per image (0: none)")
+                   help="SpecAugment: masks of each kind per image (0: none; default: from --augment)")
     a.add_argument("--gain-db", type=float, default=None, metavar="G",
-                   help="random gain up to G dB either way, as a brightness shift of the image (0: none)")
+                   help="random gain up to G dB either way, as a brightness shift of the image (0: none; default: from --augment)")
     a.add_argument("--time-shift", type=float, default=None, metavar="S",
-                   help="random time shift up to this fraction of the window either way (0: none)")
+                   help="random time shift up to this fraction of the window either way (0: none; default: from --augment)")
     a.add_argument("--mixup", type=float, default=None, metavar="ALPHA",
-                   help="mixup with lam ~ Beta(ALPHA, ALPHA), soft targets (0: off)")
+                   help="mixup with lam ~ Beta(ALPHA, ALPHA), soft targets (0: off; default: from --augment)")
 
 
 def augment_config(args) -> dict:
