@@ -23,6 +23,14 @@ finished epochs, and the finished batches of the current epoch are skipped
 resumed ends bit-identical to one never interrupted (on the CPU, same thread
 count).
 
+Batch-time augmentation (``TrainConfig.augment``, :mod:`engine.augment`):
+the training batches then arrive as the cached uint8 levels
+(``engine.augment.LevelBatches``, the same order) and are augmented and
+decoded on the training device by ``engine.augment.augment_batch`` with the
+parameters of ``(seed, epoch, step_in_epoch)``: a function of the position,
+not of a generator state, so resume stays bit-exact. With mixup the loss gets
+soft targets; ``train_acc`` counts each image's own label.
+
 GPU (``device='gpu'``)
 ----------------------
 Training batches reach the device through ``kernels.gpu.prefetch.PinnedPrefetcher``
