@@ -35,6 +35,10 @@ Conventions
   ~0.91 of Nyquist) and this filter's transition band (centred on Nyquist)
   differ. (scipy's default ``('kaiser', 5.0)``, 41 taps, used before: 63 /
   58 / 39 dB.)
+- Buffers: soundfile decodes into a per-thread buffer kept between calls (up
+  to ``DECODE_BUFFER_MAX_BYTES``), and :func:`load` returns a new array (the
+  resampler's or the mean's output, or a copy): a fresh 10 MB decode array per
+  30 s clip would be page-faulted in anew on every call.
 - File descriptors: every file is opened in a ``with`` block and closed on
   every path, so decoding thousands of files in one process leaks nothing.
 - Decoder messages: libmpg123 (inside libsndfile) writes warnings such as
@@ -319,8 +323,47 @@ def _read_soundfile(path: str, offset: float, duration: float | None):
             # reservoir not primed): seek PREROLL earlier and drop them.
             pre = min(start, PREROLL)
             f.seek(start - pre)
-        y = f.read(frames=n if n < 0 else n + pre, dtype="float32", always_2d=True)
+        want = n if n < 0 else n + pre
+        out = None
+        if f.seekable():  # decode into this thread's kept buffer (see _decode_buffer)
+            left = max(int(f.frames) - int(f.tell()), 0)
+            out = _decode_buffer(left if want < 0 else min(want, left), int(f.channels))
+        if out is None:
+            y = f.read(frames=want, dtype="float32", always_2d=True)
+        else:
+            y = f.read(frames=want, dtype="float32", always_2d=True, out=out)
     return y[pre:], native
+
+
+#: Largest decode buffer kept between calls, per thread (bytes; 64 MiB = 190 s of 44.1 kHz stereo).
+DECODE_BUFFER_MAX_BYTES = 64 << 20
+
+_decode_local = threading.local()
+
+
+def _decode_buffer(n: int, channels: int):
+    """This thread's kept float32 ``(n, channels)`` decode buffer, or None above
+    ``DECODE_BUFFER_MAX_BYTES`` (the caller then lets soundfile allocate).
+
+    Why: a fresh 10 MB array per 30 s clip is handed back to the kernel by glibc
+    when freed and page-faulted in again by the next decode. :func:`load`
+    never returns a view of it (it copies when no resampling or mean did).
+    """
+    nbytes = n * channels * 4
+    if nbytes > DECODE_BUFFER_MAX_BYTES:
+        return None
+    buf = getattr(_decode_local, "buf", None)
+    if buf is None or buf.nbytes < nbytes:
+        buf = _decode_local.buf = np.empty(max(nbytes, 1 << 20) // 4, np.float32)
+    return buf[:n * channels].reshape(n, channels)
+
+
+def _owns(y: np.ndarray) -> np.ndarray:
+    """``y``, copied if it is a view of this thread's decode buffer."""
+    buf = getattr(_decode_local, "buf", None)
+    if buf is not None and np.may_share_memory(y, buf):
+        return y.copy()
+    return y
 
 
 def _read_audioread(path: str, offset: float, duration: float | None):
@@ -614,4 +657,4 @@ def load(path, sr: int | None = 22050, mono: bool = True, offset: float = 0.0,
     if sr is not None and int(sr) != native:
         y = resample(y, native, int(sr))
         native = int(sr)
-    return y, int(native)
+    return _owns(y), int(native)

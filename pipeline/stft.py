@@ -13,6 +13,12 @@ for ``f = 0 .. n_fft // 2`` (row 0 is DC, the lowest frequency).
   n_fft, fftbins=True)`` and librosa use.
 - Frames are strided views (:func:`numpy.lib.stride_tricks.sliding_window_view`)
   of the padded signal; the only copy is the windowed frame matrix.
+- Work buffer: the windowed frames are written into a per-thread buffer that
+  is kept between calls (up to ``WORK_BUFFER_MAX_BYTES``; larger inputs get a
+  fresh array). A fresh 10 MB array per call (a 30 s clip) costs as much as
+  the FFT itself on this machine: glibc hands the freed block back to the
+  kernel and the next call page-faults all of it in again (measured: 35 ms ->
+  21 ms per 30 s STFT under load). The returned spectrum never aliases it.
 - FFT: :func:`scipy.fft.rfft` (pocketfft, the same algorithm as ``numpy.fft``)
   in single precision: on NumPy 2.4 here ``numpy.fft.rfft`` of float32 input is
   about 4x slower than scipy's for (431, 2048) frames, and its float64 path
@@ -23,6 +29,7 @@ for ``f = 0 .. n_fft // 2`` (row 0 is DC, the lowest frequency).
 """
 from __future__ import annotations
 
+import threading
 from functools import lru_cache
 
 import numpy as np
@@ -32,6 +39,24 @@ from .errors import PipelineError
 __all__ = ["stft", "hann_window", "n_frames", "frame"]
 
 PAD_MODES = ("constant", "reflect", "edge", "symmetric", "wrap")
+
+#: Largest windowed-frame buffer kept between calls, per thread (bytes).
+WORK_BUFFER_MAX_BYTES = 64 << 20
+
+_work = threading.local()
+
+
+def _work_buffer(shape, dtype) -> np.ndarray:
+    """A C-contiguous array of ``shape`` / ``dtype`` carved from this thread's kept
+    buffer (grown as needed), or a fresh one above ``WORK_BUFFER_MAX_BYTES``."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    if nbytes > WORK_BUFFER_MAX_BYTES:
+        return np.empty(shape, dtype)
+    buf = getattr(_work, "buf", None)
+    if buf is None or buf.nbytes < nbytes:
+        buf = _work.buf = np.empty(max(nbytes, 1 << 20), np.uint8)
+    return buf[:nbytes].view(dtype).reshape(shape)
 
 
 @lru_cache(maxsize=16)
@@ -199,6 +224,7 @@ def stft(y, n_fft: int = 2048, hop_length: int = 512, window="hann", center: boo
     if center:
         y = np.pad(y, n_fft // 2, mode=pad_mode)
     frames = frame(y, n_fft, hop_length)          # (n_frames, n_fft) view
-    windowed = frames * w                          # (n_frames, n_fft) copy
-    spec = scipy.fft.rfft(windowed, axis=1, overwrite_x=True)  # (n_frames, n_bins)
+    windowed = _work_buffer(frames.shape, dtype)   # kept between calls (no page faults)
+    np.multiply(frames, w, out=windowed)
+    spec = scipy.fft.rfft(windowed, axis=1)        # (n_frames, n_bins), a new array
     return spec.T

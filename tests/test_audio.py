@@ -108,6 +108,19 @@ def test_resampler_distance_from_soxr_hq():
     assert snr_db(white) < 30.0  # the bound is on band-limited signals: soxr's passband is wider
 
 
+def test_load_never_returns_the_kept_decode_buffer(tmp_path):
+    rng = np.random.default_rng(5)
+    a, b = (rng.uniform(-0.5, 0.5, n).astype(np.float32) for n in (8000, 9000))
+    pa, pb = write_wav(tmp_path / "a.wav", a, 8000), write_wav(tmp_path / "b.wav", b, 8000)
+    ya, _ = audio.load(pa, sr=None)            # mono file at its own rate: no mean, no resampling
+    both_a, _ = audio.load(pa, sr=None, mono=False)
+    audio.load(pb, sr=None)                    # decodes into the same kept buffer
+    audio.load(pb, sr=16000)
+    np.testing.assert_array_equal(ya, a)
+    np.testing.assert_array_equal(both_a[0], a)
+    assert not np.may_share_memory(ya, audio._decode_local.buf)
+
+
 def test_offset_and_duration_read_only_the_window(tmp_path):
     y = np.random.default_rng(0).uniform(-0.5, 0.5, 3 * 8000).astype(np.float32)
     p = write_wav(tmp_path / "n.wav", y, 8000)

@@ -113,3 +113,17 @@ def test_gpu_arrays_route_to_kernels_gpu_stft(monkeypatch):
     monkeypatch.setattr(kernels, "is_gpu_array", lambda a: True)
     assert stft(np.zeros(4096, np.float32), n_fft=512, hop_length=128, pad_mode="reflect") == "gpu result"
     assert calls == [dict(n_fft=512, hop_length=128, window="hann", center=True, pad_mode="reflect")]
+
+
+def test_kept_work_buffer_never_aliases_results_and_is_per_thread():
+    from concurrent.futures import ThreadPoolExecutor
+
+    ys = [_signal(22050 + 97 * k, seed=k) for k in range(6)]
+    first = stft(ys[0])
+    kept = first.copy()
+    serial = [stft(y) for y in ys]  # reuses the buffer the first call wrote its frames into
+    np.testing.assert_array_equal(first, kept)
+    with ThreadPoolExecutor(3) as ex:
+        threaded = list(ex.map(stft, ys * 3))
+    for k, D in enumerate(threaded):
+        np.testing.assert_array_equal(D, serial[k % len(ys)])
