@@ -230,8 +230,9 @@ class Conv2d(Layer):
         kb = kernels.backend_for(x)
         out = self._buf("out", self.output_shape(x.shape), x.dtype, kb.xp)
         p = self.params
+        # eval mode: each image's output independent of the rest of the batch (issue 10, item 19)
         kb.conv2d.conv2d_forward(out, x, p["weight"], p["bias"], self.stride, self.padding,
-                                 workspace_for(kernels.device_of(x)))
+                                 workspace_for(kernels.device_of(x)), batch_invariant=not self.training)
         self._x = x
         return out
 
@@ -600,7 +601,8 @@ class Linear(Layer):
             raise ValueError(f"Linear: input of shape {x.shape} must be C-contiguous")
         kb = kernels.backend_for(x)
         out = self._buf("out", (x.shape[0], self.out_features), x.dtype, kb.xp)
-        kb.linear.linear_forward(out, x, self.params["weight"], self.params["bias"])
+        kb.linear.linear_forward(out, x, self.params["weight"], self.params["bias"], batch_invariant=not self.training,
+                                 ws=workspace_for(kernels.device_of(x)))
         self._x = x
         return out
 

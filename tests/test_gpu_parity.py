@@ -448,3 +448,20 @@ def test_prefetcher_delivers_every_batch_in_order():
     imgs, labs = cp.asarray(np.concatenate([h[0] for h in host])), cp.asarray(np.concatenate([h[1] for h in host]))
     seen = np.concatenate([yb.get() for _, yb in device_batches(imgs, labs, 4, shuffle=True, seed=1)])
     assert sorted(seen.tolist()) == sorted(labs.get().tolist())
+
+
+# ----------------------------------------------------------------------------- batch invariance
+@pytest.mark.parametrize("name, shape", [("cnn2_mono", (1, 16, 24)), ("cnn4_rgb", (3, 32, 48))])
+def test_eval_output_of_an_image_does_not_depend_on_the_rest_of_the_batch(name, shape):
+    """Issue 10 item 19 on the GPU path: eval-mode logits of an image are bit-identical in any batch."""
+    from engine.models import build
+
+    m = build(name, in_shape=shape, dropout=0.4, seed=2).to("gpu")
+    rng = np.random.default_rng(4)
+    for _ in range(2):
+        m.forward(cp.asarray(rng.standard_normal((6,) + shape).astype(np.float32)))
+    m.eval()
+    x = rng.standard_normal((7,) + shape).astype(np.float32)
+    full = m.forward(cp.asarray(x)).get().copy()
+    for idx in ([1, 2, 3, 4, 5], [6, 0], [3]):
+        assert np.array_equal(m.forward(cp.asarray(x[idx])).get(), full[idx]), idx

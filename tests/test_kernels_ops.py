@@ -318,3 +318,24 @@ def test_results_do_not_depend_on_thread_count(monkeypatch):
     parallel = everything()
     for i, (s, p) in enumerate(zip(serial, parallel)):
         assert np.array_equal(s, p), i
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n, fin, fout", [(1, 5, 3), (7, 4100, 37), (3, 2048, 16)])
+def test_linear_batch_invariant_forward(dtype, n, fin, fout):
+    """The eval-mode Linear kernel: the reference's values, and row r identical alone or shifted (issue 10.19)."""
+    from kernels.cpu import linear
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((n, fin)).astype(dtype)
+    w = rng.standard_normal((fout, fin)).astype(dtype)
+    b = rng.standard_normal(fout).astype(dtype)
+    out = np.empty((n, fout), dtype)
+    linear.linear_forward(out, x, w, b, batch_invariant=True)
+    want = x.astype(np.float64) @ w.T.astype(np.float64) + b
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    assert np.max(np.abs(out - want)) <= tol * np.max(np.abs(want))
+    for r in range(n):
+        one = np.empty((2, fout), dtype)
+        linear.linear_forward(one, np.stack([x[(r + 1) % n], x[r]]), w, b, batch_invariant=True)
+        assert np.array_equal(one[1], out[r])

@@ -68,19 +68,24 @@ N_PARTIALS = 8
 CHUNK_BYTES = 1 << 20
 
 
-def plan_chunks(n, oh, ow, k1, itemsize, min_chunks=1, chunk_bytes=None):
+def plan_chunks(n, oh, ow, k1, itemsize, min_chunks=1, chunk_bytes=None, per_image=False):
     """Rows per chunk ``R`` and chunks per image (``0`` = chunks of ``R // OH`` whole images).
 
     ``R = max(1, chunk_bytes // ((K+1) * OW * itemsize))``. If ``R < OH`` each
     image is cut into ``ceil(OH / R)`` chunks of ``ceil(OH / ceil(OH / R))``
     rows; otherwise a chunk holds ``min(R // OH, ceil(N / min_chunks))`` whole
-    images, so that there are enough tasks for the threads.
+    images, so that there are enough tasks for the threads. With ``per_image``
+    a chunk never holds more than one image (``R = OH``, one chunk per image):
+    then every GEMM's shape, and an image's place in it, depend only on the
+    layer and the image, not on ``N`` or the image's index in the batch.
     """
     cb = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
     r = max(1, cb // (k1 * ow * itemsize))
     if r < oh:
         cpi = -(-oh // r)
         return -(-oh // cpi), cpi
+    if per_image:
+        return oh, 1
     return min(r // oh, -(-n // min_chunks)) * oh, 0
 
 
@@ -267,15 +272,15 @@ def _contig(a, ws, name):
     return buf
 
 
-def _plan(n, k1, oh, ow, dt, f):
+def _plan(n, k1, oh, ow, dt, f, per_image=False):
     """Chunk plan plus the scratch count: one block per thread of Numba's pool (get_thread_id)."""
-    r, cpi = plan_chunks(n, oh, ow, k1, dt.itemsize, MIN_CHUNKS)
+    r, cpi = plan_chunks(n, oh, ow, k1, dt.itemsize, MIN_CHUNKS, per_image=per_image)
     nc = n * cpi if cpi > 0 else -(-n * oh // r)
     return r, cpi, min(r, n * oh) * ow, numba.config.NUMBA_NUM_THREADS, nc
 
 
 # ----------------------------------------------------------------------------- entry points
-def conv2d_forward(out, x, weight, bias, stride, padding, ws):
+def conv2d_forward(out, x, weight, bias, stride, padding, ws, batch_invariant=False):
     """Forward convolution, ``out = conv2d(x, weight) + bias`` (PyTorch convention).
 
     Parameters
@@ -291,6 +296,13 @@ def conv2d_forward(out, x, weight, bias, stride, padding, ws):
         Zero padding on each side of H and W.
     ws : kernels.Workspace
         Scratch buffers ('conv_w', 'conv_cols', 'conv_obuf').
+    batch_invariant : bool
+        True (eval mode): chunks never span images (``plan_chunks(per_image=True)``),
+        so every GEMM's shape and an image's place in it depend only on the
+        layer and the image: ``out[i]`` is bit-identical whatever else is in
+        the batch (BLAS rounds a column differently with the GEMM's width and
+        the column's position). False (training): deep layers group whole
+        images into wider GEMMs (faster; BatchNorm couples the batch anyway).
 
     Raises
     ------
@@ -305,7 +317,7 @@ def conv2d_forward(out, x, weight, bias, stride, padding, ws):
         _check("bias", bias, (f,), dt)
     _check("out", out, (n, f, oh, ow), dt, out=True)
     k = c * kh * kw
-    r, cpi, lmax, nt, nc = _plan(n, k + 1, oh, ow, dt, f)
+    r, cpi, lmax, nt, nc = _plan(n, k + 1, oh, ow, dt, f, per_image=batch_invariant)
     if c >= ROWS_MIN_CHANNELS:  # im2row from NHWC, GEMM rows @ W.T (see module doc)
         xh = ws.get("conv_xh", (n, h, w, c), dt)
         _to_nhwc(xh, x)

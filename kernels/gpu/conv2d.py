@@ -30,14 +30,15 @@ from . import _launch as L
 __all__ = ["conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight"]
 
 
-def _im2col(cols, x, c, h, w, kh, kw, s, p, oh, ow):
-    """cols (K, N*P) from x (N, C, H, W)."""
+def _im2col(cols, x, c, h, w, kh, kw, s, p, oh, ow, per_image=False):
+    """cols (K, N*P) from x (N, C, H, W); with ``per_image`` the layout is (N, K, P) instead."""
     n = x.shape[0]
     pp = oh * ow
+    sn, sk = (c * kh * kw * pp, pp) if per_image else (pp, n * pp)
     grid, block = L.plane_grid(n * c * kh * kw, pp)
     L.kernel("conv2d.cu", "im2col", x.dtype)(
         grid, block, (cols, x, L.i32(c), L.i32(h), L.i32(w), L.i32(kh), L.i32(kw), L.i32(s), L.i32(p),
-                      L.i32(oh), L.i32(ow), L.i64(pp), L.i64(n * pp)))
+                      L.i32(oh), L.i32(ow), L.i64(sn), L.i64(sk)))
 
 
 def _to_big(big, dout, n, f, pp):
@@ -46,7 +47,7 @@ def _to_big(big, dout, n, f, pp):
     L.kernel("conv2d.cu", "nfp_to_fnp", dout.dtype)(grid, block, (big, dout, L.i32(n), L.i32(f), L.i32(pp)))
 
 
-def conv2d_forward(out, x, weight, bias, stride, padding, ws):
+def conv2d_forward(out, x, weight, bias, stride, padding, ws, batch_invariant=False):
     """Forward convolution, ``out = conv2d(x, weight) + bias`` (PyTorch convention).
 
     Parameters
@@ -60,6 +61,12 @@ def conv2d_forward(out, x, weight, bias, stride, padding, ws):
     padding : int >= 0
     ws : kernels.Workspace
         Scratch buffers ``gconv_cols`` (K, N*P) and ``gconv_big`` (F, N*P).
+    batch_invariant : bool
+        True (eval mode): columns in the per-image layout (N, K, P) and one
+        ``W (F, K) @ cols[n] (K, P)`` GEMM per image written straight into
+        ``out[n]``, then the bias added: every GEMM has the same shape, so
+        ``out[n]`` depends only on ``x[n]`` (not on the batch). False: one
+        GEMM over the whole batch.
 
     Raises
     ------
@@ -75,6 +82,15 @@ def conv2d_forward(out, x, weight, bias, stride, padding, ws):
     L.check_out("out", out, (n, f, oh, ow), dt)
     k, pp = c * kh * kw, oh * ow
     cols = ws.get("gconv_cols", (k, n * pp), dt, cp)
+    if batch_invariant:
+        _im2col(cols, x, c, h, w, kh, kw, s, p, oh, ow, per_image=True)
+        cols3, out3, w2 = cols.reshape(n, k, pp), out.reshape(n, f, pp), weight.reshape(f, k)
+        for i in range(n):
+            cp.matmul(w2, cols3[i], out=out3[i])
+        if bias is not None:
+            grid, block = L.plane_grid(n * f, pp)
+            L.kernel("util.cu", "bias_add_planes", dt)(grid, block, (out, bias, L.i32(f), L.i32(pp)))
+        return
     _im2col(cols, x, c, h, w, kh, kw, s, p, oh, ow)
     big = ws.get("gconv_big", (f, n * pp), dt, cp)
     cp.matmul(weight.reshape(f, k), cols, out=big)

@@ -30,7 +30,7 @@ def _dims(x, weight, xname="x"):
     return x.shape[0], weight.shape[1], weight.shape[0]
 
 
-def linear_forward(out, x, weight, bias):
+def linear_forward(out, x, weight, bias, batch_invariant=False, ws=None):
     """``out = x @ weight.T + bias`` (overwrites ``out``).
 
     Parameters
@@ -39,6 +39,12 @@ def linear_forward(out, x, weight, bias):
     x : cupy.ndarray [shape=(N, in_features), float32 or float64]
     weight : cupy.ndarray [shape=(out_features, in_features)]
     bias : cupy.ndarray [shape=(out_features,)] or None
+    batch_invariant : bool
+        True (eval mode): one ``(1, in) @ (in, out)`` GEMM per row, the same
+        shape for every row, so row ``r`` depends only on ``x[r]`` (a GEMM's
+        rounding of a row may change with its row count and position).
+        False: one GEMM over the batch.
+    ws : ignored (the CPU kernel's scratch; same signature)
 
     Raises
     ------
@@ -49,7 +55,11 @@ def linear_forward(out, x, weight, bias):
     n, fin, fout = _dims(x, weight)
     x, weight = L.contig(x), L.check("weight", weight, dtype=dt)
     L.check_out("out", out, (n, fout), dt)
-    cp.matmul(x, weight.T, out=out)
+    if batch_invariant:
+        for r in range(n):
+            cp.matmul(x[r:r + 1], weight.T, out=out[r:r + 1])
+    else:
+        cp.matmul(x, weight.T, out=out)
     if bias is not None:
         bias = L.check("bias", bias, (fout,), dt)
         L.kernel("util.cu", "bias_add_rows", dt)(L.flat_grid(n * fout), (L.THREADS,),
