@@ -150,7 +150,10 @@ def test_workers_exit_when_the_preprocess_parent_is_killed(tmp_path):
     deadline = time.monotonic() + 10
     while any(alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not any(alive(p) for p in pids), "workers outlived their killed parent"
+    left = [p for p in pids if alive(p)]
+    for p in left:  # do not leave them behind when the test fails
+        os.kill(p, signal.SIGKILL)
+    assert not left, "workers outlived their killed parent"
     assert parent.stdout.read() == ""  # EOF: no worker keeps the parent's stdout open
 
 
