@@ -1,25 +1,34 @@
-"""Training throughput of hitcnn vs PyTorch (CPU), side by side in one run.
+"""Training throughput of hitcnn vs PyTorch at its best (CPU), raced in one run.
 
 For each of the paper's four models and each batch size, one training step
 (forward, softmax cross-entropy, backward, Adam step) is timed in hitcnn and
-in the same architecture in PyTorch (``torch.set_num_threads`` equal to
-Numba's thread count), alternating blocks of steps between the two so that
-load on a shared machine hits both alike. Reported: the median images/s over
-the timed steps after warm-up, and the ratio hitcnn / PyTorch. Also the peak
-resident memory of a hitcnn cnn6_rgb training run at batch 16, measured in a
-fresh subprocess as its ``VmHWM`` (target: < 1 GiB; ``resource.getrusage``
-is not used because Linux carries ``ru_maxrss`` over fork+exec, so a child of
-this big benchmark process would report the parent's RSS).
+in the same architecture in PyTorch eager, in every peer configuration of
+:mod:`peers` (NCHW and ``channels_last``, each under a caching allocator:
+glibc told to keep its buffers, and jemalloc / tcmalloc via ``LD_PRELOAD``
+when installed). Every runner is its own worker subprocess (an allocator
+must be chosen before a process starts) with the same thread count; the
+parent alternates rounds of steps between them (one runs at a time, the
+start rotates), so load on a shared machine hits all alike. Reported: the
+median images/s of each, the ratio hitcnn / **best** peer, the achieved
+GFLOP/s of both (nominal training FLOPs = 3 x the forward FLOPs of the convs
+and Linears, per image) and their fraction of the sgemm peak measured in the
+same run with the same threads (the best of NumPy's and torch's sgemm,
+2048^3, before and after the race). Also the peak resident memory of a
+hitcnn cnn6_rgb training run at batch 16, measured in a fresh subprocess as
+its ``VmHWM`` (target: < 1 GiB; ``resource.getrusage`` is not used because
+Linux carries ``ru_maxrss`` over fork+exec).
 
 Usage::
 
     python bench/train_throughput.py                       # all models, batch 16 and 64
     python bench/train_throughput.py --models cnn6_rgb --batch 16 --profile
+    python bench/train_throughput.py --weak-peer           # also the untuned NCHW/glibc peer (old baseline)
     python bench/train_throughput.py --out                 # also writes bench/results/cpu_train_throughput.txt
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import resource
@@ -35,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 import numba  # noqa: E402
 from machine import cpu_model  # noqa: E402  (bench/machine.py)
+from peers import env_with, peer_configs, sgemm_gflops  # noqa: E402  (bench/peers.py)
 
 from engine import models  # noqa: E402
 from engine.losses import SoftmaxCrossEntropy  # noqa: E402
@@ -81,7 +91,7 @@ class Torch:
     """The same training step in PyTorch, with the same architecture and thread count."""
     name = "torch"
 
-    def __init__(self, model_name, n):
+    def __init__(self, model_name, n, memory_format="nchw"):
         import torch
 
         c, widths = models.MODELS[model_name]
@@ -96,6 +106,10 @@ class Torch:
         self.opt = torch.optim.Adam(self.model.parameters(), lr=5e-4)
         x, y = batch(models.MODELS[model_name][0], n)
         self.x, self.y = torch.from_numpy(x), torch.from_numpy(y)
+        if memory_format == "channels_last":
+            self.model = self.model.to(memory_format=torch.channels_last)
+            self.x = self.x.contiguous(memory_format=torch.channels_last)
+            self.opt = torch.optim.Adam(self.model.parameters(), lr=5e-4)
 
     def step(self):
         self.opt.zero_grad(set_to_none=False)
@@ -104,19 +118,76 @@ class Torch:
         self.opt.step()
 
 
-def measure(runners, n, warmup, rounds, per_round):
-    """Alternate ``per_round`` timed steps of each runner, ``rounds`` times; return median images/s per runner."""
-    for r in runners:
-        for _ in range(warmup):
-            r.step()
-    times = {r.name: [] for r in runners}
-    for _ in range(rounds):
-        for r in runners:
-            for _ in range(per_round):
+def forward_flops(model_name, h=102, w=159):
+    """Multiply-add FLOPs (2 per MAC) of one image's forward pass through the convs and Linears."""
+    c, widths = models.MODELS[model_name]
+    fl = 0
+    for f in widths:
+        fl += 2 * f * c * 9 * h * w
+        c, h, w = f, h // 2, w // 2
+    return fl + 2 * c * h * w * models.HIDDEN + 2 * models.HIDDEN * 3
+
+
+def worker(kind, model_name, n, threads):
+    """Worker process: build one runner, then answer 'steps K' (JSON list of seconds) and 'peak' lines on stdin."""
+    numba.set_num_threads(threads)
+    if kind == "hitcnn":
+        r = Ours(model_name, n)
+    else:
+        import torch
+
+        torch.set_num_threads(threads)
+        r = Torch(model_name, n, kind)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        cmd = line.split()
+        if cmd[0] == "steps":
+            ts = []
+            for _ in range(int(cmd[1])):
                 t = time.perf_counter()
                 r.step()
-                times[r.name].append(time.perf_counter() - t)
-    return {k: n / float(np.median(v)) for k, v in times.items()}
+                ts.append(time.perf_counter() - t)
+            print(json.dumps(ts), flush=True)
+        elif cmd[0] == "peak":
+            print(json.dumps(sgemm_gflops(threads)), flush=True)
+        else:
+            return
+
+
+class Worker:
+    """Parent side of one worker subprocess (see :func:`worker`)."""
+
+    def __init__(self, label, kind, model_name, n, threads, env):
+        self.label = label
+        self.p = subprocess.Popen([sys.executable, __file__, "--worker", kind, model_name, str(n), str(threads)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        if self.p.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"benchmark worker {label} failed to start (exit {self.p.poll()})")
+
+    def ask(self, cmd):
+        self.p.stdin.write(cmd + "\n")
+        self.p.stdin.flush()
+        return json.loads(self.p.stdout.readline())
+
+    def close(self):
+        try:
+            self.p.stdin.write("quit\n")
+            self.p.stdin.close()
+        except OSError:
+            pass
+        self.p.wait(timeout=60)
+
+
+def race(workers, warmup, rounds, per_round):
+    """Alternate ``per_round`` timed steps per worker for ``rounds`` rounds (start rotated); median s/step each."""
+    for w in workers:
+        w.ask(f"steps {warmup}")
+    times = {w.label: [] for w in workers}
+    for r in range(rounds):
+        for i in range(len(workers)):
+            w = workers[(i + r) % len(workers)]
+            times[w.label] += w.ask(f"steps {per_round}")
+    return {k: float(np.median(v)) for k, v in times.items()}
 
 
 def profile(model_name, n, steps=5):
@@ -196,9 +267,13 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None, help="threads for both (default: Numba's default)")
     ap.add_argument("--profile", action="store_true", help="also print hitcnn per-layer timings")
     ap.add_argument("--no-torch", action="store_true", help="hitcnn only")
+    ap.add_argument("--weak-peer", action="store_true", help="also race untuned torch (NCHW, default glibc malloc)")
     ap.add_argument("--out", action="store_true", help=f"also write {RESULT.relative_to(ROOT)}")
     ap.add_argument("--rss-child", nargs=3, metavar=("MODEL", "N", "STEPS"), help=argparse.SUPPRESS)
+    ap.add_argument("--worker", nargs=4, metavar=("KIND", "MODEL", "N", "THREADS"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.worker:
+        return worker(a.worker[0], a.worker[1], int(a.worker[2]), int(a.worker[3]))
     if a.rss_child:
         return rss_child(a.rss_child[0], int(a.rss_child[1]), int(a.rss_child[2]))
     if a.threads:
@@ -208,32 +283,74 @@ def main(argv=None):
     if not a.no_torch:
         try:
             import torch
-
-            torch.set_num_threads(threads)
         except ImportError:
             torch = None
+    peers = [] if torch is None else peer_configs(a.weak_peer)
     lines = [
-        "hitcnn vs PyTorch: CPU training throughput (forward + loss + backward + Adam step), images/s",
+        "hitcnn vs PyTorch at its best: CPU training throughput (forward + loss + backward + Adam step), images/s",
         f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs; threads: numba {threads} "
-        f"({numba.threading_layer() if _warm_numba() else '?'}), torch {torch.get_num_threads() if torch else '-'}",
+        f"({numba.threading_layer() if _warm_numba() else '?'}), torch {threads if torch else '-'} (each runner "
+        "its own process)",
         f"versions: python {platform.python_version()}, numpy {np.__version__}, numba {numba.__version__}, "
         f"torch {torch.__version__ if torch else 'absent'}, BLAS {blas_info()}",
+        f"peers: {', '.join(p[0] for p in peers) or 'none'}",
         f"timing: median over {a.rounds}x{a.per_round} steps per runner after {a.warmup} warm-up steps, "
-        "runners alternated per round; 102x159 inputs",
-        "",
-        f"{'model':<10} {'batch':>5} {'hitcnn img/s':>13} {'torch img/s':>12} {'ratio':>7}",
+        "runners alternated per round (start rotated); 102x159 inputs",
+        "GFLOP/s: nominal training FLOPs = 3 x forward FLOPs of the convs and Linears per image; "
+        "% of peak = of the best sgemm (2048^3) measured in this run with the same threads",
     ]
     print("\n".join(lines), flush=True)
+    peak_samples = []
+    ref_env = env_with({})
+    probe = Worker("probe", "hitcnn", "cnn2_mono", 2, threads, ref_env)
+    peak_samples.append(probe.ask("peak"))
+    probe.close()
+    peak = max(v for d in peak_samples for v in d.values())
+    row = f"sgemm peak before the race: {', '.join(f'{k} {v:.0f}' for k, v in peak_samples[0].items())} GFLOP/s"
+    print(row, flush=True)
+    lines += [row, ""]
+    hdr = (f"{'model':<10} {'batch':>5} {'hitcnn img/s':>12} {'GFLOP/s':>7} {'%peak':>5} {'best peer':<30} "
+           f"{'img/s':>7} {'GFLOP/s':>7} {'%peak':>5} {'ratio':>6}")
+    print(hdr, flush=True)
+    lines.append(hdr)
+    table = []
+    per_peer = []
     for name in a.models:
+        fl = 3 * forward_flops(name)
         for n in a.batch:
-            runners = [Ours(name, n)] + ([Torch(name, n)] if torch else [])
-            r = measure(runners, n, a.warmup, a.rounds, a.per_round)
-            t = r.get("torch")
-            row = (f"{name:<10} {n:>5} {r['hitcnn']:>13.1f} {t if t else float('nan'):>12.1f} "
-                   f"{r['hitcnn'] / t if t else float('nan'):>7.2f}")
+            ws = [Worker("hitcnn", "hitcnn", name, n, threads, ref_env)]
+            ws += [Worker(label, fmt, name, n, threads, env_with(env)) for label, fmt, env in peers]
+            try:
+                med = race(ws, a.warmup, a.rounds, a.per_round)
+            finally:
+                for w in ws:
+                    w.close()
+            ips = {k: n / v for k, v in med.items()}
+            ours = ips.pop("hitcnn")
+            best = max(ips, key=ips.get) if ips else None
+            table.append((name, n, ours, fl, best, ips.get(best, float("nan"))))
+            per_peer.append((name, n, ours, ips))
+            g, gb = ours * fl / 1e9, ips.get(best, float("nan")) * fl / 1e9
+            row = (f"{name:<10} {n:>5} {ours:>12.1f} {g:>7.1f} {100 * g / peak:>5.0f} {best or '-':<30} "
+                   f"{ips.get(best, float('nan')):>7.1f} {gb:>7.1f} {100 * gb / peak:>5.0f} "
+                   f"{ours / ips[best] if best else float('nan'):>6.2f}")
             print(row, flush=True)
             lines.append(row)
-            del runners
+    probe = Worker("probe", "hitcnn", "cnn2_mono", 2, threads, ref_env)
+    peak_samples.append(probe.ask("peak"))
+    probe.close()
+    peak2 = max(peak_samples[1].values())
+    row = (f"sgemm peak after the race: {', '.join(f'{k} {v:.0f}' for k, v in peak_samples[1].items())} GFLOP/s "
+           f"(%peak above uses the 'before' value {peak:.0f}; after: {peak2:.0f})")
+    print(row, flush=True)
+    lines.append(row)
+    if peers:
+        lines.append("")
+        lines.append("every peer, img/s (ratio hitcnn / peer):")
+        for name, n, ours, ips in per_peer:
+            row = f"{name:<10} {n:>5} " + "; ".join(f"{k} {v:.1f} ({ours / v:.2f})" for k, v in ips.items())
+            lines.append(row)
+            print(row, flush=True)
     # fresh children; one that JIT-compiles (cold or invalidated Numba cache) peaks higher, hence three
     rss = [peak_rss_mib("cnn6_rgb", 16) for _ in range(3)]
     best = min(rss)
