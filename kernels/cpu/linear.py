@@ -18,9 +18,9 @@ from . import _threads
 from .blas import gemm
 
 #: Outputs computed side by side by the batch-invariant forward (each its own sequential sum).
-LANES = 16
-#: Input features per tile of the batch-invariant forward (x and weight tiles stay in L2).
-TILE_IN = 2048
+LANES = 256
+#: Input features per tile of the batch-invariant forward (a 256 KiB weight tile, in L2).
+TILE_IN = 256
 
 __all__ = ["linear_forward", "linear_backward_input", "linear_backward_weight"]
 
@@ -35,85 +35,23 @@ def _forward(out, x, weight, bias, has_bias):
             out[r] += bias
 
 
-@njit(cache=True, inline="always")
-def _dot16(acc, ao, xf, xo, wf, t):
-    """acc[ao + e] += sum_i xf[xo + i] * wf[16*i + e] for i in [0, t), e < 16, in increasing i.
-
-    Flat C-contiguous arrays and constant offsets, so LLVM sees 16 consecutive
-    loads and keeps the 16 sums in one vector register (SLP vectoriser).
-    """
-    a0 = acc[ao + 0]
-    a1 = acc[ao + 1]
-    a2 = acc[ao + 2]
-    a3 = acc[ao + 3]
-    a4 = acc[ao + 4]
-    a5 = acc[ao + 5]
-    a6 = acc[ao + 6]
-    a7 = acc[ao + 7]
-    a8 = acc[ao + 8]
-    a9 = acc[ao + 9]
-    a10 = acc[ao + 10]
-    a11 = acc[ao + 11]
-    a12 = acc[ao + 12]
-    a13 = acc[ao + 13]
-    a14 = acc[ao + 14]
-    a15 = acc[ao + 15]
-    for i in range(t):
-        xi = xf[xo + i]
-        b = 16 * i
-        a0 += xi * wf[b + 0]
-        a1 += xi * wf[b + 1]
-        a2 += xi * wf[b + 2]
-        a3 += xi * wf[b + 3]
-        a4 += xi * wf[b + 4]
-        a5 += xi * wf[b + 5]
-        a6 += xi * wf[b + 6]
-        a7 += xi * wf[b + 7]
-        a8 += xi * wf[b + 8]
-        a9 += xi * wf[b + 9]
-        a10 += xi * wf[b + 10]
-        a11 += xi * wf[b + 11]
-        a12 += xi * wf[b + 12]
-        a13 += xi * wf[b + 13]
-        a14 += xi * wf[b + 14]
-        a15 += xi * wf[b + 15]
-    acc[ao + 0] = a0
-    acc[ao + 1] = a1
-    acc[ao + 2] = a2
-    acc[ao + 3] = a3
-    acc[ao + 4] = a4
-    acc[ao + 5] = a5
-    acc[ao + 6] = a6
-    acc[ao + 7] = a7
-    acc[ao + 8] = a8
-    acc[ao + 9] = a9
-    acc[ao + 10] = a10
-    acc[ao + 11] = a11
-    acc[ao + 12] = a12
-    acc[ao + 13] = a13
-    acc[ao + 14] = a14
-    acc[ao + 15] = a15
-
-
 @njit(cache=True, parallel=True)
 def _forward_invariant(out, x, weight, bias, has_bias, acc, wt):
     """out[r, o] = sum_i x[r, i] * weight[o, i] (+ bias[o]), the same float operations for every row.
 
     Each ``(r, o)`` is one sequential sum over ``i = 0, 1, ...`` (then + bias),
-    vectorised across LANES = 16 outputs held in registers (:func:`_dot16`):
-    tiles of TILE_IN features of a block of 16 weight rows are transposed
-    into ``wt`` (zero rows pad the last block) and every row of ``x`` runs
-    over the tile. Tiling only reorders *which* (r, o) is worked on, never
-    the operations of one, so a row's result does not depend on the other
-    rows, their number or its index (no FMA contraction: Numba compiles
-    without fastmath). ``acc`` (N, nblocks*16) holds the running sums.
+    vectorised across a block of LANES outputs: tiles of TILE_IN features of
+    LANES weight rows are transposed into ``wt[block]`` (zero rows pad the
+    last block) and every row of ``x`` runs over the tile, its LANES running
+    sums in ``acc`` (wide enough that the store-to-load chains of the
+    accumulators overlap). Tiling only reorders *which* (r, o) is worked on,
+    never the operations of one, so a row's result does not depend on the
+    other rows, their number or its index (no FMA contraction: Numba
+    compiles without fastmath).
     """
     n, ni = x.shape
     no = weight.shape[0]
     nob = -(-no // LANES)
-    accf = acc.reshape(-1)
-    accw = acc.shape[1]
-    xf = x.reshape(-1)
     for ob in prange(nob):
         o0 = ob * LANES
         m = min(no, o0 + LANES) - o0
@@ -132,9 +70,14 @@ def _forward_invariant(out, x, weight, bias, has_bias, acc, wt):
                 else:
                     for i in range(t1 - t0):
                         w[i, e] = 0
-            wf = w.reshape(-1)
             for r in range(n):
-                _dot16(accf, r * accw + o0, xf, r * ni + t0, wf, t1 - t0)
+                a = acc[r, o0:o0 + LANES]
+                xr = x[r, t0:t1]
+                for i in range(t1 - t0):
+                    xi = xr[i]
+                    wi = w[i]
+                    for e in range(LANES):
+                        a[e] += xi * wi[e]
         for r in range(n):
             for e in range(m):
                 v = acc[r, o0 + e]
