@@ -303,6 +303,13 @@ def add_train_args(p: argparse.ArgumentParser, grid: bool = False, augment_off: 
     g.add_argument("--seed", type=int, default=0, help="seed of weights, data order and dropout (default: 0)")
     g.add_argument("--checkpoint-every", type=int, default=50,
                    help="also checkpoint every N steps inside an epoch, for --resume (default: 50; 0 = epoch ends)")
+    g.add_argument("--distributed", action="store_true",
+                   help="data-parallel over MPI ranks: launch with `mpirun -n K python cli.py ... --distributed` "
+                        "(train: the global --batch-size is split over the K ranks; grid: the runs are divided "
+                        "over the ranks) (default: off; needs pip install -e '.[mpi]')")
+    g.add_argument("--sync-bn", action="store_true",
+                   help="with --distributed: BatchNorm statistics over the whole global batch, as one process "
+                        "(default: per-rank statistics, as PyTorch DDP)")
     g.add_argument("--max-steps", type=int, default=None, help=argparse.SUPPRESS)
     g.add_argument("--step-delay", type=float, default=0.0, help=argparse.SUPPRESS)
     add_augment_args(p, default="off" if augment_off else "default")
@@ -676,13 +683,21 @@ def _train_config(args, model=None, lr=None, batch_size=None, dropout=None, weig
                        checkpoint_every=args.checkpoint_every,
                        overfit_batch=bool(getattr(args, "overfit_batch", False)),
                        progress=not args.quiet, max_steps=args.max_steps, step_delay=args.step_delay,
-                       augment=augment_config(args))
+                       augment=augment_config(args), sync_bn=bool(getattr(args, "sync_bn", False)))
 
 
-def run_training(ds, src, cfg, out: Path, argv, resume=False, log=print, write_config=None) -> dict:
+def run_training(ds, src, cfg, out: Path, argv, resume=False, log=print, write_config=None, dist="job") -> dict:
     """Write config.json (unless resuming, or ``write_config`` is False), print it, train, then write
-    report.json and the plots."""
+    report.json and the plots. ``dist``: the job's MPI ranks (default) or None (one process: grid runs)."""
     from engine import train as tr
+
+    global _DIST
+    if dist is None and _DIST is not None:  # a single-process run inside a distributed grid
+        saved, _DIST = _DIST, None
+        try:
+            return run_training(ds, src, cfg, out, argv, resume, log, write_config)
+        finally:
+            _DIST = saved
 
     _check_train_config(cfg)
     out.mkdir(parents=True, exist_ok=True)
@@ -700,7 +715,7 @@ def run_training(ds, src, cfg, out: Path, argv, resume=False, log=print, write_c
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "threads": os.environ.get("NUMBA_NUM_THREADS") or str(os.cpu_count()),
     }
-    if (not resume) if write_config is None else write_config:
+    if ((not resume) if write_config is None else write_config) and (_DIST is None or _DIST.is_writer):
         (out / "config.json").write_text(json.dumps(conf, indent=2, default=str))
     rows = [("run directory", out), ("data", src["kind"] + (" (SYNTHETIC demo)" if src["kind"] == "demo" else "")),
             ("dataset", src.get("dataset_dir", "")), ("manifest hash", conf["dataset_manifest_hash"][:16]),
@@ -710,8 +725,10 @@ def run_training(ds, src, cfg, out: Path, argv, resume=False, log=print, write_c
     rows += [(k, v) for k, v in tr.config_dict(cfg).items() if k not in ("extra",)]
     rows += [("code version", conf["code_version"]), ("resume", resume)]
     print_table("configuration", rows)
-    res = tr.fit(ds, cfg, out, resume=resume, log=log)
+    res = tr.fit(ds, cfg, out, resume=resume, log=log, dist=_DIST)
     log(training_done_message(res, cfg, resumed=resume))
+    if _DIST is not None and not _DIST.is_writer:  # rank 0 evaluates and writes report.json and the plots
+        return dict(res, report=None)
     rep = tr.final_report(out, ds, cfg, log=log)
     log(f"run directory: {out}  (report.json, metrics.jsonl, checkpoints/, curves.png, confusion.png)")
     return dict(res, report=rep)
@@ -774,6 +791,8 @@ def cmd_train(args, argv) -> int:
         cfg.step_delay = args.step_delay
         if args.patience is not None:
             cfg.patience = args.patience
+        if args.sync_bn and not cfg.sync_bn:
+            raise UsageError(f"--resume {out}: the run was started without --sync-bn; resume it the same way")
         _check_train_config(cfg, f"--resume {out}: ")
         from pipeline.dataset import Dataset
 
@@ -797,7 +816,7 @@ def cmd_train(args, argv) -> int:
     out = Path(args.out) if args.out else Path(_default_run_name(src0, args.model))
     if (out / "checkpoints" / "last.npz").exists():
         raise UsageError(f"{out} already holds a run; continue it with --resume or pick another --out")
-    ds, src = prepare_data(args, model_mode(args.model))
+    ds, src = _rank0_first(lambda: prepare_data(args, model_mode(args.model)))
     _status_report(ds, src)
     cfg = _train_config(args, demo=src["kind"] == "demo")
     run_training(ds, src, cfg, out, argv)
@@ -1044,6 +1063,13 @@ def cmd_grid(args, argv) -> int:
     print(f"grid: {len(combos)} combinations into {base}")
     rows = []
     datasets = {}
+    dist = _DIST
+    if dist is not None:  # the runs divided over the ranks, each run single-process
+        mine = combos[dist.rank::dist.size]
+        print(f"grid --distributed: {dist.size} ranks, rank {dist.rank} trains {len(mine)} of the runs")
+        for mode in sorted({model_mode(c[0]) for c in combos}):
+            datasets[mode] = _rank0_first(lambda: prepare_data(args, mode))
+        combos = mine
     for model, lr, bs, dr, wd in combos:
         mode = model_mode(model)
         if mode not in datasets:
@@ -1052,11 +1078,15 @@ def cmd_grid(args, argv) -> int:
         name = f"{model}_lr{lr:g}_bs{bs}_do{dr:g}_wd{wd:g}"
         cfg = _train_config(args, model=model, lr=lr, batch_size=bs, dropout=dr, weight_decay=wd,
                             demo=src["kind"] == "demo")
-        res = run_training(ds, src, cfg, base / name, argv)
+        res = run_training(ds, src, cfg, base / name, argv, dist=None)
         best = next((h for h in res["history"] if h["epoch"] == res["best_epoch"]), {})
         rows.append(dict(run=name, model=model, lr=lr, batch_size=bs, dropout=dr, weight_decay=wd,
                          val_acc=res["best_val_acc"], train_acc=best.get("train_acc"),
                          best_epoch=res["best_epoch"], test_acc=res["report"]["accuracy"]))
+    if dist is not None:  # rank 0 writes the table of every rank's runs
+        rows = [r for part in dist.comm.gather(rows, root=0) or [] for r in part]
+        if not dist.is_writer:
+            return 0
     rows.sort(key=lambda r: -r["val_acc"])
     _write_table(rows, base / "grid.csv", base / "grid.md", "Grid search: best validation accuracy per combination")
     print((base / "grid.md").read_text())
@@ -1190,12 +1220,57 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+
+    if getattr(args, "distributed", False):
+        rc = _start_distributed(args)
+        if rc:
+            return rc
+        rc = _main(args, argv)
+        if rc and _DIST.size > 1:  # the other ranks may wait in a collective: stop them all
+            _DIST.abort(f"stopped with exit code {rc} (see the error above); stopping every rank", rc)
+        return rc
+    return _main(args, argv)
+
+
+#: the job's engine.distributed.Distributed under --distributed (None: one process)
+_DIST = None
+
+
+def _start_distributed(args) -> int:
+    """Start MPI for --distributed; ranks > 0 print nothing on stdout and show no progress bars."""
+    global _DIST
+    from engine.distributed import DistributedError, init
+
+    if args.command not in ("train", "grid"):
+        print(f"error: --distributed applies to train and grid, not {args.command}", file=sys.stderr)
+        return 2
+    try:
+        _DIST = init(getattr(args, "device", "cpu"))
+    except DistributedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not _DIST.is_writer:
+        args.quiet = True
+        sys.stdout = open(os.devnull, "w")
+    return 0
+
+
+def _rank0_first(fn):
+    """``fn()`` (data preparation) on rank 0 first and then on the others, which find the cache built."""
+    return fn() if _DIST is None else _DIST.rank0_first(fn)
+
+
+def _main(args, argv) -> int:
     from engine.checkpoint import CheckpointError
+    from engine.distributed import DistributedError
     from engine.train import TrainingError
     from pipeline.errors import PipelineError
 
     try:
         return int(args.func(args, argv) or 0)
+    except DistributedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         if exc.layout:

@@ -288,6 +288,7 @@ class BatchNorm2d(Layer):
         self.grads = {n: np.zeros_like(p) for n, p in self.params.items()}
         self.buffers = {"running_mean": np.zeros(c, dtype), "running_var": np.ones(c, dtype)}
         self._x = None
+        self.sync = None  # engine.distributed.SyncBatchNorm: batch statistics summed over MPI ranks
 
     def forward(self, x):
         """``(N, C, H, W) -> (N, C, H, W)``; training mode needs ``N*H*W >= 2``."""
@@ -298,8 +299,11 @@ class BatchNorm2d(Layer):
         if self.training:
             self._mean = self._buf("save_mean", (self.num_features,), np.float64, kb.xp)
             self._invstd = self._buf("save_invstd", (self.num_features,), np.float64, kb.xp)
-            kb.batchnorm.batchnorm_forward_train(out, self._mean, self._invstd, x, p["weight"], p["bias"],
-                                                 b["running_mean"], b["running_var"], self.momentum, self.eps)
+            if self.sync is not None:
+                self.sync.bn_forward(self, kb, x, out)
+            else:
+                kb.batchnorm.batchnorm_forward_train(out, self._mean, self._invstd, x, p["weight"], p["bias"],
+                                                     b["running_mean"], b["running_var"], self.momentum, self.eps)
             self._x = x
         else:
             kb.batchnorm.batchnorm_forward_eval(out, x, p["weight"], p["bias"], b["running_mean"],
@@ -315,6 +319,9 @@ class BatchNorm2d(Layer):
         self._check_dy(dy, x.shape)
         kb = kernels.backend_for(x)
         dx = self._buf("dx", x.shape, x.dtype, kb.xp)
+        if self.sync is not None:
+            self.sync.bn_backward(self, kb, dy, x, dx)
+            return dx
         kb.batchnorm.batchnorm_backward(dx, self.grads["weight"], self.grads["bias"], dy, x, self._mean,
                                         self._invstd, self.params["weight"])
         return dx
@@ -430,6 +437,7 @@ class Dropout(Layer):
         self._rngs = {"cpu": self.rng}  # device -> generator (kept across moves: to('gpu').to('cpu') resumes it)
         self._pending = {}  # device -> state of a generator not created yet (set_rng_state on another device)
         self._mask = None
+        self.draws = None  # engine.distributed: (rng, x) -> the draws of this rank's rows of the global batch
 
     def forward(self, x):
         """Same shape as ``x``; draws ``x.size`` uniforms from the layer's generator in training mode."""
@@ -441,7 +449,8 @@ class Dropout(Layer):
         kb = kernels.backend_for(x)
         out = self._buf("out", x.shape, x.dtype, kb.xp)
         self._mask = self._buf("mask", x.shape, np.uint8, kb.xp)
-        kb.dropout.dropout_forward(out, self._mask, x, self.p, self.rng)
+        rng = self.rng if self.draws is None else self.draws(self.rng, x)
+        kb.dropout.dropout_forward(out, self._mask, x, self.p, rng)
         self._shape = x.shape
         return out
 

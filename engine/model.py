@@ -49,8 +49,12 @@ class _FusedBNReLUPool:
         if bn.training:
             mean = bn._buf("save_mean", (bn.num_features,), np.float64, kb.xp)
             invstd = bn._buf("save_invstd", (bn.num_features,), np.float64, kb.xp)
-            fz.bn_relu_pool_forward_train(out, argmax, mean, invstd, x, p["weight"], p["bias"], b["running_mean"],
-                                          b["running_var"], bn.momentum, bn.eps, pool.kernel_size)
+            if bn.sync is not None:  # statistics summed over MPI ranks (engine.distributed)
+                bn.sync.fused_forward(bn, kb, fz, x, out, argmax, pool.kernel_size)
+            else:
+                fz.bn_relu_pool_forward_train(out, argmax, mean, invstd, x, p["weight"], p["bias"],
+                                              b["running_mean"], b["running_var"], bn.momentum, bn.eps,
+                                              pool.kernel_size)
             self._x, self._argmax, self._mean, self._invstd = x, argmax, mean, invstd
         else:
             fz.bn_relu_pool_forward_eval(out, argmax, x, p["weight"], p["bias"], b["running_mean"],
@@ -66,6 +70,10 @@ class _FusedBNReLUPool:
         bn._check_dy(dy, self.pool.output_shape(x.shape))
         kb = kernels.backend_for(x)
         dx = bn._buf("dx", x.shape, x.dtype, kb.xp)
+        if bn.sync is not None:
+            bn.sync.fused_backward(bn, kb, self.module_for(x), dy, self._argmax, x, self._mean, self._invstd, dx,
+                                   self.pool.kernel_size)
+            return dx
         self.module_for(x).bn_relu_pool_backward(dx, bn.grads["weight"], bn.grads["bias"], dy, self._argmax, x,
                                                  self._mean, self._invstd, bn.params["weight"], bn.params["bias"],
                                                  self.pool.kernel_size)

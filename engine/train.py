@@ -151,6 +151,8 @@ class TrainConfig:
     augment : dict
         Batch-time augmentation of the training batches, ``engine.augment.AugmentConfig``'s
         fields (empty: off; evaluation never augments; ``--overfit-batch`` ignores it).
+    sync_bn : bool
+        Under ``--distributed``: BatchNorm statistics over the global batch (all ranks), not per rank.
     """
 
     model: str = "cnn6_rgb"
@@ -168,6 +170,7 @@ class TrainConfig:
     max_steps: int | None = None
     step_delay: float = 0.0
     augment: dict = field(default_factory=dict)
+    sync_bn: bool = False
     extra: dict = field(default_factory=dict)
 
 
@@ -604,7 +607,7 @@ def _bar(total, desc, enabled):
     return tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True, file=sys.stderr)
 
 
-def fit(dataset, cfg: TrainConfig, out_dir, resume: bool = False, log=print) -> dict:
+def fit(dataset, cfg: TrainConfig, out_dir, resume: bool = False, log=print, dist=None) -> dict:
     """Train ``cfg.model`` on ``dataset`` into run directory ``out_dir``.
 
     Parameters
@@ -619,6 +622,10 @@ def fit(dataset, cfg: TrainConfig, out_dir, resume: bool = False, log=print) -> 
         Continue from ``out_dir/checkpoints/last.npz``.
     log : callable
         Where messages go (``print``).
+    dist : engine.distributed.Distributed or None
+        Data-parallel training over MPI ranks (``--distributed``): this rank
+        trains its shard of every global batch, gradients are summed over the
+        ranks, only rank 0 writes files (see :mod:`engine.distributed`).
 
     Returns
     -------
@@ -646,10 +653,10 @@ def fit(dataset, cfg: TrainConfig, out_dir, resume: bool = False, log=print) -> 
     """
     check_config(cfg)
     with _SigintFlag() as sigint:  # installed before anything slow, so Ctrl-C always saves
-        return _fit(dataset, cfg, out_dir, resume, log, sigint)
+        return _fit(dataset, cfg, out_dir, resume, log, sigint, dist)
 
 
-def _fit(dataset, cfg, out_dir, resume, log, sigint):
+def _fit(dataset, cfg, out_dir, resume, log, sigint, dist=None):
     import kernels
     from engine.losses import SoftmaxCrossEntropy
 
@@ -667,6 +674,9 @@ def _fit(dataset, cfg, out_dir, resume, log, sigint):
     opt = make_optimizer(model, cfg)
     crit = SoftmaxCrossEntropy()
     model.train()
+    writer = dist is None or dist.is_writer  # only rank 0 writes files
+    if dist is not None:
+        dist.setup(model, cfg)
 
     state = dict(epoch=0, step_in_epoch=0, global_step=0, loss_sum=0.0, correct=0, count=0,
                  epoch_seconds=0.0, wait_seconds=0.0, best_val_acc=-1.0, best_epoch=-1, bad_epochs=0)
@@ -674,12 +684,14 @@ def _fit(dataset, cfg, out_dir, resume, log, sigint):
         if not last_path.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {last_path}; start the run without --resume")
         extra = load_state(last_path, model, opt)
+        if dist is not None:
+            dist.check_resume(extra, last_path)
         state.update({k: extra[k] for k in state if k in extra})
         log(f"resumed from {last_path}: epoch {state['epoch'] + 1}, "
             f"{state['step_in_epoch']} batches of it already done, step {state['global_step']}")
-        history = _read_history(metrics_path, state["epoch"] + 1)  # keep the finished epochs (1-based)
+        history = _read_history(metrics_path, state["epoch"] + 1) if writer else []  # keep the finished epochs
     else:
-        if metrics_path.exists():
+        if writer and metrics_path.exists():
             metrics_path.unlink()
         history = []
 
@@ -729,9 +741,15 @@ def _fit(dataset, cfg, out_dir, resume, log, sigint):
     def checkpoint(path=last_path):
         """Save the state to ``path`` (and any earlier unsaved one); True when nothing is left unsaved."""
         flush_correct()
+        if dist is not None:  # one model on every rank: rank 0's BN running stats, weights compared
+            dist.sync_buffers(model)
+            dist.check_in_sync(model)
+            if not writer:
+                return True
         try:
             arrays = checkpoint_arrays(model, opt, dict(state, classes=classes, model=cfg.model, mode=mode,
-                                                        in_shape=list(in_shape)), path)
+                                                        in_shape=list(in_shape), world_size=dist.size if dist else 1),
+                                       path)
         except NonFiniteState as exc:
             raise NonFiniteWeights(
                 f"the weights / optimizer state became non-finite by step {state['global_step']} (epoch "
@@ -785,9 +803,18 @@ def _fit(dataset, cfg, out_dir, resume, log, sigint):
                 if aug.enabled:  # xd: uint8 levels (N, H, W) -> augmented model input; td soft with mixup
                     xd, td = aug_mod.augment_batch(xd, yd, aug, cfg.seed, ep, state["step_in_epoch"], len(classes),
                                                    lut=aug_lut, top_db=aug_top_db, bufs=aug_bufs)
+                if dist is not None:  # this rank's rows of the (augmented, mixed) global batch
+                    if len(yd) < dist.size:
+                        break  # a last batch too short to give every rank a row: dropped on every rank
+                    s0, s1 = dist.begin_step(len(yd))
+                    xd, yd, td = xd[s0:s1], yd[s0:s1], td[s0:s1]
                 model.zero_grad()
                 logits = model.forward(xd)
                 loss = float(crit.forward(logits, td))
+                if dist is not None:  # global mean loss, correct count, batch size (and Ctrl-C on any rank)
+                    loss, d_correct, d_n, hit = dist.step_metrics(
+                        loss, int((to_numpy(logits).argmax(axis=1) == to_numpy(yd)).sum()), len(yd), sigint.hit)
+                    sigint.hit = sigint.hit or hit
                 if not math.isfinite(loss):
                     if bar is not None:
                         bar.close()
@@ -805,11 +832,19 @@ def _fit(dataset, cfg, out_dir, resume, log, sigint):
                     log(f"warning: loss is exploding ({loss:.3g} at step {state['global_step'] + 1}, "
                         f"{first_loss:.3g} at the first step of this session); try a lower --lr, "
                         f"e.g. --lr {cfg.lr / 10:g}")
-                model.backward(crit.backward())
+                dlogits = crit.backward()
+                if dist is not None:
+                    dlogits *= len(yd) / d_n  # this rank's share of the global mean
+                model.backward(dlogits)
+                if dist is not None:
+                    dist.allreduce_grads(model)
+                    dist.end_step()
                 opt.step()
-                nb = len(y)
+                nb = len(y) if dist is None else d_n
                 state["loss_sum"] += loss * nb
-                if gpu:  # on the device: no host read per step
+                if dist is not None:
+                    state["correct"] += d_correct
+                elif gpu:  # on the device: no host read per step
                     dev_correct += (logits.argmax(axis=1) == yd).sum()
                     unread[0] += 1
                 else:
@@ -854,6 +889,8 @@ def _fit(dataset, cfg, out_dir, resume, log, sigint):
             val_acc = float((to_numpy(lg).argmax(axis=1) == to_numpy(overfit_y)).mean())
             model.train()
         else:
+            if dist is not None:
+                dist.sync_buffers(model)
             val_loss, yt, yp, _ = evaluate_split(model, dataset, "val", cfg.batch_size, cfg.device, mode)
             val_acc = float((yt == yp).mean()) if yt.size else float("nan")
         cnt = max(state["count"], 1)
@@ -864,7 +901,8 @@ def _fit(dataset, cfg, out_dir, resume, log, sigint):
                    data_wait_share=round(state["wait_seconds"] / max(state["epoch_seconds"], 1e-9), 4),
                    peak_rss_mib=round(peak_rss_mib(), 1))
         history.append(rec)
-        _write_history(metrics_path, history, log)
+        if writer:
+            _write_history(metrics_path, history, log)
         improved = val_acc > state["best_val_acc"]
         if improved:
             state["best_val_acc"], state["best_epoch"], state["bad_epochs"] = val_acc, ep + 1, 0

@@ -29,7 +29,8 @@ from ._threads import run as _run
 
 from . import batchnorm as _bn
 
-__all__ = ["bn_relu_pool_forward_train", "bn_relu_pool_forward_eval", "bn_relu_pool_backward"]
+__all__ = ["bn_relu_pool_forward_train", "bn_relu_pool_forward_eval", "bn_relu_pool_backward",
+           "bn_relu_pool_apply_train", "bn_relu_pool_backward_sums", "bn_relu_pool_backward_apply"]
 
 _FM = {"reassoc", "contract"}
 
@@ -161,6 +162,19 @@ def bn_relu_pool_forward_train(out, argmax, save_mean, save_invstd, x, gamma, be
     _pool(out, argmax, x, sub, scale, shift, int(kernel_size))
 
 
+def bn_relu_pool_apply_train(out, argmax, x, save_mean, save_invstd, gamma, beta, kernel_size):
+    """Apply step of the fused training forward, from statistics already computed.
+
+    Under SyncBatchNorm the statistics come from :func:`kernels.cpu.batchnorm.batchnorm_stats`
+    summed over processes and :func:`kernels.cpu.batchnorm.batchnorm_stats_finish`;
+    this then normalises (the single-process forward's float expressions),
+    rectifies and pools in one pass. Shapes as :func:`bn_relu_pool_forward_train`.
+    """
+    _check(x, out, argmax, kernel_size)
+    sub, scale, shift = _bn.train_coefficients(save_mean, save_invstd, gamma, beta, x.dtype)
+    _pool(out, argmax, x, sub, scale, shift, int(kernel_size))
+
+
 def bn_relu_pool_forward_eval(out, argmax, x, gamma, beta, running_mean, running_var, eps, kernel_size):
     """Fused BatchNorm2d (eval, running statistics) -> ReLU -> MaxPool2d(k, stride=k); see the train version."""
     _check(x, out, argmax, kernel_size)
@@ -169,7 +183,7 @@ def bn_relu_pool_forward_eval(out, argmax, x, gamma, beta, running_mean, running
 
 
 @njit(parallel=True, cache=True, fastmath=_FM)
-def _bwd_sums(sdy, sdyx, dout, argmax, x3, sub, scale, shift, mean, invstd):  # x3 (N, C, H*W)
+def _bwd_sums(sums, dout, argmax, x3, sub, scale, shift, mean):  # x3 (N, C, H*W); sums (2, C)
     n, c = x3.shape[0], x3.shape[1]
     oh, ow = dout.shape[2], dout.shape[3]
     for ch in prange(c):
@@ -187,8 +201,8 @@ def _bwd_sums(sdy, sdyx, dout, argmax, x3, sub, scale, shift, mean, invstd):  # 
                         d = np.float64(dout[i_n, ch, i, j])
                         s += d
                         sx += d * (np.float64(xv) - mu)
-        sdy[ch] = s
-        sdyx[ch] = sx * invstd[ch]
+        sums[0, ch] = s
+        sums[1, ch] = sx
 
 
 @njit(parallel=True, cache=True)
@@ -217,8 +231,44 @@ def _bwd_apply(dx3, dout, argmax, x3, sub, scale, shift, cdy, cx, c0, csub):  # 
                     dx3[i_n, ch, t] = a * dout[i_n, ch, i, j] + bx * (xv - ms) + z
 
 
+def _check_bwd(dx, dout, argmax, x, kernel_size):
+    _check(x, dout, argmax, kernel_size)
+    if dx is not None and (dx.shape != x.shape or dx.dtype != x.dtype or not dx.flags.c_contiguous):
+        raise ValueError(f"dx must be C-contiguous {x.dtype} of shape {x.shape}, got {dx.dtype} {dx.shape}")
+    n, c, h, w = x.shape
+    return n, c, h, w, x.reshape(n, c, h * w)
+
+
+def bn_relu_pool_backward_sums(sums, dout, argmax, x, save_mean, save_invstd, gamma, beta, kernel_size):
+    """Statistics step of the fused backward: ``sums = [sum(dy), sum(dy*(x - mean))]`` per channel (float64).
+
+    ``dy`` is the gradient reaching the BatchNorm output (``dout`` at each
+    window's argmax where the ReLU passed, else 0). Shapes as
+    :func:`bn_relu_pool_backward`; ``sums`` (2, C) float64, overwritten.
+    """
+    n, c, h, w, x3 = _check_bwd(None, dout, argmax, x, kernel_size)
+    _bn._sums_buf("sums", sums, c)
+    sub, scale, shift = _bn.train_coefficients(save_mean, save_invstd, gamma, beta, x.dtype)
+    _run(x.size, _bwd_sums, sums, dout, argmax, x3, sub, scale, shift, save_mean)
+
+
+def bn_relu_pool_backward_apply(dx, dout, argmax, x, save_mean, save_invstd, gamma, beta, sums, count, kernel_size):
+    """Apply step of the fused backward: writes ``dx`` from the whole batch's ``sums`` over ``count`` values.
+
+    Parameter gradients are not touched (:func:`kernels.cpu.batchnorm.batchnorm_backward_params`).
+    """
+    n, c, h, w, x3 = _check_bwd(dx, dout, argmax, x, kernel_size)
+    _bn._sums_buf("sums", sums, c)
+    sub, scale, shift = _bn.train_coefficients(save_mean, save_invstd, gamma, beta, x.dtype)
+    cdy, cx, c0, csub = _bn.backward_coefficients(sums, save_mean, save_invstd, gamma, count, x.dtype)
+    _run(x.size, _bwd_apply, dx.reshape(n, c, h * w), dout, argmax, x3, sub, scale, shift, cdy, cx, c0, csub)
+
+
 def bn_relu_pool_backward(dx, dgamma, dbeta, dout, argmax, x, save_mean, save_invstd, gamma, beta, kernel_size):
     """Backward of :func:`bn_relu_pool_forward_train` (overwrites ``dx``; ``dgamma``, ``dbeta`` ``+=``).
+
+    :func:`bn_relu_pool_backward_sums`, the parameter gradients, then
+    :func:`bn_relu_pool_backward_apply` with this batch's own sums.
 
     Parameters
     ----------
@@ -235,19 +285,12 @@ def bn_relu_pool_backward(dx, dgamma, dbeta, dout, argmax, x, save_mean, save_in
         The values used in the forward (the ReLU mask is recomputed from them).
     kernel_size : int
     """
-    _check(x, dout, argmax, kernel_size)
-    if dx.shape != x.shape or dx.dtype != x.dtype or not dx.flags.c_contiguous:
-        raise ValueError(f"dx must be C-contiguous {x.dtype} of shape {x.shape}, got {dx.dtype} {dx.shape}")
-    c = x.shape[1]
-    m = x.shape[0] * x.shape[2] * x.shape[3]
+    n, c, h, w, x3 = _check_bwd(dx, dout, argmax, x, kernel_size)
+    m = n * h * w
     # the forward's normalisation coefficients, recomputed exactly as _finish_train made them
-    sub = save_mean.astype(x.dtype)
-    scale = (gamma * save_invstd).astype(x.dtype)
-    shift = beta.astype(x.dtype)
-    sdy = np.empty(c)
-    sdyx = np.empty(c)
-    n, h, w = x.shape[0], x.shape[2], x.shape[3]
-    x3 = x.reshape(n, c, h * w)
-    _run(x.size, _bwd_sums, sdy, sdyx, dout, argmax, x3, sub, scale, shift, save_mean, save_invstd)
-    cdy, cx, c0, csub = _bn.backward_coefficients(sdy, sdyx, save_mean, save_invstd, gamma, dgamma, dbeta, m, x.dtype)
+    sub, scale, shift = _bn.train_coefficients(save_mean, save_invstd, gamma, beta, x.dtype)
+    sums = np.empty((2, c))
+    _run(x.size, _bwd_sums, sums, dout, argmax, x3, sub, scale, shift, save_mean)
+    cdy, cx, c0, csub = _bn.backward_coefficients(sums, save_mean, save_invstd, gamma, m, x.dtype)
+    _bn._bwd_params(dgamma, dbeta, sums, save_invstd)
     _run(x.size, _bwd_apply, dx.reshape(n, c, h * w), dout, argmax, x3, sub, scale, shift, cdy, cx, c0, csub)
