@@ -254,6 +254,61 @@ def test_fused_bn_relu_pool(G, C):
     assert rel(dg_g, dg_c) < F32_REDUCE and rel(db_g, db_c) < F32_REDUCE
 
 
+def test_batchnorm_split_steps_over_two_shards_equal_one_batch(G, C):
+    """SyncBatchNorm's steps on the GPU: two shards' sums with a common shift, then finish / apply, equal the
+    CPU's one-call forward and backward of the whole batch (plain BN and fused BN-ReLU-pool)."""
+    rng = np.random.default_rng(11)
+    shape, k = (4, 6, 9, 10), 2
+    c = shape[1]
+    x = (rng.standard_normal(shape) * 2 + 5).astype(np.float32)
+    gamma, beta = rng.standard_normal(c).astype(np.float32), rng.standard_normal(c).astype(np.float32)
+    m = shape[0] * shape[2] * shape[3]
+    out_c, sm_c, si_c = np.empty_like(x), np.empty(c), np.empty(c)
+    rm_c, rv_c = np.zeros(c, np.float32), np.ones(c, np.float32)
+    C.batchnorm.batchnorm_forward_train(out_c, sm_c, si_c, x, gamma, beta, rm_c, rv_c, 0.1, 1e-5)
+    shift = cp.asarray(np.full(c, 4.0))
+    parts = [cp.asarray(np.ascontiguousarray(x[:2])), cp.asarray(np.ascontiguousarray(x[2:]))]
+    tot = cp.zeros((2, c))
+    for xp_ in parts:
+        s_ = cp.empty((2, c))
+        G.batchnorm.batchnorm_stats(s_, xp_, shift)
+        tot += s_
+    sm_g, si_g, rm_g, rv_g = cp.empty(c), cp.empty(c), cp.zeros(c, np.float32), cp.ones(c, np.float32)
+    G.batchnorm.batchnorm_stats_finish(sm_g, si_g, tot, shift, m, rm_g, rv_g, 0.1, 1e-5)
+    assert rel(sm_g, sm_c) < 1e-12 and rel(si_g, si_c) < 1e-10
+    assert rel(rm_g, rm_c) < F32_POINT and rel(rv_g, rv_c) < F32_POINT
+    g_g, b_g, x_g = cp.asarray(gamma), cp.asarray(beta), cp.asarray(x)
+    out_g = cp.empty(shape, np.float32)
+    G.batchnorm.batchnorm_apply_train(out_g, x_g, sm_g, si_g, g_g, b_g)
+    assert rel(out_g, out_c) < F32_POINT
+    dy = rng.standard_normal(shape).astype(np.float32)
+    dx_c, dg_c, db_c = np.empty_like(x), np.zeros(c, np.float32), np.zeros(c, np.float32)
+    C.batchnorm.batchnorm_backward(dx_c, dg_c, db_c, dy, x, sm_c, si_c, gamma)
+    sums, dg_g, db_g, dx_g = cp.empty((2, c)), cp.zeros(c, np.float32), cp.zeros(c, np.float32), cp.empty(shape, np.float32)
+    G.batchnorm.batchnorm_backward_sums(sums, cp.asarray(dy), x_g, sm_g)
+    G.batchnorm.batchnorm_backward_params(dg_g, db_g, sums, si_g)
+    G.batchnorm.batchnorm_backward_apply(dx_g, cp.asarray(dy), x_g, sm_g, si_g, g_g, sums, m)
+    assert rel(dx_g, dx_c) < F32_REDUCE
+    assert rel(dg_g, dg_c) < F32_REDUCE and rel(db_g, db_c) < F32_REDUCE
+    # fused BN -> ReLU -> MaxPool with the same statistics
+    oshape = (4, 6, 4, 5)
+    fo_c, fa_c, fm_c, fi_c = np.empty(oshape, np.float32), np.empty(oshape, np.int32), np.empty(c), np.empty(c)
+    C.fused.bn_relu_pool_forward_train(fo_c, fa_c, fm_c, fi_c, x, gamma, beta, np.zeros(c, np.float32),
+                                       np.ones(c, np.float32), 0.1, 1e-5, k)
+    fo_g, fa_g = cp.empty(oshape, np.float32), cp.empty(oshape, np.int32)
+    G.fused.bn_relu_pool_apply_train(fo_g, fa_g, x_g, sm_g, si_g, g_g, b_g, k)
+    assert rel(fo_g, fo_c) < F32_POINT and np.array_equal(fa_g.get(), fa_c)
+    fdy = rng.standard_normal(oshape).astype(np.float32)
+    fdx_c, fdg_c, fdb_c = np.empty_like(x), np.zeros(c, np.float32), np.zeros(c, np.float32)
+    C.fused.bn_relu_pool_backward(fdx_c, fdg_c, fdb_c, fdy, fa_c, x, fm_c, fi_c, gamma, beta, k)
+    fs, fdg_g, fdb_g, fdx_g = cp.empty((2, c)), cp.zeros(c, np.float32), cp.zeros(c, np.float32), cp.empty(shape, np.float32)
+    G.fused.bn_relu_pool_backward_sums(fs, cp.asarray(fdy), fa_g, x_g, sm_g, si_g, g_g, b_g, k)
+    G.batchnorm.batchnorm_backward_params(fdg_g, fdb_g, fs, si_g)
+    G.fused.bn_relu_pool_backward_apply(fdx_g, cp.asarray(fdy), fa_g, x_g, sm_g, si_g, g_g, b_g, fs, m, k)
+    assert rel(fdx_g, fdx_c) < F32_REDUCE
+    assert rel(fdg_g, fdg_c) < F32_REDUCE and rel(fdb_g, fdb_c) < F32_REDUCE
+
+
 # ----------------------------------------------------------------------------- Dropout
 def test_dropout(G, C):
     x = cp.asarray(np.random.default_rng(6).standard_normal((64, 512)).astype(np.float32))

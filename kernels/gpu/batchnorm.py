@@ -217,3 +217,114 @@ def batchnorm_backward(dx, dgamma, dbeta, dout, x, save_mean, save_invstd, gamma
     bcoef = backward_coefficients(part, S, mean64, inv64, gamma, dgamma, dbeta, n * hw, dt)
     grid, block = L.plane_grid(n * c, hw)
     _k("bn_bwd_apply", dt)(grid, block, (dx, dout, x, bcoef, L.i32(c), L.i32(hw)))
+
+
+# ---- the split steps (SyncBatchNorm in engine/distributed.py), as kernels.cpu.batchnorm -------------
+
+
+def _sums(name, a, c):
+    L.check_out(name, a, (2, c), np.float64)
+    return a
+
+
+def default_shift(x):
+    """The single-process statistics shift ``x[0, c, 0, 0]`` per channel, float64 ``(C,)``."""
+    return cp.ascontiguousarray(x[0, :, 0, 0], dtype=np.float64)
+
+
+def batchnorm_stats(sums, x, shift):
+    """``sums (2, C) float64 = [sum(x - shift), sum((x - shift)**2)]`` per channel (deterministic blocks)."""
+    dt, x = _check_x(x)
+    n, c, h, w = x.shape
+    hw = h * w
+    _sums("sums", sums, c)
+    shift = L.check("shift", shift, (c,), np.float64)
+    S, chunk = L.split_grid(c, hw)
+    part = _WS.get("part", (c, S, 2), np.float64, cp)
+    _k("bn_stats_partial_shift", dt)((c, S), (L.THREADS,),
+                                     (part, x, shift, L.i32(n), L.i32(c), L.i32(hw), L.i32(chunk)))
+    _k("bn_sums_combine", dt)((L.blocks(c),), (L.THREADS,), (sums, part, L.i32(c), L.i32(S)))
+
+
+def batchnorm_stats_finish(save_mean, save_invstd, sums, shift, count, running_mean, running_var, momentum, eps):
+    """Batch statistics from :func:`batchnorm_stats` sums over ``count`` values; updates the running stats."""
+    c = int(shift.shape[0])
+    if int(count) < 2:
+        raise ValueError(f"BatchNorm training needs N*H*W >= 2 values per channel, got {count}")
+    dt = L.float_dtype(running_mean)
+    _sums("sums", sums, c)
+    for name, a in (("save_mean", save_mean), ("save_invstd", save_invstd)):
+        L.check_out(name, a, (c,), np.float64)
+    L.check_out("running_mean", running_mean, (c,), dt)
+    L.check_out("running_var", running_var, (c,), dt)
+    shift = L.check("shift", shift, (c,), np.float64)
+    _k("bn_stats_from_sums", dt)((L.blocks(c),), (L.THREADS,),
+                                 (save_mean, save_invstd, running_mean, running_var, sums, shift, L.i32(c),
+                                  L.f64(count), L.f64(momentum), L.f64(eps)))
+
+
+def train_coefficients(save_mean, save_invstd, gamma, beta, c, dt):
+    """coef = [mean | gamma*invstd | beta] (3, C) in ``dt``, as the single-process forward makes them."""
+    coef = _WS.get("coef_" + np.dtype(dt).str, (3, c), dt, cp)
+    L.kernel("fused.cu", "bn_coef_from_saved", dt)((L.blocks(c),), (L.THREADS,),
+                                                    (coef, save_mean, save_invstd, gamma, beta, L.i32(c)))
+    return coef
+
+
+def batchnorm_apply_train(out, x, save_mean, save_invstd, gamma, beta):
+    """``out = (x - mean) * (gamma * invstd) + beta`` from the saved (e.g. summed over processes) statistics."""
+    dt, x = _check_x(x)
+    n, c, h, w = x.shape
+    L.check_out("out", out, x.shape, dt)
+    gamma, beta = _vec("gamma", gamma, c, dt), _vec("beta", beta, c, dt)
+    coef = train_coefficients(saved64("save_mean", save_mean, c), saved64("save_invstd", save_invstd, c),
+                              gamma, beta, c, dt)
+    _apply(out, x, coef, n, c, h * w)
+
+
+def batchnorm_backward_sums(sums, dout, x, save_mean):
+    """``sums (2, C) float64 = [sum(dy), sum(dy*(x - mean))]`` per channel."""
+    dt, x = _check_x(x)
+    n, c, h, w = x.shape
+    hw = h * w
+    _sums("sums", sums, c)
+    dout = L.check("dout", dout, x.shape, dt)
+    mean64 = saved64("save_mean", save_mean, c)
+    S, chunk = L.split_grid(c, hw)
+    part = _WS.get("part", (c, S, 2), np.float64, cp)
+    _k("bn_bwd_partial", dt)((c, S), (L.THREADS,),
+                             (part, dout, x, mean64, L.i32(n), L.i32(c), L.i32(hw), L.i32(chunk)))
+    _k("bn_sums_combine", dt)((L.blocks(c),), (L.THREADS,), (sums, part, L.i32(c), L.i32(S)))
+
+
+def batchnorm_backward_params(dgamma, dbeta, sums, save_invstd):
+    """``dgamma += sums[1]*invstd``, ``dbeta += sums[0]`` (float64, rounded once)."""
+    c = int(sums.shape[1])
+    dt = L.float_dtype(dgamma)
+    L.check_out("dgamma", dgamma, (c,), dt)
+    L.check_out("dbeta", dbeta, (c,), dt)
+    _sums("sums", sums, c)
+    _k("bn_bwd_params", dt)((L.blocks(c),), (L.THREADS,),
+                            (dgamma, dbeta, sums, saved64("save_invstd", save_invstd, c), L.i32(c)))
+
+
+def backward_coefficients_from_sums(sums, mean64, inv64, gamma, count, c, dt):
+    """bcoef = [cdy | cx | c0 | sub] (4, C) from the whole batch's backward sums over ``count`` values."""
+    bcoef = _WS.get("bcoef_" + np.dtype(dt).str, (4, c), dt, cp)
+    _k("bn_bwd_coef_from_sums", dt)((L.blocks(c),), (L.THREADS,),
+                                    (bcoef, sums, mean64, inv64, gamma, L.i32(c), L.f64(count)))
+    return bcoef
+
+
+def batchnorm_backward_apply(dx, dout, x, save_mean, save_invstd, gamma, sums, count):
+    """``dx`` from the whole batch's backward ``sums`` over ``count`` values (parameter gradients untouched)."""
+    dt, x = _check_x(x)
+    n, c, h, w = x.shape
+    L.check_out("dx", dx, x.shape, dt)
+    dout = L.check("dout", dout, x.shape, dt)
+    gamma = _vec("gamma", gamma, c, dt)
+    _sums("sums", sums, c)
+    mean64, inv64 = saved64("save_mean", save_mean, c), saved64("save_invstd", save_invstd, c)
+    bcoef = backward_coefficients_from_sums(sums, mean64, inv64, gamma, count, c, dt)
+    grid, block = L.plane_grid(n * c, h * w)
+    _k("bn_bwd_apply", dt)(grid, block, (dx, dout, x, bcoef, L.i32(c), L.i32(h * w)))

@@ -139,3 +139,62 @@ def bn_relu_pool_backward(dx, dgamma, dbeta, dout, argmax, x, save_mean, save_in
     grid, block = L.plane_grid(n * c, h * w)
     L.kernel("fused.cu", "bn_relu_pool_bwd_apply", dt)(
         grid, block, (dx, dout, argmax, x, fcoef, bcoef, L.i32(c), L.i32(h), L.i32(w), L.i32(oh), L.i32(ow), L.i32(k)))
+
+
+# ---- the split steps (SyncBatchNorm in engine/distributed.py), as kernels.cpu.fused -------------------
+
+
+def bn_relu_pool_apply_train(out, argmax, x, save_mean, save_invstd, gamma, beta, kernel_size):
+    """Normalise with the saved statistics, rectify and pool in one pass (shapes as the train forward)."""
+    dt, x, _ = _check(x, out, argmax, kernel_size)
+    c = x.shape[1]
+    gamma, beta = _bn._vec("gamma", gamma, c, dt), _bn._vec("beta", beta, c, dt)
+    coef = _bn.train_coefficients(_bn.saved64("save_mean", save_mean, c), _bn.saved64("save_invstd", save_invstd, c),
+                                  gamma, beta, c, dt)
+    _pool(out, argmax, x, coef, int(kernel_size))
+
+
+def _bwd_prep(dout, argmax, x, save_mean, save_invstd, gamma, beta, kernel_size):
+    k = int(kernel_size)
+    dt = L.float_dtype(x)
+    if x.ndim != 4:
+        raise ValueError(f"x must be 4-D (N, C, H, W), got shape {x.shape}")
+    n, c, h, w = x.shape
+    if k < 1 or h < k or w < k:
+        raise ValueError(f"pool window {k} does not fit the plane ({h}, {w})")
+    oh, ow = (h - k) // k + 1, (w - k) // k + 1
+    x = L.contig(x)
+    dout = L.check("dout", dout, (n, c, oh, ow), dt)
+    argmax = L.check("argmax", argmax, (n, c, oh, ow), np.int32)
+    gamma, beta = _bn._vec("gamma", gamma, c, dt), _bn._vec("beta", beta, c, dt)
+    mean64, inv64 = _bn.saved64("save_mean", save_mean, c), _bn.saved64("save_invstd", save_invstd, c)
+    fcoef = _bn._WS.get("fcoef_" + dt.str, (3, c), dt, cp)
+    L.kernel("fused.cu", "bn_coef_from_saved", dt)((L.blocks(c),), (L.THREADS,),
+                                                    (fcoef, mean64, inv64, gamma, beta, L.i32(c)))
+    return dt, x, dout, argmax, gamma, mean64, inv64, fcoef, (n, c, h, w, oh, ow, k)
+
+
+def bn_relu_pool_backward_sums(sums, dout, argmax, x, save_mean, save_invstd, gamma, beta, kernel_size):
+    """``sums (2, C) float64 = [sum(dy), sum(dy*(x - mean))]`` over the positions the pool and ReLU pass."""
+    dt, x, dout, argmax, gamma, mean64, inv64, fcoef, (n, c, h, w, oh, ow, k) = _bwd_prep(
+        dout, argmax, x, save_mean, save_invstd, gamma, beta, kernel_size)
+    _bn._sums("sums", sums, c)
+    q = oh * ow
+    S, chunk = L.split_grid(c, q)
+    part = _bn._WS.get("part", (c, S, 2), np.float64, cp)
+    L.kernel("fused.cu", "bn_relu_pool_bwd_partial", dt)(
+        (c, S), (L.THREADS,), (part, dout, argmax, x, fcoef, mean64, L.i32(n), L.i32(c), L.i32(h * w), L.i32(q),
+                               L.i32(chunk)))
+    _bn._k("bn_sums_combine", dt)((L.blocks(c),), (L.THREADS,), (sums, part, L.i32(c), L.i32(S)))
+
+
+def bn_relu_pool_backward_apply(dx, dout, argmax, x, save_mean, save_invstd, gamma, beta, sums, count, kernel_size):
+    """``dx`` of the BatchNorm input from the whole batch's backward ``sums`` over ``count`` values."""
+    dt, x, dout, argmax, gamma, mean64, inv64, fcoef, (n, c, h, w, oh, ow, k) = _bwd_prep(
+        dout, argmax, x, save_mean, save_invstd, gamma, beta, kernel_size)
+    L.check_out("dx", dx, x.shape, dt)
+    _bn._sums("sums", sums, c)
+    bcoef = _bn.backward_coefficients_from_sums(sums, mean64, inv64, gamma, count, c, dt)
+    grid, block = L.plane_grid(n * c, h * w)
+    L.kernel("fused.cu", "bn_relu_pool_bwd_apply", dt)(
+        grid, block, (dx, dout, argmax, x, fcoef, bcoef, L.i32(c), L.i32(h), L.i32(w), L.i32(oh), L.i32(ow), L.i32(k)))
