@@ -230,3 +230,33 @@ def test_batch_that_does_not_divide_by_the_ranks_is_a_clear_error(tiny_data, tmp
                                    "--quiet", "--batch-size", "15", "--epochs", "1"]))
     assert rc == 2
     assert "--batch-size 15 does not divide by the 2 ranks" in err
+
+
+class _TwinComm:
+    """A stand-in communicator of two identical ranks: Allreduce(SUM) doubles the buffer."""
+
+    def Allreduce(self, sendbuf, recvbuf, op=None):
+        recvbuf *= 2
+
+
+def _fake_dist(nccl=None):
+    import types
+
+    d = object.__new__(D.Distributed)
+    d.comm, d.MPI, d.nccl, d.allreduce_seconds, d._flat = _TwinComm(), types.SimpleNamespace(IN_PLACE=None, SUM=None), \
+        nccl, 0.0, None
+    return d
+
+
+def test_allreduce_grads_packs_in_parameter_order_and_unpacks_every_gradient():
+    from engine import models
+
+    m = models.build("cnn2_mono", in_shape=(1, 16, 24), n_classes=3, dropout=0.0, seed=0)
+    rng = np.random.default_rng(0)
+    before = []
+    for _, _, g in m.parameters():
+        g[...] = rng.standard_normal(g.shape)
+        before.append(g.copy())
+    _fake_dist().allreduce_grads(m)
+    for (_, _, g), b in zip(m.parameters(), before):
+        np.testing.assert_array_equal(g, 2 * b)
