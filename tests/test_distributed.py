@@ -260,3 +260,22 @@ def test_allreduce_grads_packs_in_parameter_order_and_unpacks_every_gradient():
     _fake_dist().allreduce_grads(m)
     for (_, _, g), b in zip(m.parameters(), before):
         np.testing.assert_array_equal(g, 2 * b)
+
+
+@needs_mpi
+@pytest.mark.slow
+def test_grid_distributed_divides_the_runs_and_rank0_writes_the_table(tiny_data, tmp_path):
+    cmd = [MPIRUN, "-n", "2", "--oversubscribe"] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
+    p = subprocess.run(cmd + ["-x", "NUMBA_NUM_THREADS", "-x", "PYTHONPATH", "-x", "NUMBA_CACHE_DIR", sys.executable,
+                              str(REPO / "cli.py"), "grid", "--data", str(tiny_data), "--model", "cnn2_mono",
+                              "--lr", "1e-3,5e-4", "--batch-size", "16", "--dropout", "0.4", "--epochs", "1",
+                              "--quiet", "--out", str(tmp_path / "g"), "--distributed"],
+                       cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    runs = sorted(d.name for d in (tmp_path / "g").iterdir() if d.is_dir())
+    assert runs == ["cnn2_mono_lr0.0005_bs16_do0.4_wd0", "cnn2_mono_lr0.001_bs16_do0.4_wd0"]
+    for r in runs:  # each run single-process, complete
+        assert (tmp_path / "g" / r / "report.json").is_file()
+        assert ckpt_extra(tmp_path / "g" / r / "checkpoints" / "last.npz")["world_size"] == 1
+    table = (tmp_path / "g" / "grid.md").read_text()
+    assert all(r in table for r in runs)
