@@ -162,7 +162,8 @@ def _device_check(device: str) -> None:
 #: TrainConfig field -> the flag that sets it (for error messages)
 _FLAG = {"batch_size": "--batch-size", "weight_decay": "--weight-decay", "checkpoint_every": "--checkpoint-every",
          "max_steps": "--max-steps", "step_delay": "--step-delay", "freq_mask": "--freq-mask",
-         "time_mask": "--time-mask", "n_masks": "--n-masks", "gain_db": "--gain-db", "time_shift": "--time-shift"}
+         "time_mask": "--time-mask", "n_masks": "--n-masks", "gain_db": "--gain-db", "time_shift": "--time-shift",
+         "eval_crops": "--eval-crops"}
 
 
 def _check_train_config(cfg, where="") -> None:
@@ -185,10 +186,15 @@ def _check_data_args(args) -> None:
         v = getattr(args, name, None)
         if v is not None and v < 1:
             raise UsageError(f"{flag} {v}: expected an integer >= 1")
-    for flag, name in (("--crop-seconds", "crop_seconds"), ("--demo-seconds", "demo_seconds")):
+    for flag, name in (("--crop-seconds", "crop_seconds"), ("--demo-seconds", "demo_seconds"),
+                       ("--clip-seconds", "clip_seconds")):
         v = getattr(args, name, None)
         if v is not None and not (v > 0 and v != float("inf")):
             raise UsageError(f"{flag} {v}: expected a finite number of seconds > 0")
+    clip_s, crop_s = getattr(args, "clip_seconds", None), getattr(args, "crop_seconds", None)
+    if clip_s is not None and crop_s is not None and clip_s < crop_s:
+        raise UsageError(f"--clip-seconds {clip_s:g}: expected at least --crop-seconds {crop_s:g} (the windows "
+                         f"are cut from the clip)")
 
 
 def _check_flags(args, command: str) -> None:
@@ -266,7 +272,10 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     s = p.add_argument_group("spectrogram images (the paper's defaults)")
     s.add_argument("--sr", type=int, default=22050, help="sample rate in Hz the audio is resampled to (default: 22050)")
     s.add_argument("--crop-seconds", type=float, default=10.0,
-                   help="length of the seeded random crop of each clip, in seconds (default: 10)")
+                   help="length of the crop window the model sees, in seconds (default: 10)")
+    s.add_argument("--clip-seconds", type=float, default=None,
+                   help="longest stretch of each file that is cached (its centre), from which the crop windows "
+                        "are cut (default: 3 x --crop-seconds = 30 s, an FMA clip)")
     s.add_argument("--n-fft", type=int, default=2048, help="STFT size in samples (default: 2048 = 93 ms at 22050 Hz)")
     s.add_argument("--hop-length", type=int, default=512, help="STFT hop in samples (default: 512 = 23 ms at 22050 Hz)")
     s.add_argument("--spectrogram", choices=("stft", "mel"), default="stft",
@@ -310,6 +319,13 @@ def add_train_args(p: argparse.ArgumentParser, grid: bool = False, augment_off: 
     g.add_argument("--sync-bn", action="store_true",
                    help="with --distributed: BatchNorm statistics over the whole global batch, as one process "
                         "(default: per-rank statistics, as PyTorch DDP)")
+    g.add_argument("--crops", choices=("random", "fixed"), default="fixed" if augment_off else "random",
+                   help="training crop windows: 'random' = a new random --crop-seconds window of each cached clip "
+                        "every epoch, 'fixed' = one seeded window per track for the whole run (default here: "
+                        f"{'fixed' if augment_off else 'random'})")
+    g.add_argument("--eval-crops", type=int, default=1 if augment_off else 3, metavar="K",
+                   help="validation / test / evaluate / predict: average the probabilities of K evenly spaced "
+                        f"windows per clip (1: the centre window) (default here: {1 if augment_off else 3})")
     g.add_argument("--max-steps", type=int, default=None, help=argparse.SUPPRESS)
     g.add_argument("--step-delay", type=float, default=0.0, help=argparse.SUPPRESS)
     add_augment_args(p, default="off" if augment_off else "default")
@@ -397,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", choices=("train", "val", "test"), default="test", help="split to evaluate")
     e.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint")
     e.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    e.add_argument("--crops", type=int, default=None, metavar="K",
+                   help="evenly spaced windows per clip whose probabilities are averaged (default: the run's "
+                        "--eval-crops, as in its validation and test)")
     e.add_argument("--audio-dir", metavar="DIR", default=None,
                    help="evaluate on this folder of new labelled audio instead of a split (preprocessed with "
                         "the run's spectrogram settings into the cache); labels from --label-regex or --labels")
@@ -413,10 +432,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="class and probabilities of audio files", formatter_class=fmt,
                         description="Class and probabilities for each audio file, averaged over --crops evenly "
-                                    "spaced crops of the clip (same spectrogram settings as the run's data).")
+                                    "spaced windows of its clip (the run's spectrogram settings and evaluation "
+                                    "rule: the same probabilities as `evaluate` gives the file).")
     pr.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by train")
     pr.add_argument("files", metavar="FILE", nargs="+", help="audio files (mp3, wav, flac, ogg)")
-    pr.add_argument("--crops", type=int, default=3, help="crops per clip whose probabilities are averaged")
+    pr.add_argument("--crops", type=int, default=None, metavar="K",
+                    help="evenly spaced windows per clip whose probabilities are averaged (default: the run's "
+                         "--eval-crops)")
     pr.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint")
     pr.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     pr.set_defaults(func=cmd_predict)
@@ -489,7 +511,8 @@ def spectrogram_config(args, mode: str):
 
     return SpectrogramConfig(sr=args.sr, crop_seconds=args.crop_seconds, n_fft=args.n_fft,
                              hop_length=args.hop_length, spectrogram=args.spectrogram, n_mels=args.n_mels,
-                             mode=mode, height=args.height, width=args.width, colormap=args.colormap)
+                             mode=mode, height=args.height, width=args.width, colormap=args.colormap,
+                             clip_seconds=getattr(args, "clip_seconds", None))
 
 
 def data_source(args) -> dict:
@@ -683,7 +706,8 @@ def _train_config(args, model=None, lr=None, batch_size=None, dropout=None, weig
                        checkpoint_every=args.checkpoint_every,
                        overfit_batch=bool(getattr(args, "overfit_batch", False)),
                        progress=not args.quiet, max_steps=args.max_steps, step_delay=args.step_delay,
-                       augment=augment_config(args), sync_bn=bool(getattr(args, "sync_bn", False)))
+                       augment=augment_config(args), sync_bn=bool(getattr(args, "sync_bn", False)),
+                       crops=getattr(args, "crops", "random"), eval_crops=getattr(args, "eval_crops", 3))
 
 
 def run_training(ds, src, cfg, out: Path, argv, resume=False, log=print, write_config=None, dist="job") -> dict:
@@ -831,7 +855,7 @@ def cmd_preprocess(args, argv) -> int:
     _status_report(ds, src)
     n = {s: int((ds.split == s).sum()) for s in ("train", "val", "test")}
     print(f"dataset ready: {src['dataset_dir']}  classes {list(ds.classes)}  images {n}  "
-          f"shape {tuple(ds.images.shape[1:])}")
+          f"windows {ds.config.height}x{ds.config.width} cut from clips of up to {ds.images.shape[2]} columns")
     print(f"train on it with: {shlex.join(['python', 'cli.py', 'train', '--data', src['dataset_dir']])}")
     return 0
 
@@ -926,7 +950,10 @@ def cmd_evaluate(args, argv) -> int:
             raise UsageError(f"--labels {args.labels}: no such file")
     if args.workers is not None and args.workers < 0:
         raise UsageError(f"--workers {args.workers}: expected an integer >= 0")
+    if args.crops is not None and args.crops < 1:
+        raise UsageError(f"--crops {args.crops}: expected an integer >= 1")
     conf, cfg, model, extra = _load_run(args.run_dir, args.checkpoint)
+    crops = cfg.eval_crops if args.crops is None else args.crops
     classes = [str(c) for c in conf["classes"]]
     if args.audio_dir is None:
         ds = _run_dataset(args.run_dir, conf, args.cache_dir)
@@ -936,16 +963,17 @@ def cmd_evaluate(args, argv) -> int:
         split, where = "test", f"{len(ds)} files of {args.audio_dir}"
     if list(ds.classes) != classes:
         raise UsageError(f"{ds.path}: classes {list(ds.classes)} differ from the run's {classes}")
-    loss, yt, yp, _ = tr.evaluate_split(model, ds, split, cfg.batch_size, cfg.device, tr.model_mode(cfg.model))
+    loss, yt, yp, _ = tr.evaluate_split(model, ds, split, cfg.batch_size, cfg.device, tr.model_mode(cfg.model),
+                                        eval_crops=crops)
     rep = metrics.classification_report(yt, yp, classes)
-    rep.update(split=split, loss=loss, checkpoint=args.checkpoint, epoch=extra.get("best_epoch"))
+    rep.update(split=split, loss=loss, checkpoint=args.checkpoint, epoch=extra.get("best_epoch"), crops=crops)
     if args.audio_dir is not None:
         rep.update(audio_dir=str(Path(args.audio_dir).resolve()), dataset_dir=str(ds.path))
     if args.json:
         print(json.dumps(rep, indent=2))
     else:
-        print(metrics.format_report(rep, f"{args.run_dir}: {where}, {args.checkpoint} checkpoint "
-                                         f"(loss {loss:.4f})"))
+        print(metrics.format_report(rep, f"{args.run_dir}: {where}, {args.checkpoint} checkpoint, "
+                                         f"{crops} window{'s' if crops != 1 else ''} per clip (loss {loss:.4f})"))
     return 0
 
 
@@ -972,22 +1000,24 @@ def _folder_dataset(args, conf, classes):
 
 
 def cmd_predict(args, argv) -> int:
-    """`predict RUN_DIR FILE...`: class and probabilities per file, averaged over --crops crops; exit 2 if any file failed."""
+    """`predict RUN_DIR FILE...`: class and probabilities per file, averaged over --crops windows; exit 2 if any file failed."""
     import numpy as np
 
     import kernels
     from engine import train as tr
+    from engine.metrics import window_probabilities
     from pipeline.errors import PipelineError
     from pipeline.spectrogram import SpectrogramConfig, track_images
 
-    if args.crops < 1:
+    if args.crops is not None and args.crops < 1:
         raise UsageError(f"--crops {args.crops}: expected an integer >= 1")
     conf, cfg, model, _ = _load_run(args.run_dir, args.checkpoint)  # the run directory alone, no cache
     spec = conf.get("spectrogram")
     if not spec:
         raise UsageError(f"{args.run_dir}/config.json has no spectrogram settings; cannot predict")
-    # the run's own transform, both halves (pipeline.spectrogram): the mono image quantised as the
-    # cache stores it, then the model input of the run's mode (colormap applied once for rgb)
+    crops = cfg.eval_crops if args.crops is None else args.crops
+    # the run's own transform and evaluation rule (pipeline.spectrogram.track_images): the clip's mono
+    # image quantised as the cache stores it, the evenly spaced windows, the model input of the run's mode
     mode = tr.model_mode(cfg.model)
     sc = dataclasses.replace(SpectrogramConfig.from_dict(spec), mode=mode)
     classes = [str(c) for c in conf["classes"]]
@@ -997,22 +1027,23 @@ def cmd_predict(args, argv) -> int:
     rows = []
     for f in args.files:
         try:
-            x, info = track_images(f, sc, n_crops=args.crops)
+            x, info = track_images(f, sc, n_crops=crops)
         except (PipelineError, OSError) as exc:  # unreadable, undecodable, or shorter than one STFT frame
             msg = str(exc) if str(f) in str(exc) else f"{f}: {exc}"
             print(f"error: {msg}", file=sys.stderr)
             failed.append(f)
             continue
+        if "silence" in info.get("reason", ""):
+            print(f"warning: {f}: the analysed {info['decoded_s']:.1f} s are digital silence; the prediction "
+                  f"says nothing about the recording", file=sys.stderr)
         logits = tr.to_numpy(model.forward(xp.asarray(x) if xp is not np else x)).astype(np.float64)
-        p = np.exp(logits - logits.max(axis=1, keepdims=True))
-        p /= p.sum(axis=1, keepdims=True)
-        prob = p.mean(axis=0)
+        prob = window_probabilities(logits, len(x))[0]
         k = int(prob.argmax())
         if args.json:
             print(json.dumps({"file": f, "class": classes[k], "probabilities": dict(zip(classes, prob.tolist())),
-                              "logits": logits.tolist(),
-                              "crops": int(args.crops), "offsets_s": info.get("offsets_s"),
-                              "status": info.get("status"), "duration_s": info.get("duration_s")}))
+                              "logits": logits.tolist(), "crops": int(crops), "offsets_s": info.get("offsets_s"),
+                              "status": info.get("status"), "reason": info.get("reason", ""),
+                              "duration_s": info.get("duration_s"), "analysed_s": info.get("decoded_s")}))
         else:
             rows.append((f, classes[k], _clip_status(info), prob))
     if rows:
@@ -1024,9 +1055,16 @@ def cmd_predict(args, argv) -> int:
 
 
 def _clip_status(info: dict) -> str:
-    """'ok 30.0 s' or 'padded 1.2 s' (track_images' status and the clip's length)."""
+    """'ok 30.0 s', 'padded 1.2 s', 'ok 21600.0 s (30.0 s analysed, digital silence)' (from track_images' info)."""
     d = info.get("duration_s")
-    return f"{info.get('status', '?')} {d:.1f} s" if isinstance(d, (int, float)) else str(info.get("status", "?"))
+    out = f"{info.get('status', '?')} {d:.1f} s" if isinstance(d, (int, float)) else str(info.get("status", "?"))
+    notes = []
+    a = info.get("decoded_s")
+    if isinstance(d, (int, float)) and isinstance(a, (int, float)) and a < d - 0.05:
+        notes.append(f"{a:.1f} s analysed")
+    if "silence" in info.get("reason", ""):
+        notes.append("digital silence")
+    return out + (f" ({', '.join(notes)})" if notes else "")
 
 
 def format_predictions(rows, classes) -> str:

@@ -125,7 +125,8 @@ def _data_problems(args, models_used) -> list:
             try:
                 SpectrogramConfig(sr=args.sr, crop_seconds=args.crop_seconds, n_fft=n_fft,
                                   hop_length=args.hop_length, spectrogram=args.spectrogram, n_mels=args.n_mels,
-                                  mode="mono", height=args.height, width=args.width)
+                                  mode="mono", height=args.height, width=args.width,
+                                  clip_seconds=getattr(args, "clip_seconds", None))
             except (PipelineError, ValueError, TypeError) as exc:
                 n_crop = int(round(args.crop_seconds * args.sr))
                 if n_crop < n_fft // 2 + 1:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from pipeline import audio
-from pipeline.spectrogram import SpectrogramConfig, spectrogram_db, to_image, track_image
+from pipeline.spectrogram import SpectrogramConfig, crop, spectrogram_db, to_image, track_clip
 from pipeline.stft import stft
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,8 +44,12 @@ def y10():
 class TestChain:
     """The whole per-track chain: ours vs librosa's."""
     def test_hitcnn_seek(self, benchmark, clip):
-        img, _ = _pedantic(benchmark, track_image, clip, CFG, 0, 5)
+        img = _pedantic(benchmark, lambda p: to_image(spectrogram_db(crop(p, CFG, 0, 5)[0], CFG), CFG), clip)
         assert img.shape == (1, 102, 159)
+
+    def test_hitcnn_cache_row(self, benchmark, clip):
+        img, _ = _pedantic(benchmark, track_clip, clip, CFG)
+        assert img.shape[0] == 102 and 470 <= img.shape[1] <= 477
 
     def test_hitcnn_full_decode(self, benchmark, clip):
         def chain(p):

@@ -241,29 +241,16 @@ def _to_backend(a, xp, bufs, name):
 class LevelBatches:
     """A view of a ``pipeline.dataset.Dataset`` whose batches are the cached uint8 levels, not decoded images.
 
-    ``batches(split, batch_size, shuffle, seed, ...)`` yields ``(q uint8 (N, H, W), y int64 (N,))`` in
-    exactly the order of ``Dataset.batches`` with the same arguments (rows
-    ``indices(split)[default_rng(seed).permutation]`` cut into batches), so
-    :func:`augment_batch` with :data:`OFF` gives ``Dataset.batches``' ``x`` bit
+    ``batches(split, batch_size, shuffle, seed, ..., windows=)`` yields ``(q uint8 (N, H, W), y int64 (N,))``:
+    ``Dataset.batches(..., levels=True)``, the same rows and crop windows in the same
+    order, so :func:`augment_batch` with :data:`OFF` gives ``Dataset.batches``' ``x`` bit
     for bit. The training loop feeds these to :func:`augment_batch` on its device.
     """
 
     def __init__(self, dataset):
         self.dataset = dataset
 
-    def batches(self, split="train", batch_size=32, shuffle=True, seed=0, mode=None, drop_last=False, prefetch=0):
-        ds = self.dataset
-        idx = ds.indices(split)
-        if len(idx) == 0:
-            from pipeline.errors import PipelineError
-
-            raise PipelineError(f"split {split!r} of {getattr(ds, 'path', 'the dataset')} is empty")
-        if shuffle:
-            idx = idx[np.random.default_rng(seed).permutation(len(idx))]
-        bs = int(batch_size)
-        stops = list(range(0, len(idx), bs))
-        if drop_last and len(idx) % bs:
-            stops = stops[:-1]
-        for s in stops:
-            rows = idx[s:s + bs]
-            yield np.ascontiguousarray(ds.images[rows]), np.asarray(ds.labels[rows], dtype=np.int64)
+    def batches(self, split="train", batch_size=32, shuffle=True, seed=0, mode=None, drop_last=False, prefetch=0,
+                windows=None):
+        return self.dataset.batches(split, batch_size, shuffle=shuffle, seed=seed, mode=mode, drop_last=drop_last,
+                                    prefetch=0, windows=windows, levels=True)

@@ -117,3 +117,34 @@ def format_report(rep: dict, title: str = "") -> str:
     for c, row in zip(names, rep["confusion_matrix"]):
         lines.append(f"{c:<{w}}  " + "".join(f"{v:>{cw}d}" for v in row))
     return "\n".join(lines)
+
+
+def window_probabilities(logits, n_windows: int = 1) -> np.ndarray:
+    """Class probabilities of each clip: softmax of every window's logits, averaged over its windows.
+
+    The one rule ``evaluate`` (validation, test, ``--audio-dir``) and ``predict``
+    share, so the two agree bit for bit on the same file.
+
+    Parameters
+    ----------
+    logits : array_like [shape=(N * n_windows, n_classes)]
+        Window ``k`` of clip ``i`` at row ``i * n_windows + k``; computed in float64.
+    n_windows : int >= 1
+
+    Returns
+    -------
+    np.ndarray [shape=(N, n_classes), dtype=float64]
+        Mean over the windows of ``exp(l - max l) / sum exp(l - max l)``.
+
+    Raises
+    ------
+    ValueError
+        When the rows are not a multiple of ``n_windows``.
+    """
+    lg = np.asarray(logits, dtype=np.float64)
+    k = int(n_windows)
+    if lg.ndim != 2 or k < 1 or lg.shape[0] % k:
+        raise ValueError(f"logits of shape {lg.shape} are not N x {k} windows of (n_classes,) rows")
+    p = np.exp(lg - lg.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    return p.reshape(lg.shape[0] // k, k, lg.shape[1]).mean(axis=1)

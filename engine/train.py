@@ -12,7 +12,10 @@ One run lives in a run directory ``OUT/``::
 Determinism and resume
 ----------------------
 The data order of epoch ``e`` is fully given by ``epoch_seed(seed, e)`` (the
-seed handed to ``Dataset.batches``), so it needs no RNG state of its own.
+seed handed to ``Dataset.batches``) and its crop windows by
+``train_windows(cfg, e)`` (``(seed, epoch, track)`` with ``crops='random'``),
+so neither needs an RNG state of its own. Validation and test average
+``eval_crops`` evenly spaced windows per clip, as ``predict`` does.
 Checkpoints are written every ``checkpoint_every`` steps and at the end of
 every epoch; each stores the epoch, the number of batches already trained in
 it, the epoch's running sums (loss, correct, count), the early-stopping
@@ -153,6 +156,15 @@ class TrainConfig:
         fields (empty: off; evaluation never augments; ``--overfit-batch`` ignores it).
     sync_bn : bool
         Under ``--distributed``: BatchNorm statistics over the global batch (all ranks), not per rank.
+    crops : {'random', 'fixed'}
+        Training crop windows cut from each cached clip (``pipeline.spectrogram.Windows``):
+        'random' a new one per epoch from ``(seed, epoch, track)`` (default: the
+        paper's "random 10 s crop", and more distinct images to learn from);
+        'fixed' one per track for the whole run (as a cache of single crops).
+    eval_crops : int
+        Evenly spaced windows per clip whose probabilities are averaged in
+        validation, test and ``evaluate`` (``predict`` uses the same number by
+        default): 3 spans a 30 s clip with 10 s windows.
     """
 
     model: str = "cnn6_rgb"
@@ -171,6 +183,8 @@ class TrainConfig:
     step_delay: float = 0.0
     augment: dict = field(default_factory=dict)
     sync_bn: bool = False
+    crops: str = "random"
+    eval_crops: int = 3
     extra: dict = field(default_factory=dict)
 
 
@@ -214,6 +228,10 @@ def config_problems(cfg: TrainConfig) -> list:
         bad.append(("max_steps", cfg.max_steps, "an integer >= 1"))
     if not is_num(cfg.step_delay) or not math.isfinite(cfg.step_delay) or cfg.step_delay < 0:
         bad.append(("step_delay", cfg.step_delay, "a finite number of seconds >= 0"))
+    if cfg.crops not in ("random", "fixed"):
+        bad.append(("crops", cfg.crops, "'random' or 'fixed'"))
+    if not is_int(cfg.eval_crops) or cfg.eval_crops < 1:
+        bad.append(("eval_crops", cfg.eval_crops, "an integer >= 1"))
     from engine import augment as aug_mod
 
     if not isinstance(cfg.augment, dict):
@@ -248,6 +266,13 @@ EXPLODE_FACTOR = 100.0
 def epoch_seed(seed: int, epoch: int) -> int:
     """Seed of epoch ``epoch``'s data order (a fixed function of the run seed)."""
     return (int(seed) * 1_000_003 + 7919 * int(epoch) + 1) % (2 ** 31 - 1)
+
+
+def train_windows(cfg: TrainConfig, epoch: int):
+    """The crop windows of epoch ``epoch``'s training batches (``pipeline.spectrogram.Windows``)."""
+    from pipeline.spectrogram import Windows
+
+    return Windows(cfg.crops, seed=int(cfg.seed), epoch=int(epoch) if cfg.crops == "random" else 0)
 
 
 def model_mode(name: str) -> str:
@@ -310,74 +335,80 @@ def load_state(path, model, opt=None) -> dict:
 
 
 def evaluate_split(model, dataset, split: str, batch_size: int, device: str = "cpu", mode=None,
-                   limit_batches=None):
-    """Forward every batch of ``split`` in eval mode.
+                   limit_batches=None, eval_crops: int = 1):
+    """Forward every row of ``split`` in eval mode: ``eval_crops`` evenly spaced windows per clip.
+
+    Each clip's probabilities are the mean over its windows of the softmax
+    (:func:`engine.metrics.window_probabilities`, the rule ``predict`` uses),
+    computed on the host in float64 from the model's logits.
+
+    Parameters
+    ----------
+    model : engine.model.Sequential
+    dataset : pipeline.dataset.Dataset (or an object with its ``batches``)
+    split : {'train', 'val', 'test', 'all'}
+    batch_size : int
+        Clips per forward pass (``batch_size * eval_crops`` images).
+    device : {'cpu', 'gpu'}
+    mode : {'mono', 'rgb'} or None
+    limit_batches : int or None
+        Only the first batches (debug).
+    eval_crops : int >= 1
+        Windows per clip (``pipeline.spectrogram.Windows('even', n=eval_crops)``).
 
     Returns
     -------
     loss : float
-        Mean cross-entropy over the samples (sum of per-batch means weighted by size, float64).
+        Mean over the clips of ``-log p[y]`` of the averaged probabilities (float64;
+        the cross-entropy when ``eval_crops == 1``).
     y_true, y_pred : np.ndarray [shape=(N,), dtype=int64]
     probs : np.ndarray [shape=(N, n_classes), dtype=float32]
     """
-    import kernels
-    from engine.losses import SoftmaxCrossEntropy
+    from engine.metrics import window_probabilities
+    from pipeline.spectrogram import Windows
 
-    xp = kernels.get_backend(device).xp
-    crit = SoftmaxCrossEntropy()
+    k = int(eval_crops)
+    windows = Windows("even", n=k)
     was_training = getattr(model, "training", True)
     model.eval()
-    tot, n = 0.0, 0
-    ys, ps, pr = [], [], []
+    lgs, ys = [], []
     try:
-        with Prefetcher(dataset, split, batch_size, shuffle=False, seed=0, mode=mode) as batches:
+        with Prefetcher(dataset, split, batch_size, shuffle=False, seed=0, mode=mode, windows=windows) as batches:
             if device == "gpu":
-                return _evaluate_gpu(model, crit, batches, limit_batches)
-            for i, (x, y) in enumerate(batches):
-                if limit_batches is not None and i >= limit_batches:
-                    break
-                xd, yd = _as_device(x, xp), _as_device(y, xp)
-                logits = model.forward(xd)
-                loss = float(crit.forward(logits, yd))
-                tot += loss * len(y)
-                n += len(y)
-                lg = to_numpy(logits).astype(np.float64)
-                p = np.exp(lg - lg.max(axis=1, keepdims=True))
-                p /= p.sum(axis=1, keepdims=True)
-                ys.append(np.asarray(y, dtype=np.int64))
-                ps.append(p.argmax(axis=1))
-                pr.append(p.astype(np.float32))
+                lgs, ys = _evaluate_gpu(model, batches, limit_batches)
+            else:
+                for x, y in _take(batches, limit_batches):
+                    lgs.append(to_numpy(model.forward(x)).astype(np.float64))
+                    ys.append(np.asarray(y, dtype=np.int64))
     finally:
         if was_training:
             model.train()
-    if n == 0:
+    if not lgs:
         return float("nan"), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
-    return tot / n, np.concatenate(ys), np.concatenate(ps).astype(np.int64), np.concatenate(pr)
+    y = np.concatenate(ys)[::k]  # y is repeated once per window
+    p = window_probabilities(np.concatenate(lgs), k)
+    loss = float(-np.log(np.maximum(p[np.arange(len(y)), y], np.finfo(np.float64).tiny)).mean())
+    return loss, y, p.argmax(axis=1).astype(np.int64), p.astype(np.float32)
 
 
-def _evaluate_gpu(model, crit, batches, limit_batches):
-    """:func:`evaluate_split`'s GPU body: pinned asynchronous feeding, logits kept on the device, one read at the end."""
+def _evaluate_gpu(model, batches, limit_batches):
+    """:func:`evaluate_split`'s GPU body: pinned asynchronous feeding, logits kept on the device, one read at the end.
+
+    Returns ``([logits float64 (M, n_classes)], [y int64 (M,)])`` on the host.
+    """
     from kernels.gpu.prefetch import PinnedPrefetcher
 
-    tot, n = 0.0, 0
     ys, lgs = [], []
-    for i, (xd, yd) in enumerate(PinnedPrefetcher(_take(batches, limit_batches))):
+    for xd, yd in PinnedPrefetcher(_take(batches, limit_batches)):
         logits = model.forward(xd)
-        loss = float(crit.forward(logits, yd))  # the per-batch host read (as in training)
-        tot += loss * int(yd.shape[0])
-        n += int(yd.shape[0])
         ys.append(yd.copy())   # the prefetcher's buffers are reused two batches later
         lgs.append(logits.copy())  # the model's output buffer is reused by the next forward
-    if n == 0:
-        return float("nan"), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+    if not lgs:
+        return [], []
     import kernels
 
     xp = kernels.get_backend("gpu").xp
-    lg = to_numpy(xp.concatenate(lgs)).astype(np.float64)
-    y = to_numpy(xp.concatenate(ys)).astype(np.int64)
-    p = np.exp(lg - lg.max(axis=1, keepdims=True))  # the CPU path's host arithmetic, on all rows at once
-    p /= p.sum(axis=1, keepdims=True)
-    return tot / n, y, p.argmax(axis=1).astype(np.int64), p.astype(np.float32)
+    return [to_numpy(xp.concatenate(lgs)).astype(np.float64)], [to_numpy(xp.concatenate(ys)).astype(np.int64)]
 
 
 def _take(it, limit):
@@ -405,14 +436,15 @@ class Prefetcher:
 
     _END = object()
 
-    def __init__(self, dataset, split, batch_size, shuffle, seed, mode, ahead=2):
+    def __init__(self, dataset, split, batch_size, shuffle, seed, mode, ahead=2, windows=None):
         import queue
         import threading
 
         self._q = queue.Queue(maxsize=max(1, int(ahead)))
         self._stop = threading.Event()
         self.wait_seconds = 0.0
-        gen = dataset.batches(split, batch_size, shuffle=shuffle, seed=seed, mode=mode, prefetch=0)
+        kw = {} if windows is None else {"windows": windows}
+        gen = dataset.batches(split, batch_size, shuffle=shuffle, seed=seed, mode=mode, prefetch=0, **kw)
 
         def produce():
             try:
@@ -774,7 +806,7 @@ def _fit(dataset, cfg, out_dir, resume, log, sigint, dist=None):
             it = iter([(overfit_x, overfit_y)])
         else:
             it = Prefetcher(levels if aug.enabled else dataset, "train", cfg.batch_size, shuffle=True,
-                            seed=epoch_seed(cfg.seed, ep), mode=mode)
+                            seed=epoch_seed(cfg.seed, ep), mode=mode, windows=train_windows(cfg, ep))
             for _ in range(skip):  # finished batches of an interrupted epoch
                 next(it)
             if gpu:  # pinned, asynchronous host -> device copies, one batch ahead
@@ -891,7 +923,8 @@ def _fit(dataset, cfg, out_dir, resume, log, sigint, dist=None):
         else:
             if dist is not None:
                 dist.sync_buffers(model)
-            val_loss, yt, yp, _ = evaluate_split(model, dataset, "val", cfg.batch_size, cfg.device, mode)
+            val_loss, yt, yp, _ = evaluate_split(model, dataset, "val", cfg.batch_size, cfg.device, mode,
+                                                 eval_crops=cfg.eval_crops)
             val_acc = float((yt == yp).mean()) if yt.size else float("nan")
         cnt = max(state["count"], 1)
         rec = dict(epoch=ep + 1, train_loss=state["loss_sum"] / cnt, train_acc=state["correct"] / cnt,
@@ -973,7 +1006,8 @@ def final_report(run_dir, dataset, cfg: TrainConfig, log=print) -> dict:
     extra = load_state(best, model, None)
     split = "train" if cfg.overfit_batch else "test"
     loss, yt, yp, _ = evaluate_split(model, dataset, split, cfg.batch_size, cfg.device, mode,
-                                     limit_batches=1 if cfg.overfit_batch else None)
+                                     limit_batches=1 if cfg.overfit_batch else None,
+                                     eval_crops=1 if cfg.overfit_batch else cfg.eval_crops)
     rep = metrics.classification_report(yt, yp, classes)
     rep["split"] = split
     rep["loss"] = loss

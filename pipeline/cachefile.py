@@ -45,7 +45,7 @@ __all__ = ["DamagedCache", "CacheWriteError", "DirLock", "create_npy", "save_npy
            "describe_files", "check_files", "read_manifest", "ARRAY_FILES", "FULL_HASH_BYTES"]
 
 #: the arrays of a cache (each with one row per kept track)
-ARRAY_FILES = ("images.npy", "labels.npy", "split.npy", "ids.npy")
+ARRAY_FILES = ("images.npy", "widths.npy", "keys.npy", "labels.npy", "split.npy", "ids.npy")
 #: files up to this size get a SHA-256 of their whole content in the manifest (else of the header)
 FULL_HASH_BYTES = 16 * 2 ** 20
 

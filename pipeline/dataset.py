@@ -5,18 +5,25 @@ Layout of a dataset directory (written by :func:`build_cache`)::
     manifest.json   every parameter, the parameter hash, sources, class names,
                     counts, bucket edges, and one record per track
                     (id, path, label, split, status ok/padded/skipped, reason)
-    images.npy      uint8 [shape=(N, H, W)]: round(255 * mono image in [0, 1]),
-                    rows = the tracks that were not skipped, in item order;
-                    opened with ``np.load(..., mmap_mode='r')``
+    images.npy      uint8 [shape=(N, H, Wc)]: round(255 * mono image in [0, 1]) of
+                    each track's whole clip (``track_clip``; ``Wc`` = the widest
+                    clip's columns, at least the window width W), left-aligned,
+                    zero-padded; rows = the tracks that were not skipped, in
+                    item order; opened with ``np.load(..., mmap_mode='r')``
+    widths.npy      int32 [shape=(N,)] valid columns of each row
+    keys.npy        int64 [shape=(N,)] each track's key (seeds its crop windows)
     labels.npy      int64 [shape=(N,)] class codes (names in manifest 'classes')
     split.npy       '<U5' [shape=(N,)] 'train' | 'val' | 'test'
     ids.npy         '<U...' [shape=(N,)] track id (FMA) or relative path
 
-What is stored: the mono image quantised to 8 bits (max error 1/510). The
-'rgb' mode is the colormap applied when batches are read, through a 256-entry
-table (:func:`pipeline.spectrogram.colormap_lut`), so one cache serves mono and
-rgb models: ``mode`` and ``colormap`` are therefore not part of the cache hash,
-every other parameter is.
+What is stored: the mono image of the whole clip quantised to 8 bits (max
+error 1/510). The ``crop_seconds`` windows are cut when batches are read
+(:class:`pipeline.spectrogram.Windows`: a new random window per epoch in
+training, evenly spaced ones in evaluation), and the 'rgb' mode is the
+colormap applied then, through a 256-entry table
+(:func:`pipeline.spectrogram.colormap_lut`), so one cache serves mono and rgb
+models and every crop rule: ``mode`` and ``colormap`` are therefore not part
+of the cache hash, every other parameter is.
 
 Staleness: the directory name chosen by :func:`prepare_fma` /
 :func:`prepare_folder` ends in the first 12 hex digits of the parameter hash,
@@ -53,21 +60,23 @@ import numpy as np
 
 from . import audio as audio_mod, cachefile, fma, labels as labels_mod, splits as splits_mod
 from .errors import PipelineError
-from .spectrogram import SpectrogramConfig, model_input, quantize, track_mono
+from .spectrogram import SpectrogramConfig, Windows, cut_windows, model_input, quantize, track_clip, window_starts
 from .workers import die_with_parent
 
 __all__ = ["build_cache", "Dataset", "prepare_fma", "prepare_folder", "cache_hash", "format_report",
            "FORMAT_VERSION"]
 
-#: Version of the cache layout and of the transform that fills it. 2: the rows are the real mono
-#: image (format 1 stored the red channel of the already colormapped RGB image for rgb runs, and
-#: the colormap was applied again at read time). Any other version is never reused: it is rebuilt.
-FORMAT_VERSION = 2
+#: Version of the cache layout and of the transform that fills it. 3: the rows are the mono image
+#: of each track's whole clip (up to ``clip_seconds``), the crop windows cut at batch time (format 2
+#: stored one seeded crop per track; format 1 the red channel of the colormapped image for rgb
+#: runs). Any other version is never reused: it is rebuilt.
+FORMAT_VERSION = 3
 _READ_TIME_FIELDS = ("mode", "colormap")  # applied when batches are read, not cached
 
 
 #: what changed in the last format bump (quoted when an old cache is met)
-_FORMAT_CHANGE = "format 1 stored the red channel of the colormapped image instead of the mono image"
+_FORMAT_CHANGE = ("format 3 caches each track's whole clip and cuts a new crop window per epoch; format 2 "
+                  "stored one fixed crop, format 1 the red channel of the colormapped image")
 
 
 # ---------------------------------------------------------------- helpers
@@ -131,7 +140,11 @@ def cache_hash(items, config: SpectrogramConfig, classes, seed=0) -> str:
 
 
 def _process_one(path, key, config: SpectrogramConfig, seed):
-    """One track -> (uint8 (H, W) image or None, info dict). Never raises.
+    """One track -> (uint8 (H, columns) clip image or None, info dict). Never raises.
+
+    ``key`` and ``seed`` no longer choose anything here (the clip is the
+    centred ``n_clip`` samples; windows are drawn at batch time); they stay
+    in the task for the report.
 
     The decoder's stderr lines (libmpg123 warnings, captured by
     :mod:`pipeline.audio` around each decode) are dropped for a good track and
@@ -139,7 +152,7 @@ def _process_one(path, key, config: SpectrogramConfig, seed):
     """
     with audio_mod.collect_decoder_messages() as messages:
         try:
-            img, info = track_mono(path, config, seed=seed, track_id=key)
+            img, info = track_clip(path, config)
             return quantize(img), info
         except PipelineError as exc:
             reason = str(exc)
@@ -389,7 +402,7 @@ def _build_cache(out_dir, items, config: SpectrogramConfig, classes, seed=0, wor
                                 f"use another directory")
     else:
         _atomic_write_json(pfile, {"param_hash": phash, **params})
-    n, H, W = len(items), config.height, config.width
+    n, H, W = len(items), config.height, config.clip_width  # one row per track, as wide as the longest clip
     img_path = work / "images.npy"
     images = None
     if img_path.is_file():
@@ -440,7 +453,8 @@ def _build_cache(out_dir, items, config: SpectrogramConfig, classes, seed=0, wor
     try:
         for i, img, info in results:
             if img is not None:
-                images[i] = img
+                images[i, :, :img.shape[1]] = img
+                images[i, :, img.shape[1]:] = 0
             status[i] = info
             bar.update(1)
             c = i // chunk_size
@@ -468,11 +482,15 @@ def _build_cache(out_dir, items, config: SpectrogramConfig, classes, seed=0, wor
     if not keep.any():
         raise PipelineError(f"every one of the {n} tracks was skipped; first reason: {status[0]['reason']}")
     rows = np.flatnonzero(keep)
-    final = cachefile.create_npy(out / "images.npy.tmp", (len(rows), H, W), np.uint8)
+    widths = np.array([int(status[i]["columns"]) for i in rows], dtype=np.int32)
+    w_store = max(int(widths.max()), config.width)  # no wider than the widest clip kept
+    final = cachefile.create_npy(out / "images.npy.tmp", (len(rows), H, w_store), np.uint8)
     for s in range(0, len(rows), 1024):
-        final[s:s + 1024] = images[rows[s:s + 1024]]
+        final[s:s + 1024] = images[rows[s:s + 1024], :, :w_store]
     final.flush()
     del final, images
+    cachefile.save_npy(out / "widths.npy", widths)
+    cachefile.save_npy(out / "keys.npy", np.array([int(items[i]["key"]) for i in rows], dtype=np.int64))
     cachefile.save_npy(out / "labels.npy", np.array([int(items[i]["label"]) for i in rows], dtype=np.int64))
     cachefile.save_npy(out / "split.npy", np.array([items[i]["split"] for i in rows], dtype="<U5"))
     cachefile.save_npy(out / "ids.npy", np.array([str(items[i]["id"]) for i in rows], dtype=str))
@@ -495,8 +513,10 @@ def _build_cache(out_dir, items, config: SpectrogramConfig, classes, seed=0, wor
         "param_hash": phash,
         **params,
         "config": config.to_dict(),
-        "storage": {"images": "uint8 (N, H, W) = rint(255 * mono image in [0, 1]), memmap (np.load mmap_mode='r'); "
-                              "rgb = colormap LUT applied at read time",
+        "storage": {"images": "uint8 (N, H, Wc) = rint(255 * mono image of the whole clip in [0, 1]), "
+                              "left-aligned, zero-padded to the widest clip; memmap (np.load mmap_mode='r'); "
+                              "crop windows cut and rgb colormap LUT applied at read time",
+                    "widths": "int32 (N,) valid columns per row", "keys": "int64 (N,) crop-window seed keys",
                     "labels": "int64 (N,)", "split": "<U5 (N,)", "ids": "str (N,)"},
         "n_images": int(len(rows)),
         "status_counts": status_counts,
@@ -530,8 +550,13 @@ class Dataset:
 
     Attributes
     ----------
-    images : np.memmap [shape=(N, H, W), dtype=uint8]
-        Quantised mono images (``rint(255 * x)``), memory-mapped.
+    images : np.memmap [shape=(N, H, Wc), dtype=uint8]
+        Quantised mono images of the whole clips (``rint(255 * x)``),
+        left-aligned in rows ``Wc >= W`` wide, memory-mapped.
+    widths : np.ndarray [shape=(N,), dtype=int32]
+        Valid columns of each row (the clip's image width).
+    keys : np.ndarray [shape=(N,), dtype=int64]
+        Per-track keys that seed the 'random' / 'fixed' crop windows.
     labels : np.ndarray [shape=(N,), dtype=int64]
     split : np.ndarray [shape=(N,), dtype='<U5']
     ids : np.ndarray [shape=(N,), dtype=str]
@@ -570,15 +595,20 @@ class Dataset:
             raise cachefile.DamagedCache(f"{exc}; run the same preprocess (or train) command again to "
                                          f"rebuild the cache") from exc
         self.images = np.load(self.path / "images.npy", mmap_mode="r")
+        self.widths = np.load(self.path / "widths.npy")
+        self.keys = np.load(self.path / "keys.npy")
         self.labels = np.load(self.path / "labels.npy")
         self.split = np.load(self.path / "split.npy")
         self.ids = np.load(self.path / "ids.npy")
         self.classes = list(self.manifest["classes"])
         self.config = SpectrogramConfig.from_dict(self.manifest["config"])
         n = len(self.labels)
-        if self.images.shape != (n, self.config.height, self.config.width) or len(self.split) != n:
-            raise PipelineError(f"{self.path}: images {self.images.shape}, labels ({n},), split "
-                                f"({len(self.split)},) disagree")
+        if (self.images.ndim != 3 or self.images.shape[:2] != (n, self.config.height)
+                or self.images.shape[2] < self.config.width or len(self.split) != n
+                or self.widths.shape != (n,) or self.keys.shape != (n,)
+                or (n and (self.widths.min() < 1 or self.widths.max() > self.images.shape[2]))):
+            raise PipelineError(f"{self.path}: images {self.images.shape}, widths {self.widths.shape}, keys "
+                                f"{self.keys.shape}, labels ({n},), split ({len(self.split)},) disagree")
         self.wait_seconds = 0.0
 
     def __len__(self):
@@ -610,12 +640,38 @@ class Dataset:
         """Images per class in ``split`` (int64 (n_classes,))."""
         return np.bincount(self.labels[self.indices(split)], minlength=len(self.classes))
 
-    def decode(self, rows, mode=None) -> np.ndarray:
-        """Images of ``rows`` as float32 (N, C, H, W) in [0, 1]: :func:`pipeline.spectrogram.model_input`."""
-        return model_input(self.images[np.asarray(rows)], self._mode(mode), self.config.colormap)
+    def levels(self, rows, windows: Windows | None = None) -> np.ndarray:
+        """The crop windows of ``rows`` as uint8 levels: the read-time half up to the colormap.
+
+        Parameters
+        ----------
+        rows : array_like [shape=(N,), int]
+        windows : pipeline.spectrogram.Windows or None
+            Which windows (None: ``Windows('even', n=1)``, the centre one).
+
+        Returns
+        -------
+        np.ndarray [shape=(N * windows.n, H, W), dtype=uint8]
+            Window ``k`` of row ``i`` at index ``i * n + k``
+            (:func:`pipeline.spectrogram.window_starts`, :func:`~pipeline.spectrogram.cut_windows`).
+        """
+        windows = Windows() if windows is None else windows
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        widths = self.widths[rows]
+        starts = window_starts(widths, self.config.width, windows, self.keys[rows]).reshape(-1)
+        rep = np.repeat(rows, windows.n)
+        return cut_windows([self.images[r] for r in rep], np.repeat(widths, windows.n), starts,
+                           self.config.width)
+
+    def decode(self, rows, mode=None, windows: Windows | None = None) -> np.ndarray:
+        """Model input of ``rows``: float32 ``(N * windows.n, C, H, W)`` in [0, 1].
+
+        :meth:`levels` then :func:`pipeline.spectrogram.model_input` (mode None: the config's).
+        """
+        return model_input(self.levels(rows, windows), self._mode(mode), self.config.colormap)
 
     def batches(self, split="train", batch_size=32, shuffle=True, seed=0, mode=None, drop_last=False,
-                prefetch=2):
+                prefetch=2, windows: Windows | None = None, levels: bool = False):
         """Yield ``(x, y)`` batches, the next one prepared in a background thread.
 
         Parameters
@@ -632,11 +688,20 @@ class Dataset:
             Drop a final partial batch.
         prefetch : int >= 0
             Batches prepared ahead (0: synchronous).
+        windows : pipeline.spectrogram.Windows or None
+            The crop windows cut from each clip (None: the centre one).
+            Training passes ``Windows('random', seed, epoch)``; evaluation
+            ``Windows('even', n=K)``, which gives ``K`` consecutive images per
+            row (``y`` repeated): ``batch_size`` counts rows, not images.
+        levels : bool
+            Yield the uint8 levels ``(N, H, W)`` instead of the decoded model
+            input (batch-time augmentation decodes them on the device).
 
         Yields
         ------
-        x : np.ndarray [shape=(N, C, H, W), dtype=float32] in [0, 1]
-        y : np.ndarray [shape=(N,), dtype=int64]
+        x : np.ndarray [shape=(N * n, C, H, W), dtype=float32] in [0, 1]
+            (uint8 ``(N * n, H, W)`` with ``levels=True``)
+        y : np.ndarray [shape=(N * n,), dtype=int64]
 
         Raises
         ------
@@ -655,9 +720,13 @@ class Dataset:
         if drop_last and len(idx) % batch_size:
             stops = stops[:-1]
 
+        windows = Windows() if windows is None else windows
+
         def make(s):
             rows = idx[s:s + batch_size]
-            return self.decode(rows, mode), self.labels[rows]
+            q = self.levels(rows, windows)
+            y = np.repeat(self.labels[rows], windows.n)
+            return (q if levels else model_input(q, mode, self.config.colormap)), y
 
         if prefetch <= 0:
             for s in stops:

@@ -1,4 +1,4 @@
-"""Spectrogram images: audio crop -> STFT (or mel) -> dB -> (C, H, W) in [0, 1].
+"""Spectrogram images: audio clip -> STFT (or mel) -> dB -> image -> (C, H, W) windows in [0, 1].
 
 The per-track chain of the paper (Figure 2): a random 10 s window of each 30 s
 clip, its spectrogram in dB, resized to H x W = 102 x 159 (frequency x time),
@@ -25,24 +25,33 @@ Conventions
   enlarging it. Then per-image min-max to [0, 1]; a constant image (silence)
   becomes zeros. NaN or inf raises.
 - The transform has two halves, defined here and nowhere else: the *cached
-  half* (:func:`mono_image`, :func:`track_mono`: audio -> mono image in
-  [0, 1], stored by the dataset cache as uint8 :func:`quantize` = ``rint(255 x)``)
-  and the *read-time half* (:func:`model_input`: uint8 mono -> model input;
-  'mono' is ``q / 255``, 'rgb' the colormap applied exactly once, through
-  the 256-entry table :func:`colormap_lut`, alpha dropped, channels first).
-  The cache builder, ``Dataset`` batches, ``evaluate``, ``predict`` and
-  ``inspect`` all go through these; :func:`to_image` / :func:`track_image`
-  are the two halves in one call.
-- Crops: ``n_crop = round(crop_seconds * sr)`` samples starting at
-  ``floor(u * (n - n_crop + 1))`` with ``u`` the first draw of
-  ``numpy.random.default_rng([seed, key])`` (``key`` = track id, or a CRC32 of
-  the file name), so a clip exactly ``crop_seconds`` long starts at 0 and
-  every run crops the same window. Only the window is decoded (soundfile
-  seek); the whole file is decoded only when the header's length proves wrong.
-  A shorter clip is zero-padded at the end to ``n_crop`` (status 'padded'); a
-  clip with less real audio than one STFT frame (``n_fft`` samples: nothing to
-  learn from, e.g. a truncated mp3 that decodes to 47 samples) raises
-  :class:`~pipeline.errors.PipelineError`.
+  half* (:func:`mono_image`, :func:`track_clip`: audio -> mono image of the
+  whole clip in [0, 1], stored by the dataset cache as uint8 :func:`quantize`
+  = ``rint(255 x)``) and the *read-time half* (:func:`window_starts` +
+  :func:`cut_windows`: the ``width``-column crop windows, then
+  :func:`model_input`: uint8 mono -> model input; 'mono' is ``q / 255``,
+  'rgb' the colormap applied exactly once, through the 256-entry table
+  :func:`colormap_lut`, alpha dropped, channels first). The cache builder,
+  ``Dataset`` batches, ``evaluate``, ``predict`` (:func:`track_images`, the
+  whole chain in one call) and ``inspect`` all go through these.
+- Clip: the whole file, or its centred ``n_clip`` samples (``clip_seconds``,
+  default 3 crops = 30 s: an FMA clip). Only the clip is decoded (soundfile
+  seek); the whole file only when the header's length proves wrong. Its image
+  is ``config.columns(n)`` wide: ``width`` columns per ``crop_seconds``, dB
+  floor and min-max over the clip, so a window is a plain slice.
+- Windows (the paper's "random 10 s crop", cut at batch time, :class:`Windows`):
+  'random' draws a new window per epoch from ``(seed, epoch, key)`` (``key`` =
+  track id, or a CRC32 of the file name), 'fixed' one per track from
+  ``(seed, key)``, 'even' takes ``n`` evenly spaced windows (evaluation and
+  prediction average their probabilities). A clip shorter than a crop is
+  placed inside the window (at a random offset in training, evenly spaced
+  placements in evaluation), the rest of the window the image floor (status
+  'padded'); a clip with less real audio than one STFT frame (``n_fft``
+  samples: nothing to learn from, e.g. a truncated mp3 that decodes to 47
+  samples) raises :class:`~pipeline.errors.PipelineError`.
+- :func:`crop` decodes one seeded ``crop_seconds`` window alone (benchmarks
+  and tests of the decoder's seeking); :func:`to_image` is both halves on one
+  spectrogram.
 """
 from __future__ import annotations
 
@@ -63,7 +72,8 @@ from .stft import stft
 __all__ = [
     "SpectrogramConfig", "power_to_db", "amplitude_to_db", "mel_filterbank", "hz_to_mel",
     "mel_to_hz", "resize_matrix", "resize", "spectrogram_db", "mono_image", "quantize", "model_input",
-    "to_image", "colormap_lut", "crop", "track_mono", "track_image", "track_images", "track_key",
+    "to_image", "colormap_lut", "crop", "clip", "track_clip", "track_images", "track_key", "Windows",
+    "WINDOW_RULES", "window_starts", "cut_windows",
 ]
 
 MODES = ("mono", "rgb")
@@ -98,6 +108,11 @@ class SpectrogramConfig:
         Dynamic range floor below the maximum, in dB (80).
     pad_mode : str
         STFT centring pad mode ('constant', librosa 0.11's).
+    clip_seconds : float or None
+        Longest stretch of each file that is cached (the *clip*, from which
+        the ``crop_seconds`` windows are cut at batch time): the centred
+        ``clip_seconds`` of a longer file. None: 3 x ``crop_seconds`` (30 s
+        at the paper's settings, an FMA clip's length).
     """
 
     sr: int = 22050
@@ -112,6 +127,7 @@ class SpectrogramConfig:
     colormap: str = "viridis"
     top_db: float = 80.0
     pad_mode: str = "constant"
+    clip_seconds: float | None = None
 
     def __post_init__(self):
         for name in ("sr", "n_fft", "hop_length", "n_mels", "height", "width"):
@@ -133,6 +149,11 @@ class SpectrogramConfig:
             raise PipelineError(
                 f"crop of {self.crop_seconds} s at {self.sr} Hz = {self.n_crop} samples is shorter than "
                 f"half a frame (n_fft={self.n_fft})")
+        if self.clip_seconds is not None and not (
+                isinstance(self.clip_seconds, (int, float)) and math.isfinite(self.clip_seconds)
+                and self.clip_seconds >= self.crop_seconds):
+            raise PipelineError(f"SpectrogramConfig.clip_seconds must be None or >= crop_seconds "
+                                f"({self.crop_seconds}), got {self.clip_seconds!r}")
         if self.mode == "rgb":
             colormap_lut(self.colormap)  # raises on an unknown name
 
@@ -140,6 +161,28 @@ class SpectrogramConfig:
     def n_crop(self) -> int:
         """Crop length in samples, ``round(crop_seconds * sr)``."""
         return int(round(self.crop_seconds * self.sr))
+
+    @property
+    def n_clip(self) -> int:
+        """Longest cached clip in samples, ``round(clip_seconds * sr)`` (3 crops when ``clip_seconds`` is None)."""
+        seconds = 3.0 * self.crop_seconds if self.clip_seconds is None else float(self.clip_seconds)
+        return int(round(seconds * self.sr))
+
+    def columns(self, n_samples: int) -> int:
+        """Image columns of ``n_samples`` of audio: the crop's ``width`` columns per ``crop_seconds``.
+
+        ``round(frames(n) * width / frames(n_crop))`` with ``frames(n) = 1 + n // hop_length``
+        (centred STFT), at least 1: a clip is resized along time at the same
+        frames-per-column ratio as one crop, so a ``crop_seconds`` window of
+        the clip's image spans ``width`` columns; ``columns(n_crop) == width``.
+        """
+        frames = 1 + int(n_samples) // self.hop_length
+        return max(1, int(round(frames * self.width / (1 + self.n_crop // self.hop_length))))
+
+    @property
+    def clip_width(self) -> int:
+        """Columns of the longest clip, ``columns(n_clip)`` (>= ``width``): the cache's row width."""
+        return self.columns(self.n_clip)
 
     @property
     def n_channels(self) -> int:
@@ -450,7 +493,7 @@ def spectrogram_db(y, config: SpectrogramConfig) -> np.ndarray:
     return power
 
 
-def mono_image(S_db, config: SpectrogramConfig) -> np.ndarray:
+def mono_image(S_db, config: SpectrogramConfig, width: int | None = None) -> np.ndarray:
     """dB spectrogram -> the mono image in [0, 1]: the *cached half* of the transform.
 
     Parameters
@@ -460,11 +503,14 @@ def mono_image(S_db, config: SpectrogramConfig) -> np.ndarray:
     config : SpectrogramConfig
         ``height`` and ``width`` are used (``mode`` and ``colormap`` are not:
         they belong to the read-time half, :func:`model_input`).
+    width : int or None
+        Columns of the result (None: ``config.width``); a whole clip uses
+        ``config.columns(n_samples)``.
 
     Returns
     -------
     np.ndarray [shape=(height, width), dtype=float32] in [0, 1]
-        Resized dB, min-max scaled per image; a constant input gives zeros.
+        Resized dB, min-max scaled over the whole image; a constant input gives zeros.
 
     Raises
     ------
@@ -476,7 +522,7 @@ def mono_image(S_db, config: SpectrogramConfig) -> np.ndarray:
         raise PipelineError(f"expected a non-empty 2-D (n_bins, n_frames) spectrogram, got shape {S_db.shape}")
     if not np.all(np.isfinite(S_db)):
         raise PipelineError("spectrogram contains NaN or inf values; refusing to make an image")
-    img = resize(S_db, config.height, config.width)
+    img = resize(S_db, config.height, config.width if width is None else int(width))
     lo, hi = float(img.min()), float(img.max())
     if hi - lo <= 1e-5 * max(1.0, abs(lo), abs(hi)):
         return np.zeros_like(img)
@@ -648,101 +694,261 @@ def crop(path, config: SpectrogramConfig, seed: int = 0, track_id=None):
     return np.ascontiguousarray(y), info
 
 
-def track_mono(path, config: SpectrogramConfig, seed: int = 0, track_id=None):
-    """Mono image of the seeded random crop of one file: the cached half of the per-track chain.
+def clip(path, config: SpectrogramConfig):
+    """Decode the clip of one file: all of it, or its centred ``config.n_clip`` samples.
+
+    Only the clip is decoded (soundfile seek, as :func:`crop`): a 6-hour file
+    costs ``clip_seconds`` of decoding, not 6 hours. The whole file is
+    decoded only when its header gives no length or a wrong one.
 
     Parameters
     ----------
-    path, config, seed, track_id
-        As :func:`crop` (``config.mode`` / ``colormap`` are ignored).
+    path : str or os.PathLike
+        Audio file.
+    config : SpectrogramConfig
+        ``sr``, ``crop_seconds``, ``clip_seconds`` and ``n_fft`` are used.
 
     Returns
     -------
-    image : np.ndarray [shape=(config.height, config.width), dtype=float32] in [0, 1]
-        :func:`mono_image` of the crop's dB spectrogram; the cache stores
-        :func:`quantize` of it.
+    y : np.ndarray [shape=(n,), dtype=float32], ``n_fft <= n <= config.n_clip``
+        The clip at ``config.sr`` (not padded).
     info : dict
-        As :func:`crop` (``status`` 'ok' or 'padded').
+        ``status`` ('ok', or 'padded' when the clip is shorter than one crop:
+        its windows are padded with the image floor), ``offset_s`` (start of
+        the clip in the file), ``duration_s`` (the file's length, from its
+        header when it has one), ``decoded_s`` (seconds in the clip),
+        ``reason`` (why padded, and 'digital silence' when every sample is 0).
 
     Raises
     ------
     PipelineError
-        As :func:`crop`, or a non-finite spectrogram.
+        File missing, undecodable, or with fewer than ``n_fft`` decodable
+        samples (the message names it).
     """
-    y, info = crop(path, config, seed, track_id)
-    return mono_image(spectrogram_db(y, config), config), info
+    n_clip = config.n_clip
+    y, start, total = None, 0, None
+    try:
+        hdr = audio.probe(path)
+        est = int(hdr.frames * config.sr // hdr.samplerate)
+    except PipelineError:
+        est = None
+    if est is not None and est > 0:
+        total = est
+        start = (est - n_clip) // 2 if est > n_clip else 0
+        # two extra samples so that resampling round-off never shortens the clip
+        y, _ = audio.load(path, sr=config.sr, offset=start / config.sr,
+                          duration=(min(n_clip, est) + 2) / config.sr)
+        if len(y) < min(n_clip, est - start):
+            y = None  # the header lied (e.g. a truncated mp3): decode it all below
+    if y is None:
+        full, _ = audio.load(path, sr=config.sr)
+        if len(full) == 0:
+            raise PipelineError(f"no decodable audio in {os.fspath(path)!r} (0 samples)")
+        total = len(full)
+        start = (len(full) - n_clip) // 2 if len(full) > n_clip else 0
+        y = full[start:start + n_clip]
+    y = np.ascontiguousarray(y[:n_clip])
+    _require_one_frame(path, len(y), config)
+    info = {"status": "ok", "offset_s": start / config.sr, "duration_s": total / config.sr,
+            "decoded_s": len(y) / config.sr, "reason": ""}
+    if len(y) < config.n_crop:
+        info["status"] = "padded"
+        info["reason"] = f"clip is {len(y) / config.sr:.3f} s, shorter than the {config.crop_seconds} s crop"
+    if not np.any(y):
+        info["reason"] = (info["reason"] + "; " if info["reason"] else "") + "digital silence"
+    return y, info
 
 
-def track_image(path, config: SpectrogramConfig, seed: int = 0, track_id=None):
-    """Model input of the seeded random crop of one file (the whole per-track chain).
-
-    ``model_input(quantize(track_mono(...)), config.mode, config.colormap)``:
-    equal to the cached row of the track as a ``Dataset`` batch serves it.
+def track_clip(path, config: SpectrogramConfig):
+    """Mono image of one file's clip: the cached half of the per-track chain.
 
     Parameters
     ----------
-    path, config, seed, track_id
-        As :func:`crop`.
+    path, config
+        As :func:`clip` (``config.mode`` / ``colormap`` are ignored).
 
     Returns
     -------
-    image : np.ndarray [shape=(C, config.height, config.width), dtype=float32] in [0, 1]
+    image : np.ndarray [shape=(config.height, config.columns(len(y))), dtype=float32] in [0, 1]
+        :func:`mono_image` of the clip's dB spectrogram (dB floor and min-max
+        over the whole clip, so a window is a plain slice of it); the cache
+        stores :func:`quantize` of it in a row ``config.clip_width`` wide.
     info : dict
-        As :func:`crop` (``status`` 'ok' or 'padded').
+        As :func:`clip`, plus ``columns`` (the image's width).
 
     Raises
     ------
     PipelineError
-        As :func:`crop`, or a non-finite spectrogram.
+        As :func:`clip`, or a non-finite spectrogram.
     """
-    img, info = track_mono(path, config, seed, track_id)
-    return model_input(quantize(img), config.mode, config.colormap), info
+    y, info = clip(path, config)
+    img = mono_image(spectrogram_db(y, config), config, width=config.columns(len(y)))
+    info["columns"] = int(img.shape[1])
+    return img, info
+
+
+# ---------------------------------------------------------------- windows (cut at batch time)
+
+#: crop-window rules: 'random' (a new window per epoch), 'fixed' (one seeded window per track),
+#: 'even' (``n`` evenly spaced windows, evaluation and prediction)
+WINDOW_RULES = ("random", "fixed", "even")
+_KIND_RANDOM, _KIND_FIXED = 5, 6
+
+
+@dataclasses.dataclass(frozen=True)
+class Windows:
+    """Which ``width``-column windows of each cached clip make a batch.
+
+    Attributes
+    ----------
+    rule : {'random', 'fixed', 'even'}
+        'random': per track and epoch, start ~ U{min(0, w - W) .. max(0, w - W)}
+        (``w`` the clip's columns, ``W`` the window's) drawn from
+        ``numpy.random.default_rng([seed, key, 5, epoch])``: a new crop each
+        epoch, a function of ``(seed, epoch, key)`` only (resume-exact,
+        order-free). A clip shorter than the window lands at a random offset
+        in it. 'fixed': the same with ``[seed, key, 6]`` (one crop per track
+        for the whole run, the paper's preprocessing). 'even': ``n`` windows
+        at ``round(k (w - W) / (n - 1))``, ``k = 0..n-1`` (``floor((w - W) / 2)``,
+        the centre, for ``n = 1``): from the clip's start to its end, or for
+        a short clip ``n`` placements across the window.
+    seed, epoch : int
+        'random' / 'fixed' only.
+    n : int
+        Windows per clip ('even' only; 1 otherwise).
+    """
+
+    rule: str = "even"
+    seed: int = 0
+    epoch: int = 0
+    n: int = 1
+
+    def __post_init__(self):
+        if self.rule not in WINDOW_RULES:
+            raise PipelineError(f"window rule must be one of {WINDOW_RULES}, got {self.rule!r}")
+        if isinstance(self.n, bool) or int(self.n) != self.n or self.n < 1:
+            raise PipelineError(f"windows per clip must be a positive integer, got {self.n!r}")
+        if self.rule != "even" and self.n != 1:
+            raise PipelineError(f"rule {self.rule!r} gives one window per clip, got n={self.n}")
+        for name in ("seed", "epoch"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or int(v) != v or v < 0:
+                raise PipelineError(f"Windows.{name} must be an integer >= 0, got {v!r}")
+
+
+def window_starts(columns, width: int, windows: Windows, keys=None) -> np.ndarray:
+    """First column of every window (may be negative for a clip narrower than the window).
+
+    Parameters
+    ----------
+    columns : array_like [shape=(N,), int]
+        Columns of each clip's image (``Dataset.widths``, ``track_clip``'s ``info['columns']``).
+    width : int
+        Window width ``W`` (``SpectrogramConfig.width``).
+    windows : Windows
+    keys : array_like [shape=(N,), int >= 0] or None
+        Per-track keys seeding 'random' / 'fixed' (``Dataset.keys``: FMA id or
+        CRC32 of the path); needed for those rules.
+
+    Returns
+    -------
+    np.ndarray [shape=(N, windows.n), dtype=int64]
+        Window ``k`` of clip ``i`` covers clip columns ``starts[i, k] ..
+        starts[i, k] + width - 1``; columns outside ``0 .. columns[i] - 1``
+        are the image floor (level 0), see :func:`cut_windows`.
+    """
+    w = np.asarray(columns, dtype=np.int64).reshape(-1)
+    span = w - int(width)
+    if windows.rule == "even":
+        if windows.n == 1:
+            return (span // 2)[:, None]
+        k = np.arange(windows.n, dtype=np.float64)
+        return np.rint(k[None, :] * span[:, None] / (windows.n - 1)).astype(np.int64)
+    if keys is None:
+        raise PipelineError(f"window rule {windows.rule!r} needs the tracks' keys")
+    keys = np.asarray(keys, dtype=np.int64).reshape(-1)
+    if keys.shape != w.shape:
+        raise PipelineError(f"keys {keys.shape} and columns {w.shape} differ in length")
+    lo, hi = np.minimum(span, 0), np.maximum(span, 0)
+    out = np.empty((len(w), 1), np.int64)
+    for i in range(len(w)):
+        ent = ([windows.seed, int(keys[i]), _KIND_RANDOM, windows.epoch] if windows.rule == "random"
+               else [windows.seed, int(keys[i]), _KIND_FIXED])
+        out[i, 0] = lo[i] + int(np.random.default_rng(ent).integers(0, hi[i] - lo[i] + 1))
+    return out
+
+
+def cut_windows(q, columns, starts, width: int, out=None) -> np.ndarray:
+    """Cut windows from cached clip rows: ``out[i] = q[i][:, starts[i] : starts[i] + width]``, floor outside.
+
+    Parameters
+    ----------
+    q : sequence of np.ndarray [shape=(H, >= columns[i]), dtype=uint8]
+        Quantised clip images (rows of ``Dataset.images``, or one ``track_clip``).
+    columns : array_like [shape=(N,), int]
+        Valid columns of each row (the rest of a cache row is padding).
+    starts : array_like [shape=(N,), int]
+        From :func:`window_starts` (one column of it).
+    width : int
+    out : np.ndarray [shape=(N, H, width), dtype=uint8] or None
+        Written in place when given.
+
+    Returns
+    -------
+    np.ndarray [shape=(N, H, width), dtype=uint8]
+        Columns outside ``0 .. columns[i] - 1`` are level 0 (the image floor,
+        what a zero-padded crop's silence becomes).
+    """
+    n = len(starts)
+    h = int(q[0].shape[0]) if n else 0
+    if out is None:
+        out = np.zeros((n, h, int(width)), np.uint8)
+    else:
+        out[...] = 0
+    for i in range(n):
+        s, w = int(starts[i]), int(columns[i])
+        a, b = max(s, 0), min(s + int(width), w)
+        if b > a:
+            out[i, :, a - s:b - s] = q[i][:, a:b]
+    return out
 
 
 def track_images(path, config: SpectrogramConfig, n_crops: int = 1):
-    """Images of ``n_crops`` evenly spaced crops of one file (for prediction).
+    """Model input of ``n_crops`` evenly spaced windows of one file (``predict``): the whole chain.
 
-    The whole file is decoded once; crop ``k`` starts at
-    ``round(k * (n - n_crop) / (n_crops - 1))`` samples (0 for one crop), so the
-    crops span the clip from its start to its end; a short clip gives one
-    zero-padded crop repeated.
+    The same transform and window rule as a cached row served by
+    ``Dataset.batches(..., windows=Windows('even', n=n_crops))``:
+    :func:`track_clip` -> :func:`quantize` -> :func:`window_starts` ->
+    :func:`cut_windows` -> :func:`model_input`. So ``predict`` on a file of
+    the run's data gives bit-identical logits to ``evaluate`` on its row.
 
     Parameters
     ----------
     path : str or os.PathLike
     config : SpectrogramConfig
+        ``mode`` and ``colormap`` choose the read-time half.
     n_crops : int > 0
 
     Returns
     -------
     images : np.ndarray [shape=(n_crops, C, H, W), dtype=float32]
     info : dict
-        ``status`` ('ok'/'padded'), ``offsets_s`` (list), ``duration_s``, ``reason``.
+        As :func:`track_clip`, plus ``offsets_s`` (start of each window in
+        the file, seconds; negative for a short clip placed inside it).
 
     Raises
     ------
     PipelineError
-        Undecodable or empty file, fewer than ``n_fft`` decodable samples
-        (same threshold and message as :func:`crop`, so a file preprocessing
-        skips is never predicted), ``n_crops < 1``.
+        As :func:`clip` (a file preprocessing skips is never predicted),
+        ``n_crops < 1``.
     """
-    if int(n_crops) != n_crops or n_crops < 1:
+    if isinstance(n_crops, bool) or not isinstance(n_crops, (int, np.integer)) or n_crops < 1:
         raise PipelineError(f"n_crops must be a positive integer, got {n_crops!r}")
-    full, _ = audio.load(path, sr=config.sr)
-    if len(full) == 0:
-        raise PipelineError(f"no decodable audio in {os.fspath(path)!r} (0 samples)")
-    _require_one_frame(path, len(full), config)  # as preprocessing: no prediction from a few samples
-    n, n_crop = len(full), config.n_crop
-    info = {"status": "ok", "duration_s": n / config.sr, "reason": ""}
-    if n < n_crop:
-        full = np.concatenate([full, np.zeros(n_crop - n, np.float32)])
-        info["status"] = "padded"
-        info["reason"] = f"clip is {n / config.sr:.3f} s, shorter than the {config.crop_seconds} s crop"
-        starts = [0] * int(n_crops)
-    elif n_crops == 1:
-        starts = [0]
-    else:
-        starts = [int(round(k * (n - n_crop) / (n_crops - 1))) for k in range(int(n_crops))]
-    info["offsets_s"] = [s / config.sr for s in starts]
-    images = np.stack([to_image(spectrogram_db(full[s:s + n_crop], config), config) for s in starts])
-    return images, info
+    windows = Windows("even", n=int(n_crops))
+    img, info = track_clip(path, config)
+    q = quantize(img)
+    starts = window_starts([q.shape[1]], config.width, windows)[0]
+    levels = cut_windows([q] * len(starts), [q.shape[1]] * len(starts), starts, config.width)
+    col_s = config.hop_length * (1 + config.n_crop // config.hop_length) / (config.width * config.sr)  # s / column
+    info["offsets_s"] = [round(info["offset_s"] + float(s) * col_s, 3) for s in starts]
+    return model_input(levels, config.mode, config.colormap), info

@@ -53,7 +53,7 @@ def test_every_flag_has_help_and_default(capsys):
             train.device, train.epochs) == ("cnn6_rgb", 16, 5e-4, 0.4, 0.0, None, "cpu", None)
     assert cli.DEMO_EPOCHS < 100  # demo default; 100 (the paper's cap) otherwise
     pred = sub.choices["predict"].parse_args(["RUN", "a.mp3"])
-    assert pred.crops == 3
+    assert pred.crops is None  # None: the run's --eval-crops, as evaluate
 
 
 def test_bad_dataset_path_exit_code_and_layout(tmp_path, capsys):
@@ -398,19 +398,20 @@ DIGIT_FLAGS = ["--label-regex", r"^(\d)_", "--sr", "8000", "--crop-seconds", "1"
 
 @pytest.fixture(scope="module")
 def digit_runs(tmp_path_factory):
-    """A tiny labelled wav folder (two tone classes, clips of exactly the 1 s crop: the cache's crop
-    window starts at 0, as predict's single window does) and a 1-epoch run of a mono and an rgb model."""
+    """A tiny labelled wav folder (two tone classes, clips of 0.6 to 2.5 s around the 1 s crop: short ones
+    padded inside the window, long ones with distinct windows) and a 1-epoch run of a mono and an rgb model."""
     from audio_fixtures import write_wav
 
     base = tmp_path_factory.mktemp("digits")
     audio = base / "audio"
     audio.mkdir()
     rng = np.random.default_rng(0)
-    t = np.arange(8000) / 8000
     for i in range(40):
         c = i % 2
         f0 = (300 + 200 * rng.random()) if c == 0 else (1000 + 500 * rng.random())
-        y = 0.4 * np.sin(2 * np.pi * f0 * t) * np.minimum(1, 4 * t) + 0.05 * rng.standard_normal(8000)
+        n = int(8000 * (0.6 + 1.9 * rng.random()))
+        t = np.arange(n) / 8000
+        y = 0.4 * np.sin(2 * np.pi * f0 * t) * np.minimum(1, 4 * t) + 0.05 * rng.standard_normal(n)
         write_wav(audio / f"{c}_s{i % 3}_{i}.wav", y.astype(np.float32), 8000)
     runs = {}
     for model in ("cnn2_mono", "cnn4_rgb"):
@@ -424,9 +425,9 @@ def digit_runs(tmp_path_factory):
 
 @pytest.mark.parametrize("model", ["cnn2_mono", "cnn4_rgb"])
 def test_predict_logits_equal_evaluate_on_the_cached_window(digit_runs, model, capsys):
-    """Issue 8 (b) and (c): predict on a test file, with the cache's crop window, gives the probabilities
-    evaluate computes for that row (bit-identical on the CPU at batch size 1), and the accuracy of
-    predict over the test files equals evaluate's."""
+    """Issue 8 (b) and (c): predict on a test file gives the probabilities evaluate computes for that row
+    (the same evenly spaced windows of the cached clip; bit-identical on the CPU, at batch size 1 and
+    at the run's), so the accuracy of predict over the test files equals evaluate's."""
     from engine import train as tr
 
     audio, runs = digit_runs
@@ -435,22 +436,25 @@ def test_predict_logits_equal_evaluate_on_the_cached_window(digit_runs, model, c
     test_rows = ds.indices("test")
     assert len(test_rows) >= 4
     files = [str(audio / ds.ids[r]) for r in test_rows]
-    offsets = {t["path"]: t["offset_s"] for t in ds.manifest["tracks"]}
-    assert all(offsets[f] == 0.0 for f in files)  # the cache's window is predict's single window
-    capsys.readouterr()
-    assert cli.main(["predict", str(runs[model])] + files + ["--crops", "1", "--json"]) == 0
-    recs = [json.loads(s) for s in capsys.readouterr().out.splitlines()]
-    assert [r["offsets_s"] for r in recs] == [[0.0]] * len(files)
-    pred = np.array([[r["probabilities"][c] for c in ds.classes] for r in recs], np.float64)
-    _, yt, yp, probs = tr.evaluate_split(net, ds, "test", 1, "cpu", tr.model_mode(model))
-    np.testing.assert_array_equal(pred.astype(np.float32), probs)  # same logits -> same float32 probabilities
-    _, yt_b, yp_b, probs_b = tr.evaluate_split(net, ds, "test", cfg.batch_size, "cpu", tr.model_mode(model))
-    np.testing.assert_allclose(probs_b, probs, atol=1e-5)  # the run's batch size (GEMM chunking aside)
-    acc_predict = float((pred.argmax(axis=1) == yt).mean())
-    assert abs(acc_predict - float((yt_b == yp_b).mean())) <= 1.0 / len(files) + 1e-12
+    assert cfg.eval_crops == 3 and ds.widths[test_rows].min() < 48 < ds.widths[test_rows].max()
+    for crops in (None, 1):
+        capsys.readouterr()
+        assert cli.main(["predict", str(runs[model])] + files + ["--json"]
+                        + ([] if crops is None else ["--crops", str(crops)])) == 0
+        recs = [json.loads(s) for s in capsys.readouterr().out.splitlines()]
+        k = cfg.eval_crops if crops is None else crops
+        assert [r["crops"] for r in recs] == [k] * len(files)
+        pred = np.array([[r["probabilities"][c] for c in ds.classes] for r in recs], np.float64)
+        _, yt, yp, probs = tr.evaluate_split(net, ds, "test", 1, "cpu", tr.model_mode(model), eval_crops=k)
+        np.testing.assert_array_equal(pred.astype(np.float32), probs)  # same logits -> same probabilities
+        _, yt_b, yp_b, probs_b = tr.evaluate_split(net, ds, "test", cfg.batch_size, "cpu", tr.model_mode(model),
+                                                   eval_crops=k)
+        np.testing.assert_array_equal(probs_b, probs)  # eval outputs do not depend on the rest of the batch
+        assert float((pred.argmax(axis=1) == yt).mean()) == float((yt_b == yp_b).mean())
     assert cli.main(["evaluate", str(runs[model]), "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
-    assert rep["accuracy"] == pytest.approx(float((yt_b == yp_b).mean()))
+    _, yt, yp, _ = tr.evaluate_split(net, ds, "test", 1, "cpu", tr.model_mode(model), eval_crops=3)
+    assert rep["crops"] == 3 and rep["accuracy"] == float((yt == yp).mean())
 
 
 def test_evaluate_on_new_labelled_audio(digit_runs, tmp_path, capsys):
@@ -511,3 +515,25 @@ def test_predict_and_evaluate_work_after_the_cache_is_deleted(digit_runs, capsys
     assert json.loads(cap.out) == before_eval
     assert "missing" in cap.err and "rebuilding" in cap.err
     assert (Path(conf["data"]["dataset_dir"]) / "manifest.json").is_file()
+
+
+def test_predict_on_a_long_silent_recording(digit_runs, tmp_path, capsys, monkeypatch):
+    """Issue 10 item 18: a long silent file is decoded only where the windows need it (its centred clip)
+    and predict says it is silence, in the status and on stderr."""
+    from audio_fixtures import write_wav
+    from pipeline import audio as audio_mod
+
+    _, runs = digit_runs
+    long = write_wav(tmp_path / "silent hour.wav", np.zeros(600 * 8000, np.float32), 8000)  # 10 minutes
+    decoded = []
+    real = audio_mod.load
+    monkeypatch.setattr(audio_mod, "load", lambda *a, **kw: decoded.append(kw) or real(*a, **kw))
+    capsys.readouterr()
+    assert cli.main(["predict", str(runs["cnn2_mono"]), str(long)]) == 0
+    out, err = capsys.readouterr()
+    assert "ok 600.0 s (3.0 s analysed, digital silence)" in out
+    assert "digital silence" in err and "silent hour.wav" in err
+    assert len(decoded) == 1 and decoded[0]["duration"] < 3.01 and decoded[0]["offset"] == pytest.approx(298.5)
+    assert cli.main(["predict", str(runs["cnn2_mono"]), str(long), "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["reason"] == "digital silence" and rec["duration_s"] == 600.0 and rec["analysed_s"] == 3.0

@@ -9,9 +9,12 @@ import pytest
 from audio_fixtures import sine, text_as_mp3, write_wav, zero_byte
 import pipeline.dataset as D
 from pipeline.errors import PipelineError
-from pipeline.spectrogram import SpectrogramConfig, colormap_lut, track_image, track_mono
+from pipeline.spectrogram import (SpectrogramConfig, Windows, colormap_lut, quantize, track_clip, track_images,
+                                  window_starts)
 
 CFG = SpectrogramConfig(sr=8000, crop_seconds=1.0, n_fft=256, hop_length=64)
+WC = CFG.columns(12000)  # columns of a 1.5 s test clip's image (237; a 1 s window is 159)
+C0 = (WC - CFG.width) // 2  # first column of the centre window
 HAS_FORK = "fork" in multiprocessing.get_all_start_methods()
 
 
@@ -35,12 +38,15 @@ def test_build_and_read_back(tmp_path):
     assert m["status_counts"] == {"ok": 11, "padded": 0, "skipped": 1}
     assert m["tracks"][5]["status"] == "skipped" and "t05.wav" in m["tracks"][5]["reason"]
     ds = D.Dataset(tmp_path / "ds")
-    assert isinstance(ds.images, np.memmap) and ds.images.shape == (11, 102, 159) and ds.images.dtype == np.uint8
+    assert WC == 237
+    assert isinstance(ds.images, np.memmap) and ds.images.shape == (11, 102, WC) and ds.images.dtype == np.uint8
+    assert ds.widths.tolist() == [WC] * 11 and ds.keys.tolist() == [i for i in range(12) if i != 5]
     assert ds.labels.dtype == np.int64 and ds.labels.tolist() == [i % 2 for i in range(12) if i != 5]
     assert ds.ids.tolist() == [f"t{i}" for i in range(12) if i != 5]
-    # stored rows are exactly the quantised mono images of the chain
-    img, _ = track_image(items[3]["path"], CFG, seed=0, track_id=3)
-    np.testing.assert_array_equal(ds.images[3], np.rint(img[0] * 255).astype(np.uint8))
+    # stored rows are exactly the quantised mono images of the whole clip (the cached half of the chain)
+    img, info = track_clip(items[3]["path"], CFG)
+    assert img.shape == (102, WC) and info["columns"] == WC and info["status"] == "ok"
+    np.testing.assert_array_equal(ds.images[3], quantize(img))
     assert not (tmp_path / "ds" / "work").exists()
     on_disk = json.loads((tmp_path / "ds" / "manifest.json").read_text())
     assert on_disk["param_hash"] == m["param_hash"] and on_disk["config"]["n_fft"] == 256
@@ -58,13 +64,16 @@ def test_batches_mono_rgb_shuffle_and_prefetch(tmp_path):
     xs = np.concatenate([x for x, _ in seen])
     ys = np.concatenate([y for _, y in seen])
     order = train[np.random.default_rng(5).permutation(len(train))]
-    np.testing.assert_array_equal(xs[:, 0], ds.images[order].astype(np.float32) * np.float32(1 / 255))
+    # no windows given: the centre window of each clip
+    np.testing.assert_array_equal(xs[:, 0], ds.images[order][:, :, C0:C0 + 159].astype(np.float32)
+                                  * np.float32(1 / 255))
     np.testing.assert_array_equal(ys, ds.labels[order])
     sync = list(ds.batches("train", 3, True, 5, "mono", prefetch=0))
     assert all(np.array_equal(a[0], b[0]) for a, b in zip(seen, sync))
     x_rgb, _ = next(iter(ds.batches("val", 4, shuffle=False, mode="rgb")))
     assert x_rgb.shape == (len(ds.indices("val")), 3, 102, 159)
-    np.testing.assert_array_equal(x_rgb, colormap_lut("viridis")[ds.images[ds.indices("val")]].transpose(0, 3, 1, 2))
+    np.testing.assert_array_equal(x_rgb, colormap_lut("viridis")[ds.images[ds.indices("val")][:, :, C0:C0 + 159]]
+                                  .transpose(0, 3, 1, 2))
     assert len(list(ds.batches("train", 3, drop_last=True))) == len(train) // 3
     gen = ds.batches("train", 1)
     next(gen)
@@ -86,14 +95,15 @@ def test_cached_row_is_the_mono_image_of_the_chain(tmp_path, mode):
     x_rgb = ds.decode(rows, "rgb")
     x_mono = ds.decode(rows, "mono")
     for i, it in enumerate(items):
-        mono, _ = track_mono(it["path"], CFG, seed=3, track_id=it["key"])
-        assert mono.dtype == np.float32 and mono.shape == (102, 159) and 0 <= mono.min() and mono.max() <= 1
+        mono, _ = track_clip(it["path"], CFG)
+        assert mono.dtype == np.float32 and mono.shape == (102, WC) and 0 <= mono.min() and mono.max() <= 1
         assert np.abs(ds.images[i] / 255.0 - mono).max() <= 0.5 / 255 + 1e-6
-        assert np.abs(x_mono[i, 0] - mono).max() <= 0.5 / 255 + 1e-6
-        np.testing.assert_array_equal(x_rgb[i], colormap_lut("viridis")[np.rint(mono * 255).astype(np.uint8)]
+        win = mono[:, C0:C0 + 159]  # the centre window
+        assert np.abs(x_mono[i, 0] - win).max() <= 0.5 / 255 + 1e-6
+        np.testing.assert_array_equal(x_rgb[i], colormap_lut("viridis")[np.rint(win * 255).astype(np.uint8)]
                                       .transpose(2, 0, 1))
-        img, _ = track_image(it["path"], cfg, seed=3, track_id=it["key"])  # the whole chain in one call
-        np.testing.assert_array_equal(img, (x_rgb if mode == "rgb" else x_mono)[i])
+        img, _ = track_images(it["path"], cfg, n_crops=1)  # the whole chain in one call
+        np.testing.assert_array_equal(img[0], (x_rgb if mode == "rgb" else x_mono)[i])
     assert np.ptp(ds.images) > 200  # real images, not a constant
 
 
@@ -308,3 +318,45 @@ def test_abandoned_batches_stop_even_when_the_queue_is_full(tmp_path):
     closer.start()
     closer.join(timeout=10)
     assert not closer.is_alive(), "closing an abandoned epoch hung on the producer thread"
+
+
+def test_windows_cut_at_batch_time(tmp_path):
+    """Issue 8 part 2: the cache holds whole clips; training batches get a new seeded window per epoch,
+    evaluation K evenly spaced ones, and predict's per-file chain gives the same pixels."""
+    items = _items(tmp_path, n=6)
+    short = tmp_path / "short.wav"
+    write_wav(short, sine(0.5, 8000, 900.0), 8000)  # half a crop: padded, placed inside the window
+    items.append({"path": str(short), "key": 99, "label": 0, "split": "train", "id": "short"})
+    m = D.build_cache(tmp_path / "ds", items, CFG, ["a", "b"], workers=0, progress=False)
+    assert m["tracks"][6]["status"] == "padded"
+    ds = D.Dataset(tmp_path / "ds")
+    assert ds.widths.tolist() == [WC] * 6 + [CFG.columns(4000)] and ds.widths[6] < 159
+    rows = ds.indices("train")
+
+    def epoch(e, rule="random"):
+        x, _ = next(ds.batches("train", 10, shuffle=False, windows=Windows(rule, seed=1, epoch=e), levels=True))
+        return x
+
+    e0, e0b, e1 = epoch(0), epoch(0), epoch(1)
+    assert e0.dtype == np.uint8 and e0.shape == (len(rows), 102, 159)
+    np.testing.assert_array_equal(e0, e0b)  # a function of (seed, epoch, track): resumable
+    assert not np.array_equal(e0, e1)  # a new crop each epoch
+    np.testing.assert_array_equal(epoch(0, "fixed"), epoch(5, "fixed"))
+    starts = window_starts(ds.widths[rows], 159, Windows("random", seed=1, epoch=0), ds.keys[rows])[:, 0]
+    for i, (r, s0) in enumerate(zip(rows, starts)):
+        if ds.widths[r] >= 159:
+            np.testing.assert_array_equal(e0[i], ds.images[r][:, s0:s0 + 159])
+        else:  # the short clip sits at offset -s0 of the window, the rest is the floor
+            w = ds.widths[r]
+            np.testing.assert_array_equal(e0[i][:, -s0:-s0 + w], ds.images[r][:, :w])
+            assert not e0[i][:, :-s0].any() and not e0[i][:, -s0 + w:].any()
+    # evaluation: 3 windows per row, consecutive, label repeated; equal to predict's chain for the file
+    for mode in ("mono", "rgb"):
+        x, y = next(ds.batches("val", 10, shuffle=False, mode=mode, windows=Windows("even", n=3)))
+        val = ds.indices("val")
+        assert x.shape == (3 * len(val), 1 if mode == "mono" else 3, 102, 159)
+        np.testing.assert_array_equal(y, np.repeat(ds.labels[val], 3))
+        for j, r in enumerate(val):
+            cfg = SpectrogramConfig(**{**CFG.to_dict(), "mode": mode})
+            imgs, _ = track_images(items[r]["path"], cfg, n_crops=3)
+            np.testing.assert_array_equal(imgs, x[3 * j:3 * j + 3])

@@ -41,14 +41,16 @@ def built(folder, tmp_path_factory):
 
 # ---------------------------------------------------------------- 1. disk full during preprocess
 
-@pytest.mark.parametrize("size,bad_file", [("256k", "work/images.npy"), ("700k", "images.npy.tmp")])
-def test_disk_full_preprocess_is_one_line_exit_2_and_stops_workers(folder, tmp_path, size, bad_file):
-    """256 KiB: the work file cannot be allocated; 700 KiB: every track is done, the final file cannot be."""
+@pytest.mark.parametrize("size,bad_file,needed", [("256k", "work/images.npy", "1.4 MiB"),
+                                                  ("1700k", "images.npy.tmp", "475.1 KiB")])
+def test_disk_full_preprocess_is_one_line_exit_2_and_stops_workers(folder, tmp_path, size, bad_file, needed):
+    """256 KiB: the work file (30 rows of 3 s clips, 102 x 476) cannot be allocated; 1700 KiB: every track is
+    done, the final file (rows as wide as the widest clip kept: 102 x 159) cannot be."""
     mnt = tmp_path / f"disk{size}"
     r = run_on_tmpfs(mnt, size, cli_cmd(prep_args(folder, mnt, spec=FULL_SPEC, workers="2")))
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: cannot write "), r.stderr
-    assert bad_file in r.stderr and "No space left on device (needs 475.1 KiB" in r.stderr
+    assert bad_file in r.stderr and f"No space left on device (needs {needed}" in r.stderr
     assert "Bus error" not in r.stderr and "Traceback" not in r.stderr
     time.sleep(0.5)
     assert processes_mentioning(str(mnt)) == []  # no worker left behind
@@ -115,7 +117,7 @@ def test_second_preprocess_waits_for_the_lock_then_reuses(folder, built, tmp_pat
     out, err = p.communicate(timeout=120)
     assert p.returncode == 0, err
     assert _dataset_line(out) == f"dataset ready: {dd}  classes ['0', '1', '2']  images " \
-                                 f"{{'train': 24, 'val': 3, 'test': 3}}  shape (32, 48)"
+                                 f"{{'train': 24, 'val': 3, 'test': 3}}  windows 32x48 cut from clips of up to 48 columns"
 
 
 def test_two_preprocess_runs_at_once_both_succeed(folder, tmp_path):

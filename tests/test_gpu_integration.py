@@ -167,13 +167,15 @@ class TinyData:
     def image_shape(self, mode=None):
         return (1, 16, 24)
 
-    def batches(self, split, batch_size, shuffle=True, seed=0, mode=None, drop_last=False, prefetch=2):
+    def batches(self, split, batch_size, shuffle=True, seed=0, mode=None, drop_last=False, prefetch=2,
+                windows=None):
+        n = 1 if windows is None else windows.n  # 'even' windows of a clip: here copies of its one image
         idx = np.flatnonzero(self.split == split)
         if shuffle:
             idx = idx[np.random.default_rng(seed).permutation(len(idx))]
         for i in range(0, len(idx), batch_size):
             j = idx[i:i + batch_size]
-            yield self.images[j], self.labels[j]
+            yield np.repeat(self.images[j], n, axis=0), np.repeat(self.labels[j], n)
 
 
 def _cfg(**kw):

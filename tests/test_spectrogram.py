@@ -198,9 +198,11 @@ def test_short_clip_is_padded_and_flagged(tmp_path):
 
 def test_silence_gives_zero_image(tmp_path):
     p = write_wav(tmp_path / "silence.wav", np.zeros(16000, np.float32), 8000)
-    img, info = S.track_image(p, SMALL, seed=0)
-    assert np.array_equal(img, np.zeros((1, 102, 159), np.float32))
+    img, info = S.track_clip(p, SMALL)
+    assert np.array_equal(img, np.zeros((102, SMALL.columns(16000)), np.float32))
     assert info["status"] == "ok" and "silence" in info["reason"]
+    imgs, info = S.track_images(p, SMALL, n_crops=2)
+    assert np.array_equal(imgs, np.zeros((2, 1, 102, 159), np.float32)) and "silence" in info["reason"]
 
 
 def test_truncated_mp3_header_lie_gives_padded_crop(tmp_path):
@@ -215,21 +217,28 @@ def test_truncated_mp3_header_lie_gives_padded_crop(tmp_path):
 def test_unusable_files_raise(tmp_path, maker):
     p = maker(tmp_path / "bad.mp3")
     with pytest.raises(PipelineError, match="bad.mp3"):
-        S.track_image(p, SMALL)
+        S.track_clip(p, SMALL)
 
 
 def test_stereo_44k_mp3_end_to_end(tmp_path):
     y = np.stack([sine(12.0, 44100, 440.0), sine(12.0, 44100, 880.0)], axis=1)
     p = write_mp3(tmp_path / "st.mp3", y, 44100)
-    img, info = S.track_image(p, S.SpectrogramConfig(mode="rgb"), seed=0, track_id=2)
-    assert img.shape == (3, 102, 159) and info["status"] == "ok"
-    assert 0.0 <= img.min() and img.max() <= 1.0 and 0 <= info["offset_s"] <= 2.0
+    img, info = S.track_images(p, S.SpectrogramConfig(mode="rgb"), n_crops=1)
+    assert img.shape == (1, 3, 102, 159) and info["status"] == "ok" and info["offset_s"] == 0.0
+    assert 0.0 <= img.min() and img.max() <= 1.0 and info["decoded_s"] == pytest.approx(12.0, abs=1e-3)
 
 
 def test_track_images_evenly_spaced(tmp_path):
     p = write_wav(tmp_path / "three.wav", sine(3.0, 8000), 8000)
-    imgs, info = S.track_images(p, SMALL, n_crops=3)
-    assert imgs.shape == (3, 1, 102, 159) and info["offsets_s"] == [0.0, 1.0, 2.0]
+    imgs, info = S.track_images(p, SMALL, n_crops=3)  # a 3 s clip: windows at 0, 1 and 2 s
+    w = SMALL.columns(24000)
+    assert imgs.shape == (3, 1, 102, 159) and w == 474
+    assert S.window_starts([w], 159, S.Windows("even", n=3)).tolist() == [[0, 158, 315]]
+    np.testing.assert_allclose(info["offsets_s"], [0.0, 1.0, 2.0], atol=0.01)
+    img, _ = S.track_clip(p, SMALL)
+    q = S.quantize(img)
+    for k, c in enumerate((0, 158, 315)):
+        np.testing.assert_array_equal(imgs[k, 0], S.model_input(q[:, c:c + 159], "mono")[0])
     with pytest.raises(PipelineError, match="n_crops"):
         S.track_images(p, SMALL, n_crops=0)
 
@@ -241,7 +250,7 @@ def test_track_images_refuses_less_than_one_frame_like_preprocessing(tmp_path):
     with pytest.raises(PipelineError) as pred:
         S.track_images(p, SMALL, n_crops=2)
     with pytest.raises(PipelineError) as prep:
-        S.track_image(p, SMALL)
+        S.track_clip(p, SMALL)
     assert str(pred.value) == str(prep.value)
     assert f"blip.wav': {n} samples" in str(pred.value) and f"n_fft={SMALL.n_fft}" in str(pred.value)
     ok = write_wav(tmp_path / "frame.wav", sine(1.0, 8000)[:SMALL.n_fft], 8000)  # exactly one frame: padded
@@ -257,8 +266,10 @@ def test_track_images_refuses_fma_mini_24_sample_clip(fma_mini):
 
 def test_fma_mini_real_clip(fma_mini):
     p = fma_mini / "fma_small" / "000" / "000002.mp3"
-    img, info = S.track_image(p, S.SpectrogramConfig(), seed=0, track_id=2)
-    assert img.shape == (1, 102, 159) and info["status"] == "ok" and info["decoded_s"] == 10.0
+    cfg = S.SpectrogramConfig()
+    img, info = S.track_clip(p, cfg)
+    assert info["status"] == "ok" and 29.0 < info["decoded_s"] <= 30.0 and info["offset_s"] == 0.0
+    assert img.shape == (102, cfg.columns(int(round(info["decoded_s"] * cfg.sr)))) and 470 <= img.shape[1] <= 477
     assert img.std() > 0.05  # real music, not a flat image
 
 
@@ -286,3 +297,76 @@ def test_spectrogram_db_is_power_to_db_of_stft_power():
     D = stft(y, 256, 64)
     np.testing.assert_allclose(S.spectrogram_db(y, cfg), S.power_to_db(np.abs(D) ** 2, top_db=60.0),
                                rtol=1e-5, atol=1e-4)
+
+
+# ------------------------------------------------------------------ clips and windows (issue 8, part 2)
+
+def test_columns_keep_the_crop_ratio():
+    assert SMALL.columns(SMALL.n_crop) == SMALL.width == 159
+    assert SMALL.n_clip == 3 * SMALL.n_crop and SMALL.clip_width == SMALL.columns(24000) == 474
+    cfg = S.SpectrogramConfig()  # the paper's: 10 s windows of 30 s clips
+    assert cfg.columns(cfg.n_crop) == 159 and cfg.clip_width == 477
+    assert S.SpectrogramConfig(clip_seconds=12.0).n_clip == 12 * 22050
+    with pytest.raises(PipelineError, match="clip_seconds"):
+        S.SpectrogramConfig(clip_seconds=5.0)  # shorter than a crop
+
+
+def test_clip_of_a_long_file_is_its_centre_and_only_that_is_decoded(tmp_path, monkeypatch):
+    """Issue 10 item 18: a long recording costs clip_seconds of decoding, and silence is reported."""
+    sr = 8000
+    y = np.zeros(60 * sr, np.float32)
+    y[29 * sr:31 * sr] = sine(2.0, sr, 500.0)  # a tone only in the middle two seconds
+    p = write_wav(tmp_path / "long.wav", y, sr)
+    from pipeline import audio
+
+    calls = []
+    real = audio.load
+
+    def spy(path, *a, **kw):
+        calls.append(kw)
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(audio, "load", spy)
+    got, info = S.clip(p, SMALL)  # SMALL: 3 s clips
+    assert len(got) == 3 * sr and info["offset_s"] == pytest.approx(28.5) and info["duration_s"] == 60.0
+    np.testing.assert_array_equal(got, y[int(28.5 * sr):int(31.5 * sr)])
+    assert len(calls) == 1 and calls[0]["duration"] < 3.01  # seeked: never the whole minute
+    assert "silence" not in info["reason"]
+    quiet = write_wav(tmp_path / "quiet.wav", np.zeros(60 * sr, np.float32), sr)
+    _, info = S.clip(quiet, SMALL)
+    assert info["status"] == "ok" and info["reason"] == "digital silence"
+
+
+def test_window_rules():
+    w = np.array([474, 474, 159, 100, 300])
+    keys = np.array([1, 2, 3, 4, 5])
+    r0 = S.window_starts(w, 159, S.Windows("random", seed=0, epoch=0), keys)
+    assert r0.shape == (5, 1)
+    np.testing.assert_array_equal(r0, S.window_starts(w, 159, S.Windows("random", seed=0, epoch=0), keys))
+    # one track's window depends on (seed, epoch, key) only: not on the other tracks of the batch
+    assert S.window_starts(w[1:2], 159, S.Windows("random", seed=0, epoch=0), keys[1:2])[0, 0] == r0[1, 0]
+    epochs = np.concatenate([S.window_starts(w, 159, S.Windows("random", seed=0, epoch=e), keys)
+                             for e in range(40)], axis=1)
+    assert np.all(epochs[0] >= 0) and np.all(epochs[0] <= 315) and len(set(epochs[0])) > 20
+    assert set(epochs[2]) == {0}  # exactly one window long
+    assert np.all(epochs[3] <= 0) and np.all(epochs[3] >= -59) and len(set(epochs[3])) > 10  # short: placed inside
+    fixed = [S.window_starts(w, 159, S.Windows("fixed", seed=4), keys) for _ in range(2)]
+    np.testing.assert_array_equal(fixed[0], fixed[1])
+    assert not np.array_equal(S.window_starts(w, 159, S.Windows("fixed", seed=5), keys), fixed[0])
+    even = S.window_starts(w, 159, S.Windows("even", n=3))
+    assert even.tolist() == [[0, 158, 315], [0, 158, 315], [0, 0, 0], [0, -30, -59], [0, 70, 141]]
+    assert S.window_starts(w, 159, S.Windows("even")).ravel().tolist() == [157, 157, 0, -30, 70]
+    with pytest.raises(PipelineError, match="keys"):
+        S.window_starts(w, 159, S.Windows("random"))
+    for bad in (dict(rule="middle"), dict(rule="even", n=0), dict(rule="random", n=2), dict(rule="fixed", seed=-1)):
+        with pytest.raises(PipelineError):
+            S.Windows(**bad)
+
+
+def test_cut_windows_pads_with_the_floor():
+    q = [np.arange(1, 1 + 3 * 10, dtype=np.uint8).reshape(3, 10), np.full((3, 12), 7, np.uint8)]
+    out = S.cut_windows(q, [10, 4], [-2, 2], 5)
+    np.testing.assert_array_equal(out[0], np.concatenate([np.zeros((3, 2), np.uint8), q[0][:, :3]], axis=1))
+    np.testing.assert_array_equal(out[1], np.concatenate([np.full((3, 2), 7, np.uint8),
+                                                          np.zeros((3, 3), np.uint8)], axis=1))  # cols >= 4: floor
+    np.testing.assert_array_equal(S.cut_windows(q[:1], [10], [3], 5)[0], q[0][:, 3:8])
