@@ -31,6 +31,8 @@ AUG = {
     "no-mixup": ["--mixup", "0"],
     "masks-only": ["--augment", "off", "--freq-mask", "12", "--time-mask", "20", "--n-masks", "2"],
     "mixup-only": ["--augment", "off", "--mixup", "0.2"],
+    "fixed": ["--crops", "fixed"],  # default augmentation, one crop window per track for the whole run
+    "off-fixed": ["--augment", "off", "--crops", "fixed"],  # nothing random: the paper's setting
 }
 ORDER = ["speaker-default", "speaker-off", "random-default", "random-off", "speaker-no-mixup", "speaker-no-masks",
          "speaker-no-gain", "speaker-no-shift", "demo-default", "demo-off", "random-no-mixup", "random-no-masks",

@@ -328,3 +328,32 @@ def test_augment_off_feeds_exactly_the_dataset_batches(tiny_data):
     for step, ((x, y), (q, yq)) in enumerate(zip(plain, levels)):
         xa, ya = A.augment_batch(q, yq, A.OFF, 0, 0, step, len(ds.classes), lut=lut)
         assert np.array_equal(xa, x) and np.array_equal(ya, y)
+
+
+@pytest.mark.parametrize("crops", ["random", "fixed"])
+def test_training_cuts_a_new_window_each_epoch(tiny_data, tmp_path, monkeypatch, crops):
+    """--crops random: epoch e's training batches use Windows('random', seed, e); fixed: one window for the run;
+    validation averages eval_crops evenly spaced windows."""
+    from engine import train as tr
+    from pipeline.dataset import Dataset
+
+    seen = []
+    real = Dataset.levels
+
+    def spy(self, rows, windows=None):
+        seen.append(windows)
+        return real(self, rows, windows)
+
+    monkeypatch.setattr(Dataset, "levels", spy)
+    ds = Dataset(tiny_data)
+    cfg = tr.TrainConfig(model="cnn2_mono", epochs=2, batch_size=16, seed=3, progress=False, crops=crops,
+                         eval_crops=2, checkpoint_every=0)
+    tr.fit(ds, cfg, tmp_path / "run", log=lambda m: None)
+    train_w = {w for w in seen if w.rule != "even"}
+    assert {w.rule for w in train_w} == {crops}
+    assert {w.epoch for w in train_w} == ({0, 1} if crops == "random" else {0}) and {w.seed for w in train_w} == {3}
+    assert {w.n for w in seen if w.rule == "even"} == {2}
+    first = [real(ds, ds.indices("train")[:4], w) for w in sorted(train_w, key=lambda w: w.epoch)]
+    assert len(first) == (2 if crops == "random" else 1)
+    if crops == "random":
+        assert not np.array_equal(first[0], first[1])  # 3 s clips, 2 s windows: the crops move
