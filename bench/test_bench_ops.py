@@ -17,7 +17,8 @@ batch 16 and 64; Adam on cnn6_rgb's 421,027 parameters.
 import numpy as np
 import pytest
 
-from kernels.cpu import batchnorm as bn, dropout, fused, maxpool, relu, softmax_xent
+from kernels.cpu import batchnorm as bn
+from kernels.cpu import dropout, fused, maxpool, relu, softmax_xent
 
 try:
     import torch

@@ -7,8 +7,7 @@ import pytest
 import soundfile as sf
 from scipy.signal import resample_poly
 
-from audio_fixtures import (sine, tags_only_mp3, text_as_mp3, truncated_mp3, write_mp3, write_wav,
-                            zero_byte)
+from audio_fixtures import sine, tags_only_mp3, text_as_mp3, truncated_mp3, write_mp3, write_wav, zero_byte
 from pipeline import audio
 from pipeline.errors import PipelineError
 

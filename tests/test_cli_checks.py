@@ -1,15 +1,12 @@
 """Issue 10, items 9-17, 20, 21: flags checked before any work (one line, exit 2, nothing made), the data a
 user really has (Excel CSVs, broken links, unmatched names), quoted follow-up commands, sub-epoch runs."""
 import json
-import os
 import shlex
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 import cli
-from faults import SPEC, make_folder, prep_args, run_on_tmpfs, cli_cmd
+from faults import SPEC, cli_cmd, make_folder, prep_args, run_on_tmpfs
 
 REGEX = ["--label-regex", r"^(\d)_"]
 

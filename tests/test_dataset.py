@@ -6,8 +6,8 @@ import time
 import numpy as np
 import pytest
 
-from audio_fixtures import sine, text_as_mp3, write_wav, zero_byte
 import pipeline.dataset as D
+from audio_fixtures import sine, text_as_mp3, write_wav, zero_byte
 from pipeline.errors import PipelineError
 from pipeline.spectrogram import (SpectrogramConfig, Windows, colormap_lut, quantize, track_clip, track_images,
                                   window_starts)

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 from engine import distributed as D
-
 from test_train import REPO, ckpt_extra, metrics_lines, no_time, tiny_data, weights  # noqa: F401 (fixture)
 
 

@@ -11,14 +11,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import cli
-from faults import (REPO, SPEC, alive, cli_cmd, cli_env, make_folder, prep_args, processes_mentioning,
-                    run_on_tmpfs)
+from faults import REPO, SPEC, alive, cli_cmd, cli_env, make_folder, prep_args, processes_mentioning, run_on_tmpfs
 from pipeline import cachefile
 from pipeline.dataset import Dataset
 

@@ -6,7 +6,6 @@ import pytest
 from pipeline import fma, labels, splits
 from pipeline.errors import PipelineError
 
-
 # ------------------------------------------------------------------ FMA metadata
 
 def test_load_real_tracks_csv(fma_mini):

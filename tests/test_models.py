@@ -18,15 +18,15 @@ from engine.optim import Adam
 ])
 def test_architectures(name, c, widths, flat):
     m = models.build(name)
-    convs = [l for l in m.layers if isinstance(l, Conv2d)]
-    assert [l.out_channels for l in convs] == widths
+    convs = [layer for layer in m.layers if isinstance(layer, Conv2d)]
+    assert [layer.out_channels for layer in convs] == widths
     assert convs[0].in_channels == c
-    assert all(l.kernel_size == 3 and l.padding == 1 and l.stride == 1 for l in convs)
-    assert sum(isinstance(l, BatchNorm2d) for l in m.layers) == len(widths)
-    assert sum(isinstance(l, MaxPool2d) for l in m.layers) == len(widths)
-    lins = [l for l in m.layers if isinstance(l, Linear)]
-    assert [(l.in_features, l.out_features) for l in lins] == [(flat, 512), (512, 3)]
-    assert [l.p for l in m.layers if isinstance(l, Dropout)] == [0.4]
+    assert all(layer.kernel_size == 3 and layer.padding == 1 and layer.stride == 1 for layer in convs)
+    assert sum(isinstance(layer, BatchNorm2d) for layer in m.layers) == len(widths)
+    assert sum(isinstance(layer, MaxPool2d) for layer in m.layers) == len(widths)
+    lins = [layer for layer in m.layers if isinstance(layer, Linear)]
+    assert [(layer.in_features, layer.out_features) for layer in lins] == [(flat, 512), (512, 3)]
+    assert [layer.p for layer in m.layers if isinstance(layer, Dropout)] == [0.4]
     assert m.input_grad is False
 
 

@@ -12,7 +12,7 @@ submodule itself.
 """
 import importlib
 
-import numpy as xp
+import numpy as xp  # noqa: F401  (the backend's array module, read as kernels.cpu.xp)
 
 OPS = ("conv2d", "batchnorm", "relu", "maxpool", "dropout", "linear", "softmax_xent", "adam", "fused", "augment")
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ..shapes import dropout_scale
 from ._checks import checked_flat
 from ._threads import run as _run
-from ..shapes import dropout_scale
 
 __all__ = ["make_rng", "dropout_forward", "dropout_backward"]
 

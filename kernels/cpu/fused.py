@@ -25,9 +25,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._threads import run as _run
-
 from . import batchnorm as _bn
+from ._threads import run as _run
 
 __all__ = ["bn_relu_pool_forward_train", "bn_relu_pool_forward_eval", "bn_relu_pool_backward",
            "bn_relu_pool_apply_train", "bn_relu_pool_backward_sums", "bn_relu_pool_backward_apply"]

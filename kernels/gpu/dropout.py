@@ -23,8 +23,8 @@ from __future__ import annotations
 import cupy as cp
 import numpy as np
 
-from . import _launch as L
 from ..shapes import dropout_scale
+from . import _launch as L
 
 __all__ = ["make_rng", "CounterRNG", "dropout_forward", "dropout_backward"]
 
