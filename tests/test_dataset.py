@@ -9,8 +9,15 @@ import pytest
 import pipeline.dataset as D
 from audio_fixtures import sine, text_as_mp3, write_wav, zero_byte
 from pipeline.errors import PipelineError
-from pipeline.spectrogram import (SpectrogramConfig, Windows, colormap_lut, quantize, track_clip, track_images,
-                                  window_starts)
+from pipeline.spectrogram import (
+    SpectrogramConfig,
+    Windows,
+    colormap_lut,
+    quantize,
+    track_clip,
+    track_images,
+    window_starts,
+)
 
 CFG = SpectrogramConfig(sr=8000, crop_seconds=1.0, n_fft=256, hop_length=64)
 WC = CFG.columns(12000)  # columns of a 1.5 s test clip's image (237; a 1 s window is 159)
