@@ -1,4 +1,4 @@
-"""Conv2d on the CPU: blocked im2col / col2im in Numba around single-threaded BLAS GEMMs.
+"""Conv2d on the CPU: Winograd F(2x2, 3x3) or blocked im2col / col2im, in Numba around single-threaded BLAS GEMMs.
 
 Dimension letters: ``N, C, H, W`` input, ``F`` filters, ``KH, KW`` kernel,
 ``OH, OW`` output, ``P = OH*OW`` output pixels per image, ``K = C*KH*KW`` the
@@ -35,12 +35,20 @@ blocks are indexed by ``numba.get_thread_id()``:
   ``(F, K)`` for F = 32); the partials are then summed in group order into
   ``dweight`` (``+=``). ``dbias`` is summed in float64.
 
+3x3 stride-1 layers with at least :data:`WINOGRAD_MIN_CHANNELS` input and
+output channels and :data:`WINOGRAD_MIN_PIXELS` output pixels per image run
+all three passes as Winograd F(2x2, 3x3) instead (Lavin & Gray 2015; kernels
+in :mod:`kernels.cpu.winograd`, rule in :func:`use_winograd`, the
+im2col path forced with ``CONV_ALGO = "im2col"`` or ``HITCNN_CONV_ALGO=im2col``).
+
 Results depend only on the inputs (not on the thread count or scheduling). The GEMM is
 SciPy's BLAS called from inside the Numba threads (:mod:`kernels.cpu.blas`),
 so only one thread pool runs. Every scratch buffer comes from the caller's
 ``kernels.Workspace``: a training step allocates nothing after warm-up.
 """
 from __future__ import annotations
+
+import os
 
 import numba
 import numpy as np
@@ -49,6 +57,7 @@ from numba import njit, prange
 from ..shapes import conv2d_shapes
 from .blas import gemm
 from .im2col import _chunk, _col2im_rows, _gather_dout, _im2col_rows, _im2row_rows, _to_nhwc
+from . import winograd as _wg
 
 __all__ = ["conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight", "plan_chunks"]
 
@@ -66,6 +75,48 @@ N_PARTIALS = 8
 
 #: Target size in bytes of one thread's column block (L2-resident). Tuned on the paper's shapes.
 CHUNK_BYTES = 1 << 20
+
+#: Algorithm of the 3x3 stride-1 convolutions: ``"auto"`` (the rule of :func:`use_winograd`),
+#: ``"im2col"`` (always the im2col / im2row GEMM path above, the pre-Winograd engine) or
+#: ``"winograd"`` (every 3x3 stride-1 conv with padding <= 2, also for 1-3 channels; for tests).
+#: Read from the environment variable ``HITCNN_CONV_ALGO`` at import; may be set at run time.
+CONV_ALGO = os.environ.get("HITCNN_CONV_ALGO", "auto")
+
+#: ``"auto"`` uses Winograd F(2x2, 3x3) when both channel counts of the pass are at least this
+#: (so never for the first layer, 1 or 3 input channels, where the im2col path is faster than
+#: oneDNN already and the transform GEMMs would be (F, 3) @ (3, T)) ...
+WINOGRAD_MIN_CHANNELS = 16
+
+#: ... and the output has at least this many pixels per image. Below it (cnn6_rgb's 6x9 and 3x4
+#: layers) a chunk is a handful of 2x2 tiles, the transforms' fixed costs dominate and Winograd
+#: measured 1.5-2.7x slower than im2col (batch 16, one thread); from 12x19 on it measured
+#: 0.9-1.3x per pass (1.1-1.3x on the 32- and 64-channel layers at 25x39 and 51x79).
+WINOGRAD_MIN_PIXELS = 200
+
+#: Target bytes of one thread's transformed input plus products (16*(C+F) values per tile),
+#: L2-resident; 1 MiB measured faster than 256 and 512 KiB on the paper's shapes.
+WINOGRAD_CHUNK_BYTES = 1 << 20
+
+
+def use_winograd(c, f, kh, kw, stride, padding, oh, ow):
+    """True if a conv with these sizes runs as Winograd F(2x2, 3x3) under :data:`CONV_ALGO`.
+
+    ``c, f``: input and output channels of the forward; ``oh, ow``: its output size
+    (the rule is the same for the three passes, so a layer uses one algorithm).
+    Winograd needs ``kh = kw = 3``, ``stride = 1`` and ``padding <= 2`` (backward-input
+    convolves with padding ``2 - padding``). Under ``"auto"`` it also needs
+    ``min(c, f) >= WINOGRAD_MIN_CHANNELS`` and ``oh * ow >= WINOGRAD_MIN_PIXELS``.
+
+    Raises
+    ------
+    ValueError
+        If :data:`CONV_ALGO` is not one of ``"auto"``, ``"im2col"``, ``"winograd"``.
+    """
+    if CONV_ALGO not in ("auto", "im2col", "winograd"):
+        raise ValueError(f"CONV_ALGO (HITCNN_CONV_ALGO) must be 'auto', 'im2col' or 'winograd', got {CONV_ALGO!r}")
+    if CONV_ALGO == "im2col" or kh != 3 or kw != 3 or stride != 1 or padding > 2:
+        return False
+    return CONV_ALGO == "winograd" or (min(c, f) >= WINOGRAD_MIN_CHANNELS and oh * ow >= WINOGRAD_MIN_PIXELS)
 
 
 def plan_chunks(n, oh, ow, k1, itemsize, min_chunks=1, chunk_bytes=None, per_image=False):
@@ -279,6 +330,34 @@ def _plan(n, k1, oh, ow, dt, f, per_image=False):
     return r, cpi, min(r, n * oh) * ow, numba.config.NUMBA_NUM_THREADS, nc
 
 
+def _wino_scratch(ws, n, oh, ow, c, f, dt, per_image=False):
+    """Chunk plan (tile rows per chunk, chunks per image, chunk count) and per-thread scratch."""
+    th, tw = (oh + 1) // 2, (ow + 1) // 2
+    r, cpi = plan_chunks(n, th, tw, 16 * (c + f), dt.itemsize, MIN_CHUNKS, WINOGRAD_CHUNK_BYTES, per_image)
+    nc = n * cpi if cpi > 0 else -(-n * th // r)
+    tcmax = min(r, n * th) * tw
+    nt = numba.config.NUMBA_NUM_THREADS
+    v = ws.get("wino_v", (nt, 16 * _wg.skew(c * tcmax)), dt)
+    m = ws.get("wino_m", (nt, 16 * _wg.skew(f * tcmax)), dt)
+    rb = ws.get("wino_r", (nt, 16 * (tw + 1)), dt)
+    return r, cpi, nc, v, m, rb
+
+
+def _wino_forward(out, x, weight, bias, padding, ws, per_image, flipped=False):
+    """out = conv3x3(x, weight) + bias by Winograd (``flipped``: the backward-input convolution)."""
+    dt = x.dtype
+    n, c = x.shape[:2]
+    f = out.shape[1]
+    u = ws.get("wino_u", (16, f, c), dt)
+    (_wg.weight_transform_flipped if flipped else _wg.weight_transform)(u, weight)
+    if bias is None:
+        bias = ws.get("wino_b0", (f,), dt)
+        bias[:] = 0
+    r, cpi, nc, v, m, rb = _wino_scratch(ws, n, out.shape[2], out.shape[3], c, f, dt, per_image)
+    with numba.parallel_chunksize(1):
+        _wg.winograd_conv(out, x, u, bias, padding, r, cpi, v, m, rb)
+
+
 # ----------------------------------------------------------------------------- entry points
 def conv2d_forward(out, x, weight, bias, stride, padding, ws, batch_invariant=False):
     """Forward convolution, ``out = conv2d(x, weight) + bias`` (PyTorch convention).
@@ -316,6 +395,9 @@ def conv2d_forward(out, x, weight, bias, stride, padding, ws, batch_invariant=Fa
     if bias is not None:
         _check("bias", bias, (f,), dt)
     _check("out", out, (n, f, oh, ow), dt, out=True)
+    if use_winograd(c, f, kh, kw, s, p, oh, ow):
+        _wino_forward(out, _contig(x, ws, "conv_x"), weight, bias, p, ws, batch_invariant)
+        return
     k = c * kh * kw
     r, cpi, lmax, nt, nc = _plan(n, k + 1, oh, ow, dt, f, per_image=batch_invariant)
     if c >= ROWS_MIN_CHANNELS:  # im2row from NHWC, GEMM rows @ W.T (see module doc)
@@ -366,6 +448,9 @@ def conv2d_backward_input(dx, dout, weight, stride, padding, ws):
     _check("weight", weight, weight.shape, dt)
     _check("dout", dout, (n, f, oh, ow), dt)
     dout = _contig(dout, ws, "conv_dout")
+    if use_winograd(c, f, kh, kw, s, p, oh, ow):  # dx = conv3x3(dout, flipped weight.T, padding 2 - p)
+        _wino_forward(dx, dout, weight, None, 2 - p, ws, False, flipped=True)
+        return
     weight = _contig(weight, ws, "conv_wc")
     k = c * kh * kw
     r, cpi, lmax, nt, nc = _plan(n, k + 1, oh, ow, dt, f)
@@ -410,6 +495,13 @@ def conv2d_backward_weight(dweight, dbias, dout, x, stride, padding, ws):
     d3 = dout.reshape(n, f, oh * ow)
     if dbias is not None:
         _dbias_acc(dbias, d3)
+    if use_winograd(c, f, kh, kw, s, p, oh, ow):
+        r, cpi, nc, v, m, rb = _wino_scratch(ws, n, oh, ow, c, f, dt)
+        dut = ws.get("wino_dut", (min(N_PARTIALS, nc), 16, f, c), dt)
+        with numba.parallel_chunksize(1):
+            _wg.winograd_backward_weight(dut, dout, x, p, r, cpi, v, m, rb)
+        _wg.weight_grad_acc(dweight, dut)
+        return
     r, cpi, lmax, nt, nc = _plan(n, k + 1, oh, ow, dt, f)
     cols = ws.get("conv_cols", (nt, (k + 1) * lmax), dt)
     dbuf = ws.get("conv_dbuf", (nt, f * lmax if cpi == 0 else 1), dt)
