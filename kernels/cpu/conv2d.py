@@ -335,11 +335,11 @@ def _wino_scratch(ws, n, oh, ow, c, f, dt, per_image=False):
     th, tw = (oh + 1) // 2, (ow + 1) // 2
     r, cpi = plan_chunks(n, th, tw, 16 * (c + f), dt.itemsize, MIN_CHUNKS, WINOGRAD_CHUNK_BYTES, per_image)
     nc = n * cpi if cpi > 0 else -(-n * th // r)
-    tcmax = min(r, n * th) * tw
+    tcmax = min(r, n * th) * (tw + 1)  # a dummy tile per tile row (kernels.cpu.winograd)
     nt = numba.config.NUMBA_NUM_THREADS
     v = ws.get("wino_v", (nt, 16 * _wg.skew(c * tcmax)), dt)
     m = ws.get("wino_m", (nt, 16 * _wg.skew(f * tcmax)), dt)
-    rb = ws.get("wino_r", (nt, 16 * (tw + 1)), dt)
+    rb = ws.get("wino_r", (nt,) + _wg.scratch_shape(tcmax, ow + 2), dt)
     return r, cpi, nc, v, m, rb
 
 
