@@ -41,7 +41,6 @@ shapes for the output and each gradient; the bound is 1e-4).
 from __future__ import annotations
 
 import numba
-import numpy as np
 from numba import njit, prange
 
 from .blas import gemm
