@@ -32,7 +32,7 @@ import numpy as np
 
 from kernels import Workspace
 from kernels.cpu import conv2d as K
-from machine import cpu_model  # bench/machine.py
+from machine import cpu_model, load_line  # bench/machine.py
 from peers import GLIBC_CACHE, sgemm_gflops  # bench/peers.py
 
 # (C, F, H, W) of each conv layer: cnn6_rgb's six, then the three cnn4_rgb adds.
@@ -66,6 +66,7 @@ def machine_info(torch):
         f"(threading layer {numba.threading_layer()}, {numba.get_num_threads()} threads)",
         f"BLAS: {blas}",
         f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '<unset>')} OPENBLAS_L2_SIZE={os.environ.get('OPENBLAS_L2_SIZE', '<unset>')}",
+        load_line("start"),
     ]
     if torch is not None:
         lines.append(f"torch {torch.__version__}, {torch.get_num_threads()} threads, mkldnn={torch.backends.mkldnn.is_available()}")
@@ -173,6 +174,7 @@ def main(argv=None):
         best = six[1:].min(axis=0).sum()
         line += f" {six[1].sum():7.2f} {six[2].sum():7.2f} {best:7.2f} {'':>4s} {best / six[0].sum():6.2f}"
     print(line)
+    print(load_line("end"))
 
 
 class _null:

@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numba  # noqa: E402
-from machine import cpu_model  # noqa: E402  (bench/machine.py)
+from machine import cpu_model, load_line  # noqa: E402  (bench/machine.py)
 from peers import env_with, peer_configs, sgemm_gflops  # noqa: E402  (bench/peers.py)
 
 from engine import models  # noqa: E402
@@ -298,6 +298,7 @@ def main(argv=None):
         "runners alternated per round (start rotated); 102x159 inputs",
         "GFLOP/s: nominal training FLOPs = 3 x forward FLOPs of the convs and Linears per image; "
         "% of peak = of the best sgemm (2048^3) measured in this run with the same threads",
+        load_line("start"),
     ]
     print("\n".join(lines), flush=True)
     peak_samples = []
@@ -364,6 +365,8 @@ def main(argv=None):
             p = profile(name, a.batch[0])
             print("\n" + p, flush=True)
             lines += ["", p]
+    print(load_line("end"), flush=True)
+    lines.append(load_line("end"))
     if a.out:
         RESULT.parent.mkdir(parents=True, exist_ok=True)
         RESULT.write_text("\n".join(lines) + "\n")
