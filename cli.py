@@ -163,7 +163,7 @@ def _device_check(device: str) -> None:
 _FLAG = {"batch_size": "--batch-size", "weight_decay": "--weight-decay", "checkpoint_every": "--checkpoint-every",
          "max_steps": "--max-steps", "step_delay": "--step-delay", "freq_mask": "--freq-mask",
          "time_mask": "--time-mask", "n_masks": "--n-masks", "gain_db": "--gain-db", "time_shift": "--time-shift",
-         "eval_crops": "--eval-crops"}
+         "freq_warp": "--freq-warp", "eval_crops": "--eval-crops"}
 
 
 def _check_train_config(cfg, where="") -> None:
@@ -340,7 +340,8 @@ def add_augment_args(p: argparse.ArgumentParser, default: str = "default") -> No
     a.add_argument("--augment", choices=("default", "off"), default=default,
                    help=f"starting point of the flags below: 'default' = --freq-mask {DEFAULT.freq_mask} "
                         f"--time-mask {DEFAULT.time_mask} --n-masks {DEFAULT.n_masks} --gain-db {DEFAULT.gain_db:g} "
-                        f"--time-shift {DEFAULT.time_shift:g} --mixup {DEFAULT.mixup:g}; 'off' = all 0 "
+                        f"--time-shift {DEFAULT.time_shift:g} --mixup {DEFAULT.mixup:g} "
+                        f"--freq-warp {DEFAULT.freq_warp:g}; 'off' = all 0 "
                         f"(default here: {default})")
     a.add_argument("--freq-mask", type=int, default=None, metavar="F",
                    help="SpecAugment: largest frequency-mask height in image rows (0: none; default: from --augment)")
@@ -354,6 +355,9 @@ def add_augment_args(p: argparse.ArgumentParser, default: str = "default") -> No
                    help="random time shift up to this fraction of the window either way (0: none; default: from --augment)")
     a.add_argument("--mixup", type=float, default=None, metavar="ALPHA",
                    help="mixup with lam ~ Beta(ALPHA, ALPHA), soft targets (0: off; default: from --augment)")
+    a.add_argument("--freq-warp", type=float, default=None, metavar="W",
+                   help="VTLP (Jaitly and Hinton 2013): warp the frequency axis by a random factor in [1 - W, 1 + W] "
+                        "(0: none; default: from --augment)")
 
 
 def augment_config(args) -> dict:

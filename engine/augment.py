@@ -5,6 +5,13 @@ kernels in ``kernels/{cpu,gpu}/augment``), on the cached uint8 mono levels
 ``q (N, H, W)`` before the colormap, so that mono and RGB models see the same
 augmentation:
 
+* random frequency warp (vocal-tract-length perturbation, Jaitly and Hinton
+  2013): a factor ``alpha ~ U[1 - freq_warp, 1 + freq_warp]`` per image, the
+  rows resampled through VTLP's piecewise-linear warp of the frequency axis
+  (content scaled by ``alpha`` below 0.8 of the top row, the rest bent so the
+  top stays the top; :func:`engine.reference.augment.vtlp_rows`). The axis is
+  the image's rows: exact for the linear STFT image, an approximation for a
+  mel image (whose rows are not linear in Hz);
 * random time shift inside the window, up to ``time_shift`` x ``W`` columns
   either way (columns shifted in are the image's floor, level 0);
 * random gain: up to ``gain_db`` dB either way, applied as the equivalent
@@ -20,7 +27,7 @@ augmentation:
 
 Determinism: the parameters of a batch are drawn on the host with NumPy from
 ``SeedSequence([seed, epoch, step, kind])``, one independent stream per kind
-(shift, gain, masks, mixup), so turning one augmentation off leaves the
+(shift, gain, masks, mixup, warp), so turning one augmentation off leaves the
 others' draws unchanged, the same ``(seed, epoch, step)`` gives the same
 batch on the CPU and the GPU (the kernels are bit-identical for the same
 parameters), and a resumed run draws exactly what an uninterrupted one did.
@@ -35,9 +42,11 @@ import numpy as np
 
 import kernels
 
-__all__ = ["AugmentConfig", "DEFAULT", "OFF", "draw_params", "augment_batch", "config_problems"]
+__all__ = ["AugmentConfig", "DEFAULT", "OFF", "draw_params", "draw_warp", "augment_batch", "config_problems"]
 
-_KIND_SHIFT, _KIND_GAIN, _KIND_MASKS, _KIND_MIXUP = 1, 2, 3, 4
+_KIND_SHIFT, _KIND_GAIN, _KIND_MASKS, _KIND_MIXUP, _KIND_WARP = 1, 2, 3, 4, 5
+#: VTLP: the warp bends at this fraction of the top row (Jaitly and Hinton's F_hi; engine.reference.augment's).
+VTLP_BOUNDARY = 0.8
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,9 @@ class AugmentConfig:
         Largest random shift either way, as a fraction of the window width.
     mixup : float >= 0
         mixup's Beta(alpha, alpha) parameter (0: off).
+    freq_warp : float in [0, 0.5]
+        VTLP: largest warp of the frequency axis either way, the factor
+        ``alpha ~ U[1 - freq_warp, 1 + freq_warp]`` (0: off; Jaitly and Hinton use 0.1).
     """
 
     freq_mask: int = 0
@@ -66,6 +78,7 @@ class AugmentConfig:
     gain_db: float = 0.0
     time_shift: float = 0.0
     mixup: float = 0.0
+    freq_warp: float = 0.0
 
     @property
     def masks_on(self) -> bool:
@@ -73,8 +86,8 @@ class AugmentConfig:
 
     @property
     def image_on(self) -> bool:
-        """Any augmentation of the image itself (shift, gain or masks)."""
-        return self.masks_on or self.gain_db > 0 or self.time_shift > 0
+        """Any augmentation of the image itself (warp, shift, gain or masks)."""
+        return self.masks_on or self.gain_db > 0 or self.time_shift > 0 or self.freq_warp > 0
 
     @property
     def enabled(self) -> bool:
@@ -116,6 +129,8 @@ def config_problems(cfg: AugmentConfig) -> list:
             bad.append((name, v, "a finite number >= 0 (0: off)"))
     if not is_num(cfg.time_shift) or not 0.0 <= cfg.time_shift <= 1.0:
         bad.append(("time_shift", cfg.time_shift, "a fraction of the window in [0, 1]"))
+    if not is_num(cfg.freq_warp) or not 0.0 <= cfg.freq_warp <= 0.5:
+        bad.append(("freq_warp", cfg.freq_warp, "a warp factor range in [0, 0.5] (0: off)"))
     return bad
 
 
@@ -161,6 +176,31 @@ def draw_params(cfg: AugmentConfig, seed: int, epoch: int, step: int, n: int, he
         lam = float(r.beta(cfg.mixup, cfg.mixup))
         perm = r.permutation(n).astype(np.int64)
     return params, perm, lam
+
+
+def draw_warp(cfg: AugmentConfig, seed: int, epoch: int, step: int, n: int, height: int):
+    """The VTLP warp of batch ``step`` of ``epoch``: ``(table, alpha)`` or ``(None, None)`` when off.
+
+    ``alpha (n,)`` float64 ``~ U[1 - freq_warp, 1 + freq_warp]`` from its own
+    stream ``SeedSequence([seed, epoch, step, 5])``; ``table (n, height)``
+    int32 the fixed-point source row of each output row,
+    ``rint(256 u(r))`` of VTLP's inverse warp ``u`` (see
+    :func:`engine.reference.augment.vtlp_rows`, which defines it in float64;
+    this is the same arithmetic, kept here so the product does not import the reference).
+    """
+    if not cfg.freq_warp > 0:
+        return None, None
+    w = float(cfg.freq_warp)
+    alpha = _rng(seed, epoch, step, _KIND_WARP).uniform(1.0 - w, 1.0 + w, n)
+    t = float(height - 1)
+    r = np.arange(height, dtype=np.float64)
+    if t <= 0:
+        return np.zeros((n, height), np.int32), alpha
+    a = alpha[:, None]
+    out_b = VTLP_BOUNDARY * t * np.minimum(a, 1.0)
+    src_b = out_b / a
+    u = np.where(r <= out_b, r / a, t - (t - r) * (t - src_b) / (t - out_b))
+    return np.rint(256.0 * np.clip(u, 0.0, t)).astype(np.int32), alpha
 
 
 def augment_batch(q, y, cfg: AugmentConfig, seed: int, epoch: int, step: int, n_classes: int, lut=None,
@@ -215,8 +255,10 @@ def augment_batch(q, y, cfg: AugmentConfig, seed: int, epoch: int, step: int, n_
 
     params, perm, lam = draw_params(cfg, seed, epoch, step, n, h, w, top_db)
     params_d = _to_backend(params, xp, bufs, "params")
+    warp, _ = draw_warp(cfg, seed, epoch, step, n, h)
+    warp_d = None if warp is None else _to_backend(warp, xp, bufs, "warp")
     x = buf("x", (n, c, h, w), dtype)
-    kb.augment.augment_batch(x, q, params_d, lut)
+    kb.augment.augment_batch(x, q, params_d, lut, warp_d)
     if perm is None:
         return x, y
     xm = buf("x_mix", (n, c, h, w), dtype)

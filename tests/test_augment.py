@@ -1,7 +1,7 @@
 """Batch-time augmentation (issue 8 part 3): reference vs CPU vs (emulated) GPU, seeding, mixup's soft-target loss.
 
 * ``engine.reference.augment`` by hand: shift, gain and masks land where the
-  parameters say;
+  parameters say; the VTLP frequency warp moves a spectral line to ``alpha`` times its row;
 * ``kernels.cpu.augment`` against the reference, bit for bit (integer levels
   and a table look-up; mixup one float expression), and with all parameters 0
   equal to the un-augmented decode;
@@ -95,7 +95,54 @@ def test_reference_zero_params_is_the_plain_decode():
     assert np.array_equal(RA.augment_batch(q, z, lut), lut[q].transpose(0, 3, 1, 2).astype(np.float64))
 
 
+def test_vtlp_rows_values():
+    """Jaitly and Hinton's warp, inverted: r / alpha up to the bend (0.8 T min(alpha, 1)), then linear to the top."""
+    h, t = 102, 101.0
+    assert np.array_equal(RA.vtlp_rows(1.0, h), np.arange(h, dtype=np.float64))
+    up = RA.vtlp_rows(1.1, h)  # bend at output row 0.8 * 101 = 80.8, source 80.8 / 1.1 = 73.4545...
+    assert up[0] == 0.0 and up[44] == pytest.approx(40.0, abs=1e-12) and up[77] == pytest.approx(70.0, abs=1e-12)
+    assert up[-1] == t and up[90] == pytest.approx(t - 11 * (t - 80.8 / 1.1) / (t - 80.8), abs=1e-12)
+    down = RA.vtlp_rows(0.9, h)  # bend at output row 0.8 * 101 * 0.9 = 72.72, source 80.8
+    assert down[36] == pytest.approx(40.0, abs=1e-12) and down[72] == pytest.approx(80.0, abs=1e-12)
+    assert down[-1] == t and down[90] == pytest.approx(t - 11 * (t - 80.8) / (t - 72.72), abs=1e-12)
+    for a in (0.8, 0.93, 1.0, 1.07, 1.2):  # continuous and increasing, ends fixed
+        u = RA.vtlp_rows(a, h)
+        assert u[0] == 0.0 and u[-1] == t and np.all(np.diff(u) > 0), a
+    assert RA.vtlp_rows(1.1, 1).tolist() == [0.0]
+    tab = RA.warp_table([1.1, 0.9], h)
+    assert tab.dtype == np.int32 and tab.shape == (2, h) and tab[0, 44] == 40 * 256 and tab[1, 36] == 40 * 256
+
+
+def test_reference_frequency_warp_moves_a_line_to_alpha_times_its_row():
+    """A bright row 40 (and a dimmer one 20) land at rows 44 and 22 for alpha = 1.1, at 36 and 18 for 0.9."""
+    h, w = 102, 9
+    q = np.full((2, h, w), 10, np.uint8)
+    q[:, 40], q[:, 20] = 250, 130
+    z = np.zeros((2, 2), np.int32)
+    lev = RA.augment_levels(q, z, RA.warp_table([1.1, 0.9], h))
+    # alpha 1.1: rows 43 and 45 read 39.09 and 40.91 (partly the line); alpha 0.9: rows 35 and 37 read 38.9, 41.1
+    for i, (r40, r20, lit) in enumerate(((44, 22, [21, 22, 23, 43, 44, 45]), (36, 18, [18, 36]))):
+        col = lev[i, :, 0]
+        assert col[r40] == 250 and col[r20] == 130 and np.all(lev[i] == lev[i, :, :1])
+        assert np.flatnonzero(col > 10).tolist() == lit
+    # between the lines the interpolation is integer: row 43 for alpha 1.1 reads source 39.0909 (x 256 = 10007)
+    u = int(RA.warp_table([1.1], h)[0, 43])
+    assert u == 10007 and lev[0, 43, 0] == (10 * (256 - (u & 255)) + 250 * (u & 255) + 128) >> 8
+    # the identity table is no warp; the warp composes with shift, gain and masks (warp first)
+    ident = RA.warp_table([1.0, 1.0], h)
+    p = np.array([params_row(shift=1, level=5, fmasks=[(44, 1)]), params_row(m=1)], np.int32)
+    assert np.array_equal(RA.augment_levels(q, p, ident), RA.augment_levels(q, p))
+    lw = RA.augment_levels(q, p, RA.warp_table([1.1, 1.0], h))
+    assert np.all(lw[0, 44] == 0) and lw[0, 22, 0] == 5 and np.all(lw[0, 22, 1:] == 135)
+    with pytest.raises(ValueError, match="warp"):
+        RA.augment_levels(q, z, np.full((2, h), 256 * h, np.int32))
+
+
 # ----------------------------------------------------------------------------- CPU kernel
+def random_warp(n, h, seed):
+    return RA.warp_table(np.random.default_rng(seed).uniform(0.85, 1.15, n), h)
+
+
 def random_params(n, h, w, m, seed):
     r = np.random.default_rng(seed)
     p = np.zeros((n, 2 + 4 * m), np.int32)
@@ -124,6 +171,22 @@ def test_cpu_augment_equals_reference_bitwise(n, h, w, m, dtype):
     out3 = np.empty((n, 3, h, w), dtype)
     C.augment.augment_batch(out3, q, p, lut)
     assert np.array_equal(out3, RA.augment_batch(q, p, lut).astype(dtype))
+    wt = random_warp(n, h, seed=h + w)  # with the VTLP warp
+    C.augment.augment_batch(out, q, p, None, wt)
+    assert np.array_equal(out, RA.augment_batch(q, p, None, wt).astype(dtype))
+    C.augment.augment_batch(out3, q, p, lut, wt)
+    assert np.array_equal(out3, RA.augment_batch(q, p, lut, wt).astype(dtype))
+
+
+def test_cpu_augment_rejects_bad_warps():
+    C = cpu()
+    q, p, out = levels(2, 4, 5), np.zeros((2, 2), np.int32), np.empty((2, 1, 4, 5), np.float32)
+    with pytest.raises(ValueError, match="warp must be int32"):
+        C.augment.augment_batch(out, q, p, None, np.zeros((2, 5), np.int32))
+    with pytest.raises(ValueError, match="warp must be int32"):
+        C.augment.augment_batch(out, q, p, None, np.zeros((2, 4), np.int64))
+    with pytest.raises(ValueError, match="warp entries"):
+        C.augment.augment_batch(out, q, p, None, np.full((2, 4), 3 * 256 + 1, np.int32))
 
 
 def test_cpu_augment_rejects_bad_arguments():
@@ -197,6 +260,35 @@ def test_draw_params_ranges_and_independent_kinds():
     assert off[0].shape == (4, 2) and not off[0].any() and off[1] is None and off[2] is None
 
 
+def test_draw_warp_seeded_in_range_and_equal_to_the_reference():
+    cfg = A.AugmentConfig(freq_warp=0.1)
+    tab, alpha = A.draw_warp(cfg, 5, 1, 2, 400, 102)
+    assert tab.shape == (400, 102) and tab.dtype == np.int32 and alpha.shape == (400,)
+    assert 0.9 <= alpha.min() < 0.92 and 1.08 < alpha.max() <= 1.1     # U[0.9, 1.1]
+    assert np.array_equal(tab, RA.warp_table(alpha, 102))                 # the engine's table = the reference's
+    t2, a2 = A.draw_warp(cfg, 5, 1, 2, 400, 102)
+    assert np.array_equal(t2, tab) and np.array_equal(a2, alpha)
+    for other in ((6, 1, 2), (5, 2, 2), (5, 1, 3)):
+        assert not np.array_equal(A.draw_warp(cfg, *other, 400, 102)[1], alpha)
+    assert A.draw_warp(CFG, 5, 1, 2, 4, 102) == (None, None)
+    # its own stream: the other kinds' draws do not change when the warp is turned on
+    with_warp = A.AugmentConfig(**{**CFG.to_dict(), "freq_warp": 0.1})
+    a, b = A.draw_params(CFG, 5, 1, 2, 16, 102, 159), A.draw_params(with_warp, 5, 1, 2, 16, 102, 159)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+
+
+def test_augment_batch_applies_the_seeded_warp():
+    cfg = A.AugmentConfig(freq_warp=0.1, gain_db=6.0, n_masks=1, freq_mask=4, time_mask=4)
+    q, y = levels(5, 30, 16, seed=3), np.arange(5, dtype=np.int64) % 3
+    lut = lut32()
+    x, t = A.augment_batch(q, y, cfg, 2, 1, 4, 3, lut=lut)
+    p, _, _ = A.draw_params(cfg, 2, 1, 4, 5, 30, 16)
+    tab, _ = A.draw_warp(cfg, 2, 1, 4, 5, 30)
+    assert t is y and np.array_equal(x, RA.augment_batch(q, p, lut, tab).astype(np.float32))
+    assert not np.array_equal(x, RA.augment_batch(q, p, lut).astype(np.float32))  # really warped
+    assert cfg.image_on and A.AugmentConfig(freq_warp=0.1).enabled
+
+
 def test_augment_batch_masks_land_where_the_seed_says():
     """The engine function on the CPU: the seeded masks are at level 0, everything else is the shifted+gained image."""
     cfg = A.AugmentConfig(freq_mask=8, time_mask=12, n_masks=2, gain_db=6.0, time_shift=0.1)
@@ -241,10 +333,27 @@ def test_augment_config_checks_and_round_trip():
     assert A.config_problems(A.DEFAULT) == [] and A.DEFAULT.enabled and not A.OFF.enabled
     assert A.AugmentConfig.from_dict(A.DEFAULT.to_dict()) == A.DEFAULT
     assert A.AugmentConfig.from_dict(None) == A.OFF
-    bad = A.config_problems(A.AugmentConfig(freq_mask=-1, gain_db=float("nan"), time_shift=2.0, mixup=-1))
-    assert [b[0] for b in bad] == ["freq_mask", "gain_db", "mixup", "time_shift"]
+    bad = A.config_problems(A.AugmentConfig(freq_mask=-1, gain_db=float("nan"), time_shift=2.0, mixup=-1,
+                                            freq_warp=0.6))
+    assert [b[0] for b in bad] == ["freq_mask", "gain_db", "mixup", "time_shift", "freq_warp"]
+    assert A.config_problems(A.AugmentConfig(freq_warp=-0.1))[0][0] == "freq_warp"
+    old = {k: v for k, v in A.DEFAULT.to_dict().items() if k != "freq_warp"}  # a config.json from before the warp
+    assert A.AugmentConfig.from_dict(old).freq_warp == 0.0
     with pytest.raises(ValueError, match="freq_mask"):
         A.augment_batch(levels(1, 2, 2), np.zeros(1, np.int64), A.AugmentConfig(freq_mask=-1), 0, 0, 0, 2)
+
+
+def test_cli_freq_warp_flag_and_reproduce_default_off():
+    """--freq-warp reaches the config; `reproduce` keeps every augmentation off unless a flag asks for one."""
+    import cli
+
+    p = cli.build_parser()
+    train = cli.augment_config(p.parse_args(["train", "--freq-warp", "0.1"]))
+    assert train == {**A.DEFAULT.to_dict(), "freq_warp": 0.1}
+    assert cli.augment_config(p.parse_args(["train"])) == A.DEFAULT.to_dict()
+    assert cli.augment_config(p.parse_args(["reproduce", "--audio-dir", "x", "--metadata", "y"])) == A.OFF.to_dict()
+    only = cli.augment_config(p.parse_args(["reproduce", "--audio-dir", "x", "--metadata", "y", "--freq-warp", "0.1"]))
+    assert only == {**A.OFF.to_dict(), "freq_warp": 0.1}
 
 
 # ----------------------------------------------------------------------------- soft targets in the loss
@@ -348,6 +457,12 @@ def test_gpu_augment_equals_cpu_bitwise(G, n, h, w, m, dtype):
         og = cp.empty((n, c, h, w), dtype)
         G.augment.augment_batch(og, cp.asarray(q), cp.asarray(p), None if lt is None else cp.asarray(lt))
         assert np.array_equal(og.get(), oc), c
+        wt = random_warp(n, h, seed=w)  # with the VTLP warp
+        C.augment.augment_batch(oc, q, p, lt, wt)
+        G.augment.augment_batch(og, cp.asarray(q), cp.asarray(p), None if lt is None else cp.asarray(lt),
+                                cp.asarray(wt))
+        assert np.array_equal(og.get(), oc), c
+        assert np.array_equal(oc, RA.augment_batch(q, p, lt, wt).astype(dtype)), c
 
 
 @pytest.mark.gpu
@@ -395,11 +510,12 @@ def test_gpu_engine_augment_batch_equals_cpu(G):
 
     q, y = levels(8, 20, 24), np.array([0, 1, 2, 0, 1, 2, 0, 1], np.int64)
     lut = lut32()
-    xc, tc = A.augment_batch(q, y, CFG, 1, 3, 5, 3, lut=lut)
-    bufs = {}
-    for _ in range(2):  # the second call reuses the device buffers
-        xg, tg = A.augment_batch(cp.asarray(q), cp.asarray(y), CFG, 1, 3, 5, 3, lut=cp.asarray(lut), bufs=bufs)
-        assert np.array_equal(xg.get(), xc) and np.array_equal(tg.get(), tc)
+    for cfg in (CFG, A.AugmentConfig(**{**CFG.to_dict(), "freq_warp": 0.1})):
+        xc, tc = A.augment_batch(q, y, cfg, 1, 3, 5, 3, lut=lut)
+        bufs = {}
+        for _ in range(2):  # the second call reuses the device buffers
+            xg, tg = A.augment_batch(cp.asarray(q), cp.asarray(y), cfg, 1, 3, 5, 3, lut=cp.asarray(lut), bufs=bufs)
+            assert np.array_equal(xg.get(), xc) and np.array_equal(tg.get(), tc)
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not installed")

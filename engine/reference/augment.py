@@ -4,10 +4,19 @@ Plain NumPy, slow and obviously correct; nothing here imports ``kernels/``.
 
 ``augment_batch``: the cached mono image of each sample (uint8 levels
 ``q = rint(255 x)``, ``(N, H, W)``) is turned into the model input
-``(N, C, H, W)`` in three steps, per sample ``n`` with the integer parameters
+``(N, C, H, W)`` in four steps, per sample ``n`` with the integer parameters
 of row ``params[n]`` (layout: :data:`P_SHIFT`, :data:`P_LEVEL`, then ``M``
-frequency masks ``(start, width)``, then ``M`` time masks ``(start, width)``):
+frequency masks ``(start, width)``, then ``M`` time masks ``(start, width)``)
+and, optionally, the frequency-warp table row ``warp[n]``:
 
+0. frequency warp (vocal-tract-length perturbation, Jaitly and Hinton 2013,
+   "Vocal tract length perturbation (VTLP) improves speech recognition"):
+   output row ``r`` reads the input at row ``u = warp[n, r] / 256`` (fixed
+   point, 8 fraction bits), linearly interpolated in integers:
+   ``(q[r0] (256 - f) + q[r1] f + 128) >> 8`` with ``r0 = u_q >> 8``,
+   ``f = u_q & 255``, ``r1 = min(r0 + 1, H - 1)``. :func:`vtlp_rows` gives
+   ``u`` for a warp factor ``alpha`` (the table is ``rint(256 u)``,
+   :func:`warp_table`); no table is the identity;
 1. time shift by ``s = params[n, 0]`` columns: output column ``w`` reads input
    column ``w - s``; columns shifted in from outside the window are level 0
    (the image's floor: silence);
@@ -33,10 +42,60 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["P_SHIFT", "P_LEVEL", "n_params", "augment_levels", "augment_batch", "mixup_batch"]
+__all__ = ["P_SHIFT", "P_LEVEL", "WARP_ONE", "VTLP_BOUNDARY", "n_params", "vtlp_rows", "warp_table",
+           "augment_levels", "augment_batch", "mixup_batch"]
 
 #: Column of the time shift (in image columns) and of the brightness shift (in levels) in a params row.
 P_SHIFT, P_LEVEL = 0, 1
+#: One image row in the fixed-point warp table (8 fraction bits).
+WARP_ONE = 256
+#: Where VTLP's piecewise-linear warp bends, as a fraction of the top row (Jaitly and Hinton's F_hi).
+VTLP_BOUNDARY = 0.8
+
+
+def vtlp_rows(alpha, height: int, boundary: float = VTLP_BOUNDARY):
+    """Source row of each output row under a VTLP frequency warp by ``alpha``, in float64.
+
+    Jaitly and Hinton (2013), eq. 1, maps frequency ``f`` of the source to
+    ``alpha f`` below ``F_b = F_hi min(alpha, 1) / alpha`` and linearly above,
+    so that the top (Nyquist) stays the top. Here the frequency axis is the
+    image's row index (row 0 the lowest frequency, ``T = height - 1`` the
+    top, ``F_hi = boundary T``) and the image is resampled through the
+    inverse map: output row ``r`` reads source row
+
+    * ``u = r / alpha`` for ``r <= F_hi min(alpha, 1)``,
+    * ``u = T - (T - r) (T - F_b) / (T - F_hi min(alpha, 1))`` above,
+
+    continuous, increasing, ``u(0) = 0``, ``u(T) = T``; ``alpha > 1`` moves
+    the content up (formants scaled by ``alpha``), ``alpha < 1`` down.
+
+    Parameters
+    ----------
+    alpha : float > 0
+    height : int >= 1
+    boundary : float in (0, 1)
+
+    Returns
+    -------
+    np.ndarray [shape=(height,), dtype=float64] in ``[0, height - 1]``
+    """
+    alpha = float(alpha)
+    if not alpha > 0 or not 0.0 < boundary < 1.0:
+        raise ValueError(f"vtlp_rows: alpha must be > 0 and boundary in (0, 1), got {alpha}, {boundary}")
+    t = float(height - 1)
+    r = np.arange(height, dtype=np.float64)
+    if t <= 0:
+        return r
+    out_b = boundary * t * min(alpha, 1.0)  # output row of the bend
+    src_b = out_b / alpha  # its source row (<= boundary t < t)
+    u = np.where(r <= out_b, r / alpha, t - (t - r) * (t - src_b) / (t - out_b))
+    return np.clip(u, 0.0, t)
+
+
+def warp_table(alphas, height: int, boundary: float = VTLP_BOUNDARY):
+    """The fixed-point warp table of :func:`augment_levels`: ``rint(256 vtlp_rows(alpha))`` per sample, int32 ``(N, H)``."""
+    return np.stack([np.rint(WARP_ONE * vtlp_rows(a, height, boundary)) for a in np.asarray(alphas, np.float64)]
+                    ).astype(np.int32).reshape(len(alphas), height)
 
 
 def n_params(n_masks: int) -> int:
@@ -54,11 +113,31 @@ def _check(q, params):
     return q, params.astype(np.int64)
 
 
-def augment_levels(q, params):
-    """Steps 1-3 of the module docstring on the levels: int64 ``(N, H, W)`` in ``[0, 255]``."""
+def _warp(q, warp):
+    """Step 0: int64 ``(N, H, W)`` levels of ``q`` resampled along the rows through the fixed-point ``warp``."""
+    n, h, w = q.shape
+    warp = np.asarray(warp)
+    if warp.shape != (n, h):
+        raise ValueError(f"warp must be ({n}, {h}) integers, got shape {warp.shape}")
+    u = warp.astype(np.int64)
+    if u.min(initial=0) < 0 or u.max(initial=0) > WARP_ONE * (h - 1):
+        raise ValueError(f"warp entries must be in [0, {WARP_ONE * (h - 1)}]")
+    r0 = u >> 8
+    f = (u & (WARP_ONE - 1))[:, :, None]
+    r1 = np.minimum(r0 + 1, h - 1)
+    qi = q.astype(np.int64)
+    a = np.take_along_axis(qi, r0[:, :, None], axis=1)
+    b = np.take_along_axis(qi, r1[:, :, None], axis=1)
+    return (a * (WARP_ONE - f) + b * f + WARP_ONE // 2) >> 8
+
+
+def augment_levels(q, params, warp=None):
+    """Steps 0-3 of the module docstring on the levels: int64 ``(N, H, W)`` in ``[0, 255]``."""
     q, params = _check(q, params)
     n, h, w = q.shape
     m = (params.shape[1] - 2) // 4
+    if warp is not None:
+        q = _warp(q, warp)
     out = np.zeros((n, h, w), np.int64)
     for i in range(n):
         s = int(params[i, P_SHIFT])
@@ -76,7 +155,7 @@ def augment_levels(q, params):
     return out
 
 
-def augment_batch(q, params, lut=None):
+def augment_batch(q, params, lut=None, warp=None):
     """Reference of ``kernels.*.augment.augment_batch``: float64 ``(N, C, H, W)``.
 
     Parameters
@@ -88,6 +167,8 @@ def augment_batch(q, params, lut=None):
         masks (start row, height), M time masks (start column, width).
     lut : np.ndarray [shape=(256, 3)] or None
         Colormap table (RGB output, ``C = 3``); None gives mono (``C = 1``).
+    warp : np.ndarray [shape=(N, H), integer] or None
+        Fixed-point source row of each output row (:func:`warp_table`); None: no warp.
 
     Returns
     -------
@@ -100,7 +181,7 @@ def augment_batch(q, params, lut=None):
     ValueError
         On a wrong dtype or shape.
     """
-    lev = augment_levels(q, params)
+    lev = augment_levels(q, params, warp)
     if lut is None:
         return (lev * np.float64(np.float32(1.0 / 255.0)))[:, None]
     lut = np.asarray(lut, dtype=np.float64)

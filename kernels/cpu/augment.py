@@ -1,4 +1,4 @@
-"""Batch-time augmentation as Numba kernels (CPU): shift, gain, SpecAugment masks + decode; mixup.
+"""Batch-time augmentation as Numba kernels (CPU): frequency warp, shift, gain, SpecAugment masks + decode; mixup.
 
 Same entry points and signatures as :mod:`kernels.gpu.augment`; the float64
 references are in :mod:`engine.reference.augment` (whose docstring defines
@@ -10,9 +10,11 @@ contraction), bit-identical too.
 
 Entry points (outputs first, preallocated by the caller and reused):
 
-* ``augment_batch(out, q, params, lut)``: ``out (N, C, H, W)`` float32/64,
-  ``q (N, H, W)`` uint8, ``params (N, 2 + 4M)`` int32, ``lut (256, 3)`` of
-  ``out``'s dtype for ``C = 3`` (ignored, may be None, for ``C = 1``).
+* ``augment_batch(out, q, params, lut, warp=None)``: ``out (N, C, H, W)``
+  float32/64, ``q (N, H, W)`` uint8, ``params (N, 2 + 4M)`` int32, ``lut
+  (256, 3)`` of ``out``'s dtype for ``C = 3`` (ignored, may be None, for
+  ``C = 1``), ``warp (N, H)`` int32 the fixed-point source row of each output
+  row (VTLP; None: no warp).
 * ``mixup_batch(out, targets, x, y, perm, lam)``: ``out`` like ``x``
   ``(N, ...)`` (must not be ``x``), ``targets (N, K)`` soft labels of
   ``out``'s dtype, ``y (N,)`` int64, ``perm (N,)`` int64, ``lam`` a float.
@@ -31,12 +33,20 @@ MONO_SCALE = float(np.float32(1.0 / 255.0))
 
 
 @njit(parallel=True, cache=True)
-def _augment(out, q, params, lut, n_masks, rgb, scale):
+def _augment(out, q, params, lut, n_masks, rgb, scale, warp, warped):
     n, h, w = q.shape
     for i in prange(n):
         s = params[i, 0]
         g = params[i, 1]
         for r in range(h):
+            r0 = r
+            r1 = r
+            fr = np.int32(0)
+            if warped:  # VTLP: read the source row warp / 256, interpolated in integers
+                u = np.int32(warp[i, r])
+                r0 = u >> 8
+                fr = u & 255
+                r1 = min(r0 + 1, h - 1)
             masked_row = False
             for k in range(n_masks):
                 f0 = params[i, 2 + 2 * k]
@@ -47,7 +57,10 @@ def _augment(out, q, params, lut, n_masks, rgb, scale):
                 src = c - s
                 v = np.int32(0)
                 if 0 <= src < w:
-                    v = np.int32(q[i, r, src])
+                    if warped:
+                        v = (np.int32(q[i, r0, src]) * (256 - fr) + np.int32(q[i, r1, src]) * fr + 128) >> 8
+                    else:
+                        v = np.int32(q[i, r, src])
                 v += g
                 if v < 0:
                     v = 0
@@ -82,7 +95,7 @@ def _mixup(out, targets, x, y, perm, lam, mlam):
         targets[i, y[j]] += mlam
 
 
-def _check_augment(out, q, params, lut):
+def _check_augment(out, q, params, lut, warp=None):
     if not isinstance(q, np.ndarray) or q.ndim != 3 or q.dtype != np.uint8 or not q.flags.c_contiguous:
         raise ValueError(f"q must be a C-contiguous uint8 (N, H, W) array, got {getattr(q, 'dtype', type(q))} "
                          f"shape {getattr(q, 'shape', None)}")
@@ -99,11 +112,18 @@ def _check_augment(out, q, params, lut):
         if lut is None or lut.shape != (256, 3) or lut.dtype != out.dtype:
             raise ValueError(f"lut must be (256, 3) {out.dtype} for an RGB out, got "
                              f"{None if lut is None else (lut.dtype, lut.shape)}")
+    if warp is not None:
+        if not isinstance(warp, np.ndarray) or warp.shape != (n, h) or warp.dtype != np.int32:
+            raise ValueError(f"warp must be int32 ({n}, {h}), got {getattr(warp, 'dtype', type(warp))} "
+                             f"{getattr(warp, 'shape', None)}")
+        if warp.size and (int(warp.min()) < 0 or int(warp.max()) > 256 * (h - 1)):
+            raise ValueError(f"warp entries must be in [0, {256 * (h - 1)}] (source rows x 256), got range "
+                             f"[{int(warp.min())}, {int(warp.max())}]")
     return rgb, (params.shape[1] - 2) // 4
 
 
-def augment_batch(out, q, params, lut=None):
-    """Shift, gain and mask the uint8 levels ``q`` and decode them into ``out`` (see the module docstring).
+def augment_batch(out, q, params, lut=None, warp=None):
+    """Warp, shift, gain and mask the uint8 levels ``q`` and decode them into ``out`` (see the module docstring).
 
     Parameters
     ----------
@@ -115,15 +135,21 @@ def augment_batch(out, q, params, lut=None):
         frequency masks (start row, height), M time masks (start column, width).
     lut : np.ndarray [shape=(256, 3), dtype=out.dtype] or None
         Colormap table; needed for C = 3.
+    warp : np.ndarray [shape=(N, H), dtype=int32] or None
+        VTLP frequency warp: output row ``r`` of sample ``n`` reads source row
+        ``warp[n, r] / 256``, linearly interpolated in integers
+        (``engine.reference.augment``, step 0); None: no warp.
 
     Raises
     ------
     ValueError
-        On a wrong shape, dtype or layout.
+        On a wrong shape, dtype or layout, or warp rows outside the image.
     """
-    rgb, m = _check_augment(out, q, params, lut)
+    rgb, m = _check_augment(out, q, params, lut, warp)
     lut_a = lut if rgb else np.zeros((1, 3), out.dtype)
-    _run(out.size, _augment, out, q, np.ascontiguousarray(params), lut_a, m, rgb, MONO_SCALE)
+    warped = warp is not None
+    warp_a = np.ascontiguousarray(warp) if warped else np.zeros((1, 1), np.int32)
+    _run(out.size, _augment, out, q, np.ascontiguousarray(params), lut_a, m, rgb, MONO_SCALE, warp_a, warped)
 
 
 def mixup_batch(out, targets, x, y, perm, lam):

@@ -1,6 +1,6 @@
 """Batch-time augmentation on the GPU (``cuda/augment.cu``), same entry points as :mod:`kernels.cpu.augment`.
 
-``augment_batch(out, q, params, lut)``: time shift, brightness shift and
+``augment_batch(out, q, params, lut, warp=None)``: VTLP frequency warp, time shift, brightness shift and
 SpecAugment masks on the uint8 levels ``q (N, H, W)``, decoded into ``out
 (N, C, H, W)`` (mono ``level * float32(1/255)``, RGB ``lut[level]``), one
 thread per output pixel; bit-identical to the CPU for the same ``params``
@@ -20,8 +20,8 @@ from . import _launch as L
 __all__ = ["augment_batch", "mixup_batch"]
 
 
-def augment_batch(out, q, params, lut=None):
-    """Shift, gain and mask ``q`` and decode it into ``out`` (see :func:`kernels.cpu.augment.augment_batch`).
+def augment_batch(out, q, params, lut=None, warp=None):
+    """Warp, shift, gain and mask ``q`` and decode it into ``out`` (see :func:`kernels.cpu.augment.augment_batch`).
 
     Parameters
     ----------
@@ -29,6 +29,9 @@ def augment_batch(out, q, params, lut=None):
     q : cupy.ndarray [shape=(N, H, W), dtype=uint8]
     params : cupy.ndarray [shape=(N, 2 + 4M), dtype=int32]
     lut : cupy.ndarray [shape=(256, 3), dtype=out.dtype] or None (needed for C = 3)
+    warp : cupy.ndarray [shape=(N, H), dtype=int32] or None
+        VTLP: fixed-point source row of each output row (entries in ``[0, 256 (H - 1)]``;
+        not range-checked on the device: the host draws them; the CPU twin checks); None: no warp.
 
     Raises
     ------
@@ -55,9 +58,15 @@ def augment_batch(out, q, params, lut=None):
     else:
         lut = out  # never read for mono
     m = (params.shape[1] - 2) // 4
+    warped = warp is not None
+    if warped:
+        warp = L.check("warp", warp, (n, h), np.int32)
+    else:
+        warp = params  # never read without a warp
     L.kernel("augment.cu", "augment_batch", dt)(
         L.flat_grid(out.size // out.shape[1]), (L.THREADS,),
-        (out, L.contig(q), L.contig(params), lut, L.i32(n), L.i32(h), L.i32(w), L.i32(m), L.i32(int(rgb))))
+        (out, L.contig(q), L.contig(params), lut, L.contig(warp), L.i32(n), L.i32(h), L.i32(w), L.i32(m),
+         L.i32(int(rgb)), L.i32(int(warped))))
 
 
 def mixup_batch(out, targets, x, y, perm, lam):

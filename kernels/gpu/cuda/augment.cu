@@ -1,6 +1,8 @@
 // Batch-time augmentation (engine/reference/augment.py defines it; kernels/cpu/augment.py is the CPU twin).
 //
 // augment_batch: one thread per output pixel (n, h, w), grid-stride (64-bit):
+// optional VTLP frequency warp (warped != 0: output row r reads source row
+// warp[n, r] / 256, interpolated in integers: (q[r0] (256 - f) + q[r1] f + 128) >> 8),
 // time shift (fill level 0), brightness shift in levels clipped to [0, 255],
 // SpecAugment frequency and time masks (level 0), then the decode of
 // Dataset.decode: mono level * float32(1/255) (exact in double, rounded once),
@@ -13,7 +15,7 @@
 #include "common.cuh"
 
 extern "C" __global__ void augment_batch(real* out, const unsigned char* q, const int* params, const real* lut,
-                                         int N, int H, int W, int M, int rgb) {
+                                         const int* warp, int N, int H, int W, int M, int rgb, int warped) {
     const i64 plane = (i64)H * W, total = (i64)N * plane;
     const int P = 2 + 4 * M;
     const double mono_scale = (double)(float)(1.0 / 255.0);
@@ -23,7 +25,17 @@ extern "C" __global__ void augment_batch(real* out, const unsigned char* q, cons
         const int c = (int)(idx - (i64)n * plane - (i64)r * W);
         const int* pr = params + (i64)n * P;
         const int src = c - pr[0];
-        int v = (src >= 0 && src < W) ? (int)q[(i64)n * plane + (i64)r * W + src] : 0;
+        int v = 0;
+        if (src >= 0 && src < W) {
+            if (warped) {
+                const int u = warp[(i64)n * H + r];
+                const int r0 = u >> 8, f = u & 255, r1 = r0 + 1 < H ? r0 + 1 : H - 1;
+                v = ((int)q[(i64)n * plane + (i64)r0 * W + src] * (256 - f)
+                     + (int)q[(i64)n * plane + (i64)r1 * W + src] * f + 128) >> 8;
+            } else {
+                v = (int)q[(i64)n * plane + (i64)r * W + src];
+            }
+        }
         v += pr[1];
         v = v < 0 ? 0 : (v > 255 ? 255 : v);
         for (int k = 0; k < M; ++k) {
