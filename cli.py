@@ -163,7 +163,7 @@ def _device_check(device: str) -> None:
 _FLAG = {"batch_size": "--batch-size", "weight_decay": "--weight-decay", "checkpoint_every": "--checkpoint-every",
          "max_steps": "--max-steps", "step_delay": "--step-delay", "freq_mask": "--freq-mask",
          "time_mask": "--time-mask", "n_masks": "--n-masks", "gain_db": "--gain-db", "time_shift": "--time-shift",
-         "freq_warp": "--freq-warp", "eval_crops": "--eval-crops"}
+         "freq_warp": "--freq-warp", "time_stretch": "--time-stretch", "eval_crops": "--eval-crops"}
 
 
 def _check_train_config(cfg, where="") -> None:
@@ -341,7 +341,7 @@ def add_augment_args(p: argparse.ArgumentParser, default: str = "default") -> No
                    help=f"starting point of the flags below: 'default' = --freq-mask {DEFAULT.freq_mask} "
                         f"--time-mask {DEFAULT.time_mask} --n-masks {DEFAULT.n_masks} --gain-db {DEFAULT.gain_db:g} "
                         f"--time-shift {DEFAULT.time_shift:g} --mixup {DEFAULT.mixup:g} "
-                        f"--freq-warp {DEFAULT.freq_warp:g}; 'off' = all 0 "
+                        f"--freq-warp {DEFAULT.freq_warp:g} --time-stretch {DEFAULT.time_stretch:g}; 'off' = all 0 "
                         f"(default here: {default})")
     a.add_argument("--freq-mask", type=int, default=None, metavar="F",
                    help="SpecAugment: largest frequency-mask height in image rows (0: none; default: from --augment)")
@@ -357,6 +357,9 @@ def add_augment_args(p: argparse.ArgumentParser, default: str = "default") -> No
                    help="mixup with lam ~ Beta(ALPHA, ALPHA), soft targets (0: off; default: from --augment)")
     a.add_argument("--freq-warp", type=float, default=None, metavar="W",
                    help="VTLP (Jaitly and Hinton 2013): warp the frequency axis by a random factor in [1 - W, 1 + W] "
+                        "(0: none; default: from --augment)")
+    a.add_argument("--time-stretch", type=float, default=None, metavar="S",
+                   help="stretch the time axis about the window's centre by a random factor in [1 - S, 1 + S] "
                         "(0: none; default: from --augment)")
 
 

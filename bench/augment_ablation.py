@@ -49,6 +49,11 @@ AUG = {
     "warp-only": ["--augment", "off", "--freq-warp", "0.1"],
     "warp-mixup0.4": ["--freq-warp", "0.1", "--mixup", "0.4"],
     "warp-no-mixup": ["--freq-warp", "0.1", "--mixup", "0"],
+    # time stretch about the window's centre; with the warp: speed perturbation (Ko et al. 2015) on the image
+    "stretch": ["--time-stretch", "0.2"],
+    "speed": ["--freq-warp", "0.1", "--time-stretch", "0.2"],
+    "speed-fixed": ["--freq-warp", "0.1", "--time-stretch", "0.2", "--crops", "fixed"],
+    "speed0.3": ["--freq-warp", "0.1", "--time-stretch", "0.3"],
     # spectrogram settings of the FSDD command (not augmentation): mel images, STFT size / hop
     "mel": ["--spectrogram", "mel", "--n-mels", "128"],
     "mel-warp": ["--spectrogram", "mel", "--n-mels", "128", "--freq-warp", "0.1"],

@@ -12,6 +12,11 @@ augmentation:
   top stays the top; :func:`engine.reference.augment.vtlp_rows`). The axis is
   the image's rows: exact for the linear STFT image, an approximation for a
   mel image (whose rows are not linear in Hz);
+* random time stretch: a factor ``beta ~ U[1 - time_stretch, 1 + time_stretch]``
+  per image, the columns resampled about the window's centre (content
+  ``beta`` times as long; columns read from outside are the floor;
+  :func:`engine.reference.augment.stretch_columns`). With the warp it is speed
+  perturbation (Ko et al. 2015) done on the image: both axes scaled;
 * random time shift inside the window, up to ``time_shift`` x ``W`` columns
   either way (columns shifted in are the image's floor, level 0);
 * random gain: up to ``gain_db`` dB either way, applied as the equivalent
@@ -27,7 +32,7 @@ augmentation:
 
 Determinism: the parameters of a batch are drawn on the host with NumPy from
 ``SeedSequence([seed, epoch, step, kind])``, one independent stream per kind
-(shift, gain, masks, mixup, warp), so turning one augmentation off leaves the
+(shift, gain, masks, mixup, warp, stretch), so turning one augmentation off leaves the
 others' draws unchanged, the same ``(seed, epoch, step)`` gives the same
 batch on the CPU and the GPU (the kernels are bit-identical for the same
 parameters), and a resumed run draws exactly what an uninterrupted one did.
@@ -42,9 +47,9 @@ import numpy as np
 
 import kernels
 
-__all__ = ["AugmentConfig", "DEFAULT", "OFF", "draw_params", "draw_warp", "augment_batch", "config_problems"]
+__all__ = ["AugmentConfig", "DEFAULT", "OFF", "draw_params", "draw_warp", "draw_stretch", "augment_batch", "config_problems"]
 
-_KIND_SHIFT, _KIND_GAIN, _KIND_MASKS, _KIND_MIXUP, _KIND_WARP = 1, 2, 3, 4, 5
+_KIND_SHIFT, _KIND_GAIN, _KIND_MASKS, _KIND_MIXUP, _KIND_WARP, _KIND_STRETCH = 1, 2, 3, 4, 5, 6
 #: VTLP: the warp bends at this fraction of the top row (Jaitly and Hinton's F_hi; engine.reference.augment's).
 VTLP_BOUNDARY = 0.8
 
@@ -70,6 +75,8 @@ class AugmentConfig:
     freq_warp : float in [0, 0.5]
         VTLP: largest warp of the frequency axis either way, the factor
         ``alpha ~ U[1 - freq_warp, 1 + freq_warp]`` (0: off; Jaitly and Hinton use 0.1).
+    time_stretch : float in [0, 0.5]
+        Largest time stretch either way, ``beta ~ U[1 - time_stretch, 1 + time_stretch]`` (0: off).
     """
 
     freq_mask: int = 0
@@ -79,6 +86,7 @@ class AugmentConfig:
     time_shift: float = 0.0
     mixup: float = 0.0
     freq_warp: float = 0.0
+    time_stretch: float = 0.0
 
     @property
     def masks_on(self) -> bool:
@@ -86,8 +94,9 @@ class AugmentConfig:
 
     @property
     def image_on(self) -> bool:
-        """Any augmentation of the image itself (warp, shift, gain or masks)."""
-        return self.masks_on or self.gain_db > 0 or self.time_shift > 0 or self.freq_warp > 0
+        """Any augmentation of the image itself (warp, stretch, shift, gain or masks)."""
+        return (self.masks_on or self.gain_db > 0 or self.time_shift > 0 or self.freq_warp > 0
+                or self.time_stretch > 0)
 
     @property
     def enabled(self) -> bool:
@@ -129,8 +138,10 @@ def config_problems(cfg: AugmentConfig) -> list:
             bad.append((name, v, "a finite number >= 0 (0: off)"))
     if not is_num(cfg.time_shift) or not 0.0 <= cfg.time_shift <= 1.0:
         bad.append(("time_shift", cfg.time_shift, "a fraction of the window in [0, 1]"))
-    if not is_num(cfg.freq_warp) or not 0.0 <= cfg.freq_warp <= 0.5:
-        bad.append(("freq_warp", cfg.freq_warp, "a warp factor range in [0, 0.5] (0: off)"))
+    for name in ("freq_warp", "time_stretch"):
+        v = getattr(cfg, name)
+        if not is_num(v) or not 0.0 <= v <= 0.5:
+            bad.append((name, v, "a factor range in [0, 0.5] (0: off)"))
     return bad
 
 
@@ -203,6 +214,23 @@ def draw_warp(cfg: AugmentConfig, seed: int, epoch: int, step: int, n: int, heig
     return np.rint(256.0 * np.clip(u, 0.0, t)).astype(np.int32), alpha
 
 
+def draw_stretch(cfg: AugmentConfig, seed: int, epoch: int, step: int, n: int, width: int):
+    """The time stretch of batch ``step`` of ``epoch``: ``(table, beta)`` or ``(None, None)`` when off.
+
+    ``beta (n,)`` float64 ``~ U[1 - time_stretch, 1 + time_stretch]`` from
+    ``SeedSequence([seed, epoch, step, 6])``; ``table (n, width)`` int32
+    ``rint(256 u(c))`` with ``u(c) = m + (c - m) / beta``, ``m = (width - 1) / 2``
+    (:func:`engine.reference.augment.stretch_columns`).
+    """
+    if not cfg.time_stretch > 0:
+        return None, None
+    s = float(cfg.time_stretch)
+    beta = _rng(seed, epoch, step, _KIND_STRETCH).uniform(1.0 - s, 1.0 + s, n)
+    m = (width - 1) / 2.0
+    u = m + (np.arange(width, dtype=np.float64)[None, :] - m) / beta[:, None]
+    return np.rint(256.0 * u).astype(np.int32), beta
+
+
 def augment_batch(q, y, cfg: AugmentConfig, seed: int, epoch: int, step: int, n_classes: int, lut=None,
                   top_db: float = 80.0, bufs=None, dtype=np.float32):
     """Augment and decode one training batch on the backend that holds ``q`` (``kernels.backend_for``).
@@ -257,8 +285,10 @@ def augment_batch(q, y, cfg: AugmentConfig, seed: int, epoch: int, step: int, n_
     params_d = _to_backend(params, xp, bufs, "params")
     warp, _ = draw_warp(cfg, seed, epoch, step, n, h)
     warp_d = None if warp is None else _to_backend(warp, xp, bufs, "warp")
+    stretch, _ = draw_stretch(cfg, seed, epoch, step, n, w)
+    stretch_d = None if stretch is None else _to_backend(stretch, xp, bufs, "stretch")
     x = buf("x", (n, c, h, w), dtype)
-    kb.augment.augment_batch(x, q, params_d, lut, warp_d)
+    kb.augment.augment_batch(x, q, params_d, lut, warp_d, stretch_d)
     if perm is None:
         return x, y
     xm = buf("x_mix", (n, c, h, w), dtype)

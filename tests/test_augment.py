@@ -138,9 +138,45 @@ def test_reference_frequency_warp_moves_a_line_to_alpha_times_its_row():
         RA.augment_levels(q, z, np.full((2, h), 256 * h, np.int32))
 
 
+def test_reference_time_stretch_and_bilinear_resampling():
+    """Columns read at m + (c - m) / beta about the centre m; outside the image is the floor; with the warp, bilinear."""
+    assert np.array_equal(RA.stretch_columns(1.0, 9), np.arange(9.0))
+    assert RA.stretch_columns(2.0, 9).tolist() == [2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0]
+    assert RA.stretch_columns(0.5, 5).tolist() == [-2.0, 0.0, 2.0, 4.0, 6.0]
+    assert RA.stretch_table([2.0], 9).tolist() == [[512, 640, 768, 896, 1024, 1152, 1280, 1408, 1536]]
+    q = np.zeros((1, 1, 9), np.uint8)
+    q[0, 0, 3], q[0, 0, 5] = 200, 100
+    z = np.zeros((1, 2), np.int32)
+    # beta = 2 (twice as long): column c reads 2 + c / 2, so the 200 at 3 covers columns 1-3, the 100 at 5 columns 5-7
+    lev = RA.augment_levels(q, z, stretch=RA.stretch_table([2.0], 9))[0, 0]
+    assert lev.tolist() == [0, 100, 200, 100, 0, 50, 100, 50, 0]
+    # beta = 0.5 on 5 columns: reads -2 (floor), 0, 2, 4, 6 (floor)
+    q5 = np.array([[[10, 20, 30, 40, 50]]], np.uint8)
+    assert RA.augment_levels(q5, z, stretch=RA.stretch_table([0.5], 5)).tolist() == [[[0, 10, 30, 50, 0]]]
+    # a position just left of column 0 interpolates with the floor: -0.5 -> (0 * 128 + 10 * 128 + 128) >> 8 = 5
+    assert RA.augment_levels(q5, z, stretch=np.array([[-128, 0, 256, 512, 1152]], np.int32)).tolist() == \
+        [[[5, 10, 20, 30, 25]]]
+    # both tables: bilinear; the identity tables are the plain image
+    qb = levels(2, 6, 7, seed=4)
+    pb = np.zeros((2, 2), np.int32)
+    ident_w, ident_s = RA.warp_table([1.0, 1.0], 6), RA.stretch_table([1.0, 1.0], 7)
+    assert np.array_equal(RA.augment_levels(qb, pb, ident_w, ident_s), qb)
+    wt, st = np.array([[128] * 6, [0] * 6], np.int32), np.array([[128] * 7, [64] * 7], np.int32)
+    lb = RA.augment_levels(qb, pb, wt, st)
+    qi = qb.astype(np.int64)
+    a0 = qi[0, 0, 0] * 128 + qi[0, 1, 0] * 128
+    a1 = qi[0, 0, 1] * 128 + qi[0, 1, 1] * 128
+    assert lb[0, 3, 2] == (a0 * 128 + a1 * 128 + 32768) >> 16
+    assert lb[1, 4, 5] == (qi[1, 0, 0] * 256 * 192 + qi[1, 0, 1] * 256 * 64 + 32768) >> 16
+
+
 # ----------------------------------------------------------------------------- CPU kernel
 def random_warp(n, h, seed):
     return RA.warp_table(np.random.default_rng(seed).uniform(0.85, 1.15, n), h)
+
+
+def random_stretch(n, w, seed):
+    return RA.stretch_table(np.random.default_rng(seed).uniform(0.7, 1.3, n), w)
 
 
 def random_params(n, h, w, m, seed):
@@ -176,6 +212,11 @@ def test_cpu_augment_equals_reference_bitwise(n, h, w, m, dtype):
     assert np.array_equal(out, RA.augment_batch(q, p, None, wt).astype(dtype))
     C.augment.augment_batch(out3, q, p, lut, wt)
     assert np.array_equal(out3, RA.augment_batch(q, p, lut, wt).astype(dtype))
+    st = random_stretch(n, w, seed=n + w)  # with the time stretch, alone and with the warp
+    C.augment.augment_batch(out, q, p, None, None, st)
+    assert np.array_equal(out, RA.augment_batch(q, p, None, None, st).astype(dtype))
+    C.augment.augment_batch(out3, q, p, lut, wt, st)
+    assert np.array_equal(out3, RA.augment_batch(q, p, lut, wt, st).astype(dtype))
 
 
 def test_cpu_augment_rejects_bad_warps():
@@ -187,6 +228,8 @@ def test_cpu_augment_rejects_bad_warps():
         C.augment.augment_batch(out, q, p, None, np.zeros((2, 4), np.int64))
     with pytest.raises(ValueError, match="warp entries"):
         C.augment.augment_batch(out, q, p, None, np.full((2, 4), 3 * 256 + 1, np.int32))
+    with pytest.raises(ValueError, match="stretch must be int32"):
+        C.augment.augment_batch(out, q, p, None, None, np.zeros((2, 4), np.int32))
 
 
 def test_cpu_augment_rejects_bad_arguments():
@@ -277,7 +320,22 @@ def test_draw_warp_seeded_in_range_and_equal_to_the_reference():
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
 
 
-def test_augment_batch_applies_the_seeded_warp():
+def test_draw_stretch_seeded_in_range_and_equal_to_the_reference():
+    cfg = A.AugmentConfig(time_stretch=0.2)
+    tab, beta = A.draw_stretch(cfg, 5, 1, 2, 300, 159)
+    assert tab.shape == (300, 159) and tab.dtype == np.int32
+    assert 0.8 <= beta.min() < 0.82 and 1.18 < beta.max() <= 1.2
+    assert np.array_equal(tab, RA.stretch_table(beta, 159))
+    assert np.array_equal(A.draw_stretch(cfg, 5, 1, 2, 300, 159)[0], tab)
+    assert not np.array_equal(A.draw_stretch(cfg, 5, 1, 3, 300, 159)[1], beta)
+    assert A.draw_stretch(CFG, 5, 1, 2, 4, 159) == (None, None)
+    both = A.AugmentConfig(freq_warp=0.1, time_stretch=0.2)  # independent streams
+    assert np.array_equal(A.draw_warp(both, 5, 1, 2, 300, 102)[1], A.draw_warp(A.AugmentConfig(freq_warp=0.1), 5, 1,
+                                                                                2, 300, 102)[1])
+    assert np.array_equal(A.draw_stretch(both, 5, 1, 2, 300, 159)[1], beta)
+
+
+def test_augment_batch_applies_the_seeded_warp_and_stretch():
     cfg = A.AugmentConfig(freq_warp=0.1, gain_db=6.0, n_masks=1, freq_mask=4, time_mask=4)
     q, y = levels(5, 30, 16, seed=3), np.arange(5, dtype=np.int64) % 3
     lut = lut32()
@@ -286,7 +344,12 @@ def test_augment_batch_applies_the_seeded_warp():
     tab, _ = A.draw_warp(cfg, 2, 1, 4, 5, 30)
     assert t is y and np.array_equal(x, RA.augment_batch(q, p, lut, tab).astype(np.float32))
     assert not np.array_equal(x, RA.augment_batch(q, p, lut).astype(np.float32))  # really warped
-    assert cfg.image_on and A.AugmentConfig(freq_warp=0.1).enabled
+    assert cfg.image_on and A.AugmentConfig(freq_warp=0.1).enabled and A.AugmentConfig(time_stretch=0.1).enabled
+    cfg2 = A.AugmentConfig(**{**cfg.to_dict(), "time_stretch": 0.2, "time_shift": 0.1})
+    x2, _ = A.augment_batch(q, y, cfg2, 2, 1, 4, 3)
+    p2, _, _ = A.draw_params(cfg2, 2, 1, 4, 5, 30, 16)
+    st, _ = A.draw_stretch(cfg2, 2, 1, 4, 5, 16)
+    assert np.array_equal(x2, RA.augment_batch(q, p2, None, tab, st).astype(np.float32))
 
 
 def test_augment_batch_masks_land_where_the_seed_says():
@@ -337,8 +400,10 @@ def test_augment_config_checks_and_round_trip():
                                             freq_warp=0.6))
     assert [b[0] for b in bad] == ["freq_mask", "gain_db", "mixup", "time_shift", "freq_warp"]
     assert A.config_problems(A.AugmentConfig(freq_warp=-0.1))[0][0] == "freq_warp"
-    old = {k: v for k, v in A.DEFAULT.to_dict().items() if k != "freq_warp"}  # a config.json from before the warp
-    assert A.AugmentConfig.from_dict(old).freq_warp == 0.0
+    assert A.config_problems(A.AugmentConfig(time_stretch=0.7))[0][0] == "time_stretch"
+    old = {k: v for k, v in A.DEFAULT.to_dict().items() if k not in ("freq_warp", "time_stretch")}  # older config.json
+    assert A.AugmentConfig.from_dict(old) == A.AugmentConfig(**{**A.DEFAULT.to_dict(), "freq_warp": 0.0,
+                                                                "time_stretch": 0.0})
     with pytest.raises(ValueError, match="freq_mask"):
         A.augment_batch(levels(1, 2, 2), np.zeros(1, np.int64), A.AugmentConfig(freq_mask=-1), 0, 0, 0, 2)
 
@@ -350,6 +415,7 @@ def test_cli_freq_warp_flag_and_reproduce_default_off():
     p = cli.build_parser()
     train = cli.augment_config(p.parse_args(["train", "--freq-warp", "0.1"]))
     assert train == {**A.DEFAULT.to_dict(), "freq_warp": 0.1}
+    assert cli.augment_config(p.parse_args(["train", "--time-stretch", "0.2"]))["time_stretch"] == 0.2
     assert cli.augment_config(p.parse_args(["train"])) == A.DEFAULT.to_dict()
     assert cli.augment_config(p.parse_args(["reproduce", "--audio-dir", "x", "--metadata", "y"])) == A.OFF.to_dict()
     only = cli.augment_config(p.parse_args(["reproduce", "--audio-dir", "x", "--metadata", "y", "--freq-warp", "0.1"]))
@@ -457,12 +523,13 @@ def test_gpu_augment_equals_cpu_bitwise(G, n, h, w, m, dtype):
         og = cp.empty((n, c, h, w), dtype)
         G.augment.augment_batch(og, cp.asarray(q), cp.asarray(p), None if lt is None else cp.asarray(lt))
         assert np.array_equal(og.get(), oc), c
-        wt = random_warp(n, h, seed=w)  # with the VTLP warp
-        C.augment.augment_batch(oc, q, p, lt, wt)
-        G.augment.augment_batch(og, cp.asarray(q), cp.asarray(p), None if lt is None else cp.asarray(lt),
-                                cp.asarray(wt))
-        assert np.array_equal(og.get(), oc), c
-        assert np.array_equal(oc, RA.augment_batch(q, p, lt, wt).astype(dtype)), c
+        wt, st = random_warp(n, h, seed=w), random_stretch(n, w, seed=h)  # with the VTLP warp and the stretch
+        for wa, sa in ((wt, None), (None, st), (wt, st)):
+            C.augment.augment_batch(oc, q, p, lt, wa, sa)
+            G.augment.augment_batch(og, cp.asarray(q), cp.asarray(p), None if lt is None else cp.asarray(lt),
+                                    None if wa is None else cp.asarray(wa), None if sa is None else cp.asarray(sa))
+            assert np.array_equal(og.get(), oc), c
+            assert np.array_equal(oc, RA.augment_batch(q, p, lt, wa, sa).astype(dtype)), c
 
 
 @pytest.mark.gpu
@@ -510,7 +577,7 @@ def test_gpu_engine_augment_batch_equals_cpu(G):
 
     q, y = levels(8, 20, 24), np.array([0, 1, 2, 0, 1, 2, 0, 1], np.int64)
     lut = lut32()
-    for cfg in (CFG, A.AugmentConfig(**{**CFG.to_dict(), "freq_warp": 0.1})):
+    for cfg in (CFG, A.AugmentConfig(**{**CFG.to_dict(), "freq_warp": 0.1, "time_stretch": 0.2})):
         xc, tc = A.augment_batch(q, y, cfg, 1, 3, 5, 3, lut=lut)
         bufs = {}
         for _ in range(2):  # the second call reuses the device buffers

@@ -293,7 +293,7 @@ def test_resume_from_truncated_checkpoint_is_a_clean_error(tiny_data, tmp_path, 
 def test_resume_with_augmentation_is_bit_exact(tiny_data, tmp_path):
     """Every augmentation on (mixup too): stopped mid-epoch and resumed = uninterrupted; and it is really applied."""
     aug = ["--freq-mask", "6", "--time-mask", "8", "--n-masks", "2", "--gain-db", "6", "--time-shift", "0.2",
-           "--mixup", "0.4", "--freq-warp", "0.1"]
+           "--mixup", "0.4", "--freq-warp", "0.1", "--time-stretch", "0.2"]
     common = ["--epochs", "2", "--batch-size", "4", "--checkpoint-every", "1", "--seed", "3", *aug]
     ref, run, off = tmp_path / "ref", tmp_path / "stopped", tmp_path / "off"
     assert cli.main(train_args(tiny_data, ref, *common)) == 0
@@ -307,11 +307,11 @@ def test_resume_with_augmentation_is_bit_exact(tiny_data, tmp_path):
         np.testing.assert_array_equal(wr[k], wk[k], err_msg=k)
     conf = json.loads((ref / "config.json").read_text())
     assert conf["train"]["augment"] == dict(freq_mask=6, time_mask=8, n_masks=2, gain_db=6.0, time_shift=0.2,
-                                            mixup=0.4, freq_warp=0.1)
+                                            mixup=0.4, freq_warp=0.1, time_stretch=0.2)
     assert cli.main(train_args(tiny_data, off, "--epochs", "2", "--batch-size", "4", "--seed", "3",
                                "--augment", "off")) == 0
     off_aug = json.loads((off / "config.json").read_text())["train"]["augment"]
-    assert off_aug["mixup"] == 0.0 and off_aug["freq_warp"] == 0.0
+    assert off_aug["mixup"] == 0.0 and off_aug["freq_warp"] == 0.0 and off_aug["time_stretch"] == 0.0
     assert metrics_lines(off)[0]["train_loss"] != metrics_lines(ref)[0]["train_loss"]
 
 

@@ -7,16 +7,19 @@ Plain NumPy, slow and obviously correct; nothing here imports ``kernels/``.
 ``(N, C, H, W)`` in four steps, per sample ``n`` with the integer parameters
 of row ``params[n]`` (layout: :data:`P_SHIFT`, :data:`P_LEVEL`, then ``M``
 frequency masks ``(start, width)``, then ``M`` time masks ``(start, width)``)
-and, optionally, the frequency-warp table row ``warp[n]``:
+and, optionally, the fixed-point resampling tables ``warp[n]`` (rows) and
+``stretch[n]`` (columns):
 
-0. frequency warp (vocal-tract-length perturbation, Jaitly and Hinton 2013,
-   "Vocal tract length perturbation (VTLP) improves speech recognition"):
-   output row ``r`` reads the input at row ``u = warp[n, r] / 256`` (fixed
-   point, 8 fraction bits), linearly interpolated in integers:
-   ``(q[r0] (256 - f) + q[r1] f + 128) >> 8`` with ``r0 = u_q >> 8``,
-   ``f = u_q & 255``, ``r1 = min(r0 + 1, H - 1)``. :func:`vtlp_rows` gives
-   ``u`` for a warp factor ``alpha`` (the table is ``rint(256 u)``,
-   :func:`warp_table`); no table is the identity;
+0. resampling (no table: the identity), in fixed point with 8 fraction bits:
+   output row ``r`` reads the input at row ``warp[n, r] / 256`` and output
+   column ``c`` at column ``stretch[n, c] / 256``, bilinearly interpolated in
+   integers (:func:`resample_levels`; columns outside the image read level 0).
+   ``warp`` is the frequency warp of vocal-tract-length perturbation (Jaitly
+   and Hinton 2013, "Vocal tract length perturbation (VTLP) improves speech
+   recognition"; :func:`vtlp_rows`); ``stretch`` a time stretch about the
+   window's centre (:func:`stretch_columns`); together they are speed
+   perturbation (Ko et al. 2015, "Audio augmentation for speech
+   recognition": resampling the audio scales both axes);
 1. time shift by ``s = params[n, 0]`` columns: output column ``w`` reads input
    column ``w - s``; columns shifted in from outside the window are level 0
    (the image's floor: silence);
@@ -43,7 +46,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["P_SHIFT", "P_LEVEL", "WARP_ONE", "VTLP_BOUNDARY", "n_params", "vtlp_rows", "warp_table",
-           "augment_levels", "augment_batch", "mixup_batch"]
+           "stretch_columns", "stretch_table", "resample_levels", "augment_levels", "augment_batch", "mixup_batch"]
 
 #: Column of the time shift (in image columns) and of the brightness shift (in levels) in a params row.
 P_SHIFT, P_LEVEL = 0, 1
@@ -113,31 +116,80 @@ def _check(q, params):
     return q, params.astype(np.int64)
 
 
-def _warp(q, warp):
-    """Step 0: int64 ``(N, H, W)`` levels of ``q`` resampled along the rows through the fixed-point ``warp``."""
+def stretch_columns(beta, width: int):
+    """Source column of each output column under a time stretch by ``beta`` about the centre, in float64.
+
+    ``u = m + (c - m) / beta`` with ``m = (width - 1) / 2``: ``beta > 1``
+    lengthens the content (slower speech), ``beta < 1`` shortens it; columns
+    read from outside ``[0, width - 1]`` are the floor (level 0).
+    """
+    beta = float(beta)
+    if not beta > 0:
+        raise ValueError(f"stretch_columns: beta must be > 0, got {beta}")
+    m = (width - 1) / 2.0
+    return m + (np.arange(width, dtype=np.float64) - m) / beta
+
+
+def stretch_table(betas, width: int):
+    """Fixed-point stretch table: ``rint(256 stretch_columns(beta))`` per sample, int32 ``(N, W)``."""
+    return np.stack([np.rint(WARP_ONE * stretch_columns(b, width)) for b in np.asarray(betas, np.float64)]
+                    ).astype(np.int32).reshape(len(betas), width)
+
+
+def resample_levels(q, warp=None, stretch=None):
+    """Step 0: int64 ``(N, H, W)`` levels of ``q`` read at the fixed-point positions of the tables.
+
+    With ``ur = warp[n, r]`` (in ``[0, 256 (H - 1)]``) and ``uc = stretch[n, c]``
+    (any int32; ``r * 256`` and ``c * 256`` without a table): ``r0 = ur >> 8``,
+    ``fr = ur & 255``, ``r1 = min(r0 + 1, H - 1)``, ``c0 = uc >> 8`` (floor),
+    ``fc = uc & 255``, ``L(r, c) = q[r, c]`` inside the image and 0 for a
+    column outside; ``A(c) = L(r0, c) (256 - fr) + L(r1, c) fr`` and the level
+    is ``(A(c0) (256 - fc) + A(c0 + 1) fc + 32768) >> 16``. Without tables it
+    is ``q`` exactly; with one table it is the 1-D linear interpolation
+    ``(a (256 - f) + b f + 128) >> 8``.
+    """
+    q = np.asarray(q)
     n, h, w = q.shape
-    warp = np.asarray(warp)
-    if warp.shape != (n, h):
-        raise ValueError(f"warp must be ({n}, {h}) integers, got shape {warp.shape}")
-    u = warp.astype(np.int64)
-    if u.min(initial=0) < 0 or u.max(initial=0) > WARP_ONE * (h - 1):
-        raise ValueError(f"warp entries must be in [0, {WARP_ONE * (h - 1)}]")
-    r0 = u >> 8
-    f = (u & (WARP_ONE - 1))[:, :, None]
+    if warp is None:
+        ur = np.broadcast_to(np.arange(h, dtype=np.int64) * WARP_ONE, (n, h))
+    else:
+        ur = np.asarray(warp)
+        if ur.shape != (n, h):
+            raise ValueError(f"warp must be ({n}, {h}) integers, got shape {ur.shape}")
+        ur = ur.astype(np.int64)
+        if ur.min(initial=0) < 0 or ur.max(initial=0) > WARP_ONE * (h - 1):
+            raise ValueError(f"warp entries must be in [0, {WARP_ONE * (h - 1)}]")
+    if stretch is None:
+        uc = np.broadcast_to(np.arange(w, dtype=np.int64) * WARP_ONE, (n, w))
+    else:
+        uc = np.asarray(stretch)
+        if uc.shape != (n, w):
+            raise ValueError(f"stretch must be ({n}, {w}) integers, got shape {uc.shape}")
+        uc = uc.astype(np.int64)
+    r0, fr = ur >> 8, ur & (WARP_ONE - 1)
     r1 = np.minimum(r0 + 1, h - 1)
-    qi = q.astype(np.int64)
-    a = np.take_along_axis(qi, r0[:, :, None], axis=1)
-    b = np.take_along_axis(qi, r1[:, :, None], axis=1)
-    return (a * (WARP_ONE - f) + b * f + WARP_ONE // 2) >> 8
+    c0, fc = uc >> 8, uc & (WARP_ONE - 1)
+    pad = np.zeros((n, h, w + 2), np.int64)  # L: columns -1 and w are the floor
+    pad[:, :, 1:w + 1] = q
+    out = np.empty((n, h, w), np.int64)
+    for i in range(n):
+        a0 = np.clip(c0[i], -1, w) + 1  # column index into pad (outside -> a floor column)
+        a1 = np.clip(c0[i] + 1, -1, w) + 1
+        rows0, rows1 = pad[i, r0[i]], pad[i, r1[i]]  # (h, w + 2)
+        wr0, wr1 = (WARP_ONE - fr[i])[:, None], fr[i][:, None]
+        A0 = rows0[:, a0] * wr0 + rows1[:, a0] * wr1
+        A1 = rows0[:, a1] * wr0 + rows1[:, a1] * wr1
+        out[i] = (A0 * (WARP_ONE - fc[i])[None] + A1 * fc[i][None] + 32768) >> 16
+    return out
 
 
-def augment_levels(q, params, warp=None):
+def augment_levels(q, params, warp=None, stretch=None):
     """Steps 0-3 of the module docstring on the levels: int64 ``(N, H, W)`` in ``[0, 255]``."""
     q, params = _check(q, params)
     n, h, w = q.shape
     m = (params.shape[1] - 2) // 4
-    if warp is not None:
-        q = _warp(q, warp)
+    if warp is not None or stretch is not None:
+        q = resample_levels(q, warp, stretch)
     out = np.zeros((n, h, w), np.int64)
     for i in range(n):
         s = int(params[i, P_SHIFT])
@@ -155,7 +207,7 @@ def augment_levels(q, params, warp=None):
     return out
 
 
-def augment_batch(q, params, lut=None, warp=None):
+def augment_batch(q, params, lut=None, warp=None, stretch=None):
     """Reference of ``kernels.*.augment.augment_batch``: float64 ``(N, C, H, W)``.
 
     Parameters
@@ -169,6 +221,8 @@ def augment_batch(q, params, lut=None, warp=None):
         Colormap table (RGB output, ``C = 3``); None gives mono (``C = 1``).
     warp : np.ndarray [shape=(N, H), integer] or None
         Fixed-point source row of each output row (:func:`warp_table`); None: no warp.
+    stretch : np.ndarray [shape=(N, W), integer] or None
+        Fixed-point source column of each output column (:func:`stretch_table`); None: no stretch.
 
     Returns
     -------
@@ -181,7 +235,7 @@ def augment_batch(q, params, lut=None, warp=None):
     ValueError
         On a wrong dtype or shape.
     """
-    lev = augment_levels(q, params, warp)
+    lev = augment_levels(q, params, warp, stretch)
     if lut is None:
         return (lev * np.float64(np.float32(1.0 / 255.0)))[:, None]
     lut = np.asarray(lut, dtype=np.float64)

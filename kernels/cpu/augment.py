@@ -14,7 +14,8 @@ Entry points (outputs first, preallocated by the caller and reused):
   float32/64, ``q (N, H, W)`` uint8, ``params (N, 2 + 4M)`` int32, ``lut
   (256, 3)`` of ``out``'s dtype for ``C = 3`` (ignored, may be None, for
   ``C = 1``), ``warp (N, H)`` int32 the fixed-point source row of each output
-  row (VTLP; None: no warp).
+  row (VTLP; None: no warp), ``stretch (N, W)`` int32 the fixed-point source
+  column of each output column (time stretch; None: none).
 * ``mixup_batch(out, targets, x, y, perm, lam)``: ``out`` like ``x``
   ``(N, ...)`` (must not be ``x``), ``targets (N, K)`` soft labels of
   ``out``'s dtype, ``y (N,)`` int64, ``perm (N,)`` int64, ``lam`` a float.
@@ -32,8 +33,15 @@ __all__ = ["augment_batch", "mixup_batch", "MONO_SCALE"]
 MONO_SCALE = float(np.float32(1.0 / 255.0))
 
 
+@njit(cache=True, inline="always")
+def _level(q, i, r, c, w):
+    if 0 <= c < w:
+        return np.int32(q[i, r, c])
+    return np.int32(0)
+
+
 @njit(parallel=True, cache=True)
-def _augment(out, q, params, lut, n_masks, rgb, scale, warp, warped):
+def _augment(out, q, params, lut, n_masks, rgb, scale, warp, warped, stretch, stretched):
     n, h, w = q.shape
     for i in prange(n):
         s = params[i, 0]
@@ -42,7 +50,7 @@ def _augment(out, q, params, lut, n_masks, rgb, scale, warp, warped):
             r0 = r
             r1 = r
             fr = np.int32(0)
-            if warped:  # VTLP: read the source row warp / 256, interpolated in integers
+            if warped:  # VTLP: read the source row warp / 256 (engine.reference.augment.resample_levels)
                 u = np.int32(warp[i, r])
                 r0 = u >> 8
                 fr = u & 255
@@ -57,8 +65,15 @@ def _augment(out, q, params, lut, n_masks, rgb, scale, warp, warped):
                 src = c - s
                 v = np.int32(0)
                 if 0 <= src < w:
-                    if warped:
-                        v = (np.int32(q[i, r0, src]) * (256 - fr) + np.int32(q[i, r1, src]) * fr + 128) >> 8
+                    if stretched:  # time stretch: the source column stretch / 256 (floor outside the image)
+                        uc = np.int32(stretch[i, src])
+                        c0 = uc >> 8
+                        fc = uc & 255
+                        a0 = _level(q, i, r0, c0, w) * (256 - fr) + _level(q, i, r1, c0, w) * fr
+                        a1 = _level(q, i, r0, c0 + 1, w) * (256 - fr) + _level(q, i, r1, c0 + 1, w) * fr
+                        v = np.int32((a0 * (256 - fc) + a1 * fc + 32768) >> 16)
+                    elif warped:
+                        v = np.int32((np.int32(q[i, r0, src]) * (256 - fr) + np.int32(q[i, r1, src]) * fr + 128) >> 8)
                     else:
                         v = np.int32(q[i, r, src])
                 v += g
@@ -95,7 +110,7 @@ def _mixup(out, targets, x, y, perm, lam, mlam):
         targets[i, y[j]] += mlam
 
 
-def _check_augment(out, q, params, lut, warp=None):
+def _check_augment(out, q, params, lut, warp=None, stretch=None):
     if not isinstance(q, np.ndarray) or q.ndim != 3 or q.dtype != np.uint8 or not q.flags.c_contiguous:
         raise ValueError(f"q must be a C-contiguous uint8 (N, H, W) array, got {getattr(q, 'dtype', type(q))} "
                          f"shape {getattr(q, 'shape', None)}")
@@ -119,11 +134,17 @@ def _check_augment(out, q, params, lut, warp=None):
         if warp.size and (int(warp.min()) < 0 or int(warp.max()) > 256 * (h - 1)):
             raise ValueError(f"warp entries must be in [0, {256 * (h - 1)}] (source rows x 256), got range "
                              f"[{int(warp.min())}, {int(warp.max())}]")
+    if stretch is not None:
+        if not isinstance(stretch, np.ndarray) or stretch.shape != (n, w) or stretch.dtype != np.int32:
+            raise ValueError(f"stretch must be int32 ({n}, {w}), got {getattr(stretch, 'dtype', type(stretch))} "
+                             f"{getattr(stretch, 'shape', None)}")
+        if stretch.size and (int(np.abs(stretch).max()) > 2 ** 30):
+            raise ValueError("stretch entries must be within +-2**30 (source columns x 256)")
     return rgb, (params.shape[1] - 2) // 4
 
 
-def augment_batch(out, q, params, lut=None, warp=None):
-    """Warp, shift, gain and mask the uint8 levels ``q`` and decode them into ``out`` (see the module docstring).
+def augment_batch(out, q, params, lut=None, warp=None, stretch=None):
+    """Warp, stretch, shift, gain and mask the uint8 levels ``q`` and decode them into ``out`` (see the module docstring).
 
     Parameters
     ----------
@@ -139,17 +160,22 @@ def augment_batch(out, q, params, lut=None, warp=None):
         VTLP frequency warp: output row ``r`` of sample ``n`` reads source row
         ``warp[n, r] / 256``, linearly interpolated in integers
         (``engine.reference.augment``, step 0); None: no warp.
+    stretch : np.ndarray [shape=(N, W), dtype=int32] or None
+        Time stretch: output column ``c`` reads source column ``stretch[n, c] / 256``
+        (the floor outside the image), bilinear with the warp; None: no stretch.
 
     Raises
     ------
     ValueError
         On a wrong shape, dtype or layout, or warp rows outside the image.
     """
-    rgb, m = _check_augment(out, q, params, lut, warp)
+    rgb, m = _check_augment(out, q, params, lut, warp, stretch)
     lut_a = lut if rgb else np.zeros((1, 3), out.dtype)
-    warped = warp is not None
+    warped, stretched = warp is not None, stretch is not None
     warp_a = np.ascontiguousarray(warp) if warped else np.zeros((1, 1), np.int32)
-    _run(out.size, _augment, out, q, np.ascontiguousarray(params), lut_a, m, rgb, MONO_SCALE, warp_a, warped)
+    stretch_a = np.ascontiguousarray(stretch) if stretched else np.zeros((1, 1), np.int32)
+    _run(out.size, _augment, out, q, np.ascontiguousarray(params), lut_a, m, rgb, MONO_SCALE, warp_a, warped,
+         stretch_a, stretched)
 
 
 def mixup_batch(out, targets, x, y, perm, lam):

@@ -1,7 +1,7 @@
 """Batch-time augmentation on the GPU (``cuda/augment.cu``), same entry points as :mod:`kernels.cpu.augment`.
 
-``augment_batch(out, q, params, lut, warp=None)``: VTLP frequency warp, time shift, brightness shift and
-SpecAugment masks on the uint8 levels ``q (N, H, W)``, decoded into ``out
+``augment_batch(out, q, params, lut, warp=None, stretch=None)``: VTLP frequency
+warp, time stretch, time shift, brightness shift and SpecAugment masks on the uint8 levels ``q (N, H, W)``, decoded into ``out
 (N, C, H, W)`` (mono ``level * float32(1/255)``, RGB ``lut[level]``), one
 thread per output pixel; bit-identical to the CPU for the same ``params``
 (integer arithmetic and a table look-up). ``mixup_batch(out, targets, x, y,
@@ -20,8 +20,8 @@ from . import _launch as L
 __all__ = ["augment_batch", "mixup_batch"]
 
 
-def augment_batch(out, q, params, lut=None, warp=None):
-    """Warp, shift, gain and mask ``q`` and decode it into ``out`` (see :func:`kernels.cpu.augment.augment_batch`).
+def augment_batch(out, q, params, lut=None, warp=None, stretch=None):
+    """Warp, stretch, shift, gain and mask ``q`` and decode it into ``out`` (see :func:`kernels.cpu.augment.augment_batch`).
 
     Parameters
     ----------
@@ -32,6 +32,8 @@ def augment_batch(out, q, params, lut=None, warp=None):
     warp : cupy.ndarray [shape=(N, H), dtype=int32] or None
         VTLP: fixed-point source row of each output row (entries in ``[0, 256 (H - 1)]``;
         not range-checked on the device: the host draws them; the CPU twin checks); None: no warp.
+    stretch : cupy.ndarray [shape=(N, W), dtype=int32] or None
+        Time stretch: fixed-point source column of each output column; None: no stretch.
 
     Raises
     ------
@@ -58,15 +60,14 @@ def augment_batch(out, q, params, lut=None, warp=None):
     else:
         lut = out  # never read for mono
     m = (params.shape[1] - 2) // 4
-    warped = warp is not None
-    if warped:
-        warp = L.check("warp", warp, (n, h), np.int32)
-    else:
-        warp = params  # never read without a warp
+    warped, stretched = warp is not None, stretch is not None
+    params = L.contig(params)
+    warp = L.check("warp", warp, (n, h), np.int32) if warped else params  # never read without a table
+    stretch = L.check("stretch", stretch, (n, w), np.int32) if stretched else params
     L.kernel("augment.cu", "augment_batch", dt)(
         L.flat_grid(out.size // out.shape[1]), (L.THREADS,),
-        (out, L.contig(q), L.contig(params), lut, L.contig(warp), L.i32(n), L.i32(h), L.i32(w), L.i32(m),
-         L.i32(int(rgb)), L.i32(int(warped))))
+        (out, L.contig(q), params, lut, warp, stretch, L.i32(n), L.i32(h), L.i32(w), L.i32(m),
+         L.i32(int(rgb)), L.i32(int(warped)), L.i32(int(stretched))))
 
 
 def mixup_batch(out, targets, x, y, perm, lam):

@@ -2,7 +2,9 @@
 //
 // augment_batch: one thread per output pixel (n, h, w), grid-stride (64-bit):
 // optional VTLP frequency warp (warped != 0: output row r reads source row
-// warp[n, r] / 256, interpolated in integers: (q[r0] (256 - f) + q[r1] f + 128) >> 8),
+// warp[n, r] / 256, interpolated in integers: (q[r0] (256 - f) + q[r1] f + 128) >> 8)
+// and time stretch (stretched != 0: column c reads source column stretch[n, c] / 256,
+// level 0 outside the image; bilinear with the warp, (A0 (256 - fc) + A1 fc + 32768) >> 16),
 // time shift (fill level 0), brightness shift in levels clipped to [0, 255],
 // SpecAugment frequency and time masks (level 0), then the decode of
 // Dataset.decode: mono level * float32(1/255) (exact in double, rounded once),
@@ -14,8 +16,13 @@
 // --fmad=false, the CPU's float expression), targets = mixed one-hot labels.
 #include "common.cuh"
 
+__device__ __forceinline__ int aug_level(const unsigned char* qn, int r, int c, int W) {
+    return (c >= 0 && c < W) ? (int)qn[(i64)r * W + c] : 0;
+}
+
 extern "C" __global__ void augment_batch(real* out, const unsigned char* q, const int* params, const real* lut,
-                                         const int* warp, int N, int H, int W, int M, int rgb, int warped) {
+                                         const int* warp, const int* stretch, int N, int H, int W, int M,
+                                         int rgb, int warped, int stretched) {
     const i64 plane = (i64)H * W, total = (i64)N * plane;
     const int P = 2 + 4 * M;
     const double mono_scale = (double)(float)(1.0 / 255.0);
@@ -27,13 +34,24 @@ extern "C" __global__ void augment_batch(real* out, const unsigned char* q, cons
         const int src = c - pr[0];
         int v = 0;
         if (src >= 0 && src < W) {
+            const unsigned char* qn = q + (i64)n * plane;
+            int r0 = r, r1 = r, fr = 0;
             if (warped) {
                 const int u = warp[(i64)n * H + r];
-                const int r0 = u >> 8, f = u & 255, r1 = r0 + 1 < H ? r0 + 1 : H - 1;
-                v = ((int)q[(i64)n * plane + (i64)r0 * W + src] * (256 - f)
-                     + (int)q[(i64)n * plane + (i64)r1 * W + src] * f + 128) >> 8;
+                r0 = u >> 8;
+                fr = u & 255;
+                r1 = r0 + 1 < H ? r0 + 1 : H - 1;
+            }
+            if (stretched) {
+                const int uc = stretch[(i64)n * W + src];
+                const int c0 = uc >> 8, fc = uc & 255;  // arithmetic shift: floor, as NumPy's and Numba's
+                const int a0 = aug_level(qn, r0, c0, W) * (256 - fr) + aug_level(qn, r1, c0, W) * fr;
+                const int a1 = aug_level(qn, r0, c0 + 1, W) * (256 - fr) + aug_level(qn, r1, c0 + 1, W) * fr;
+                v = (a0 * (256 - fc) + a1 * fc + 32768) >> 16;
+            } else if (warped) {
+                v = ((int)qn[(i64)r0 * W + src] * (256 - fr) + (int)qn[(i64)r1 * W + src] * fr + 128) >> 8;
             } else {
-                v = (int)q[(i64)n * plane + (i64)r * W + src];
+                v = (int)qn[(i64)r * W + src];
             }
         }
         v += pr[1];
