@@ -15,7 +15,7 @@ Thread counts are left at the libraries' defaults (all cores).
 import numpy as np
 import pytest
 
-from engine.reference import conv as ref
+from engine.reference import conv2d as ref
 from kernels import Workspace
 from kernels.cpu import conv2d as K
 
@@ -106,7 +106,7 @@ def test_reference_float64(benchmark, case, pass_):
     x, wt, b, g = (c[k].astype(np.float64) for k in ("x", "wt", "b", "g"))
     fn = {
         "fwd": lambda: ref.conv2d_forward(x, wt, b, 1, 1),
-        "bwd_input": lambda: ref.conv2d_backward(g, x, wt, 1, 1),
-        "bwd_weight": lambda: ref.conv2d_backward(g, x, wt, 1, 1),
+        "bwd_input": lambda: ref.conv2d_backward_input(g, wt, x.shape, 1, 1),
+        "bwd_weight": lambda: ref.conv2d_backward_weight(g, x, wt.shape[2:], 1, 1),
     }[pass_]
     _run(benchmark, c, pass_, fn)

@@ -30,7 +30,7 @@ from engine import augment as A
 from engine.gradcheck import rel_error
 from engine.losses import SoftmaxCrossEntropy
 from engine.reference import augment as RA
-from engine.reference import ops as RO
+from engine.reference import softmax_xent as RO
 
 EMULATED = bool(os.environ.get("HITCNN_GPU_EMULATE"))
 if EMULATED:

@@ -16,7 +16,8 @@ import numba
 import numpy as np
 import pytest
 
-from engine.reference import conv as ref
+from engine.reference import conv2d as ref
+from engine.reference import linear as ref_linear
 from kernels import Workspace
 from kernels.cpu import conv2d as K
 from kernels.cpu import linear as L
@@ -76,7 +77,8 @@ def test_conv_matches_reference(case, dt, variant, monkeypatch):
     x, wt, b, g, s, p = _data(case, dt)
     out, dx, dw, db = _run(x, wt, b, g, s, p, Workspace())
     r_out = ref.conv2d_forward(x, wt, b, s, p)
-    r_dx, r_dw, r_db = ref.conv2d_backward(g, x, wt, s, p)
+    r_dx = ref.conv2d_backward_input(g, wt, x.shape, s, p)
+    r_dw, r_db = ref.conv2d_backward_weight(g, x, wt.shape[2:], s, p)
     for got, want in [(out, r_out), (dx, r_dx), (dw, r_dw), (db, r_db)]:
         assert got.dtype == dt
         np.testing.assert_allclose(got, want, **TOL[dt])
@@ -112,7 +114,7 @@ def test_bias_none():
     np.testing.assert_allclose(out, ref.conv2d_forward(x, wt, None, s, p), **TOL[np.float64])
     dw = np.zeros(wt.shape)
     K.conv2d_backward_weight(dw, None, g, x, s, p, Workspace())
-    np.testing.assert_allclose(dw, ref.conv2d_backward(g, x, wt, s, p)[1], **TOL[np.float64])
+    np.testing.assert_allclose(dw, ref.conv2d_backward_weight(g, x, wt.shape[2:], s, p)[0], **TOL[np.float64])
 
 
 def test_known_values_3x3():
@@ -152,7 +154,8 @@ def test_reference_conv_matches_finite_differences():
     b = rng.standard_normal(3)
     s, p = 2, 1
     g = rng.standard_normal(ref.conv2d_forward(x, wt, b, s, p).shape)
-    dx, dw, db = ref.conv2d_backward(g, x, wt, s, p)
+    dx = ref.conv2d_backward_input(g, wt, x.shape, s, p)
+    dw, db = ref.conv2d_backward_weight(g, x, wt.shape[2:], s, p)
     h = 1e-6
 
     def numgrad(arr):
@@ -182,10 +185,10 @@ def test_non_contiguous_inputs_are_handled():
     np.testing.assert_allclose(out, ref.conv2d_forward(xt, wt, b, s, p), **TOL[np.float64])
     dx = np.empty(x.shape)
     K.conv2d_backward_input(dx, gt, wt[..., ::-1].copy()[..., ::-1], s, p, ws)
-    np.testing.assert_allclose(dx, ref.conv2d_backward(g, x, wt, s, p)[0], **TOL[np.float64])
+    np.testing.assert_allclose(dx, ref.conv2d_backward_input(g, wt, x.shape, s, p), **TOL[np.float64])
     dw = np.zeros(wt.shape)
     K.conv2d_backward_weight(dw, None, gt, xt, s, p, ws)
-    np.testing.assert_allclose(dw, ref.conv2d_backward(g, xt, wt, s, p)[1], **TOL[np.float64])
+    np.testing.assert_allclose(dw, ref.conv2d_backward_weight(g, xt, wt.shape[2:], s, p)[0], **TOL[np.float64])
     with pytest.raises(ValueError, match="C-contiguous"):
         K.conv2d_forward(np.empty(g.shape[::-1]).T, x, wt, b, s, p, ws)
 
@@ -230,9 +233,10 @@ def test_linear_matches_reference(n, i, o, dt):
     dw = np.zeros((o, i), dt)
     db = np.zeros(o, dt)
     L.linear_backward_weight(dw, db, g, x)
-    r_dx, r_dw, r_db = ref.linear_backward(g, x, wt)
+    r_dx = ref_linear.linear_backward_input(g, wt)
+    r_dw, r_db = ref_linear.linear_backward_weight(g, x)
     tol = TOL[dt] if dt == np.float64 else dict(rtol=1e-4, atol=1e-4)  # sums of 256 terms
-    for got, want in [(out, ref.linear_forward(x, wt, b)), (dx, r_dx), (dw, r_dw), (db, r_db)]:
+    for got, want in [(out, ref_linear.linear_forward(x, wt, b)), (dx, r_dx), (dw, r_dw), (db, r_db)]:
         np.testing.assert_allclose(got, want, **tol)
     first_w, first_b = dw.copy(), db.copy()
     L.linear_backward_weight(dw, db, g, x)

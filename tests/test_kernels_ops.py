@@ -9,7 +9,7 @@ exactly equal. Known values are asserted exactly (``==``).
 import numpy as np
 import pytest
 
-from engine.reference import ops as R
+from engine import reference as R
 from kernels.cpu import adam, dropout, fused, maxpool, relu
 from kernels.cpu import batchnorm as bn
 from kernels.cpu import softmax_xent as sx

@@ -8,7 +8,7 @@ from engine import models
 from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from engine.losses import SoftmaxCrossEntropy
 from engine.optim import Adam
-from engine.reference import ops as R
+from engine.reference import adam as R
 
 
 def test_adam_matches_reference_and_counts_steps():
