@@ -9,7 +9,8 @@ Two compilers, the same sources and options as the launchers
 * NVRTC (what ``cupy.RawModule`` uses at run time; it has no system headers,
   unlike nvcc): skipped when CuPy's NVRTC binding or library is absent.
 
-And the whole GPU parity suite (tests/test_gpu_parity.py) once more under
+And the whole GPU parity suite (the ``gpu`` tests of tests/ops/ and
+tests/test_gpu_parity.py) once more under
 CPU emulation (kernels/gpu/_emulate.py: the same CUDA sources built for the
 host with g++, the real launchers, NumPy standing in for cuBLAS/cuFFT), in a
 subprocess; skipped without g++. It checks index arithmetic, float
@@ -137,7 +138,9 @@ def test_nvrtc_compiles_for_sm90(src, real):
 @pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not installed")
 def test_gpu_parity_suite_passes_under_cpu_emulation():
     env = dict(os.environ, HITCNN_GPU_EMULATE="1")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__).parent / "test_gpu_parity.py")]
+    here = Path(__file__).parent
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", str(here / "ops"),
+           str(here / "test_gpu_parity.py")]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200, cwd=Path(__file__).resolve().parents[1])
     tail = "\n".join(res.stdout.splitlines()[-30:])
     assert res.returncode == 0, f"emulated GPU parity suite failed:\n{tail}\n{res.stderr[-2000:]}"

@@ -1,6 +1,6 @@
-"""Numba Conv2d and Linear kernels against the float64 reference (engine.reference.conv).
+"""conv2d: the float64 reference, the Numba kernels against it, the GPU kernels against both, Conv2d's gradient check.
 
-Tolerance policy (STYLE.md, section 5):
+Tolerances:
 * float64 kernels vs the float64 reference: rtol 1e-10, atol 1e-10. Both
   compute the same sums in a different order, so they differ by a few ulps
   of the largest partial sum (inputs are O(1), sums have at most ~100 terms).
@@ -11,18 +11,23 @@ Tolerance policy (STYLE.md, section 5):
 * The reference itself is checked against centred finite differences in
   float64 (h = 1e-6, relative error < 1e-7 on a linear op).
 * Accumulation and determinism are checked bit-exactly.
+* GPU parity (marker ``gpu``; ``HITCNN_GPU_EMULATE=1`` runs it on the CPU
+  emulator): see tests/ops/helpers.py.
+* Gradient check of the layer: float64 finite differences, relative error < 1e-6.
 """
 import numba
 import numpy as np
 import pytest
 
+from engine.layers import Conv2d
 from engine.reference import conv2d as ref
-from engine.reference import linear as ref_linear
 from kernels import Workspace
 from kernels.cpu import conv2d as K
-from kernels.cpu import linear as L
+
+from .helpers import F32_REDUCE, F64, cp, layer_gradcheck, noncontig, rel
 
 TOL = {np.float32: dict(rtol=1e-4, atol=1e-5), np.float64: dict(rtol=1e-10, atol=1e-10)}
+
 
 # (N, C, H, W, F, KH, KW, stride, padding): batch 1, odd / non-square sizes, C = 1 and 3,
 # odd F, kernels 3, 1, 3x2 and 5x4, stride 1 and 2, padding 0..2, overlapping windows (stride < K).
@@ -217,43 +222,62 @@ def test_bad_input_raises_value_error_naming_shapes():
         K.conv2d_backward_weight(np.zeros(wt.shape, np.float32), None, g[:1], x, s, p, ws)
 
 
-# ----------------------------------------------------------------------------- Linear
-@pytest.mark.parametrize("dt", [np.float32, np.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("n,i,o", [(1, 5, 3), (16, 256, 512), (7, 13, 1)])
-def test_linear_matches_reference(n, i, o, dt):
-    rng = np.random.default_rng(n + i + o)
-    x = rng.standard_normal((n, i)).astype(dt)
-    wt = rng.standard_normal((o, i)).astype(dt)
-    b = rng.standard_normal(o).astype(dt)
-    g = rng.standard_normal((n, o)).astype(dt)
-    out = np.full((n, o), np.nan, dt)
-    L.linear_forward(out, x, wt, b)
-    dx = np.full((n, i), np.nan, dt)
-    L.linear_backward_input(dx, g, wt)
-    dw = np.zeros((o, i), dt)
-    db = np.zeros(o, dt)
-    L.linear_backward_weight(dw, db, g, x)
-    r_dx = ref_linear.linear_backward_input(g, wt)
-    r_dw, r_db = ref_linear.linear_backward_weight(g, x)
-    tol = TOL[dt] if dt == np.float64 else dict(rtol=1e-4, atol=1e-4)  # sums of 256 terms
-    for got, want in [(out, ref_linear.linear_forward(x, wt, b)), (dx, r_dx), (dw, r_dw), (db, r_db)]:
-        np.testing.assert_allclose(got, want, **tol)
-    first_w, first_b = dw.copy(), db.copy()
-    L.linear_backward_weight(dw, db, g, x)
-    np.testing.assert_array_equal(dw, 2 * first_w)
-    np.testing.assert_array_equal(db, 2 * first_b)
+# ----------------------------------------------------------------------------- GPU
+CONV_CASES = [((1, 1, 5, 5), 1, 3, 1, 1), ((2, 3, 7, 9), 4, 3, 1, 1), ((2, 3, 8, 7), 5, 3, 2, 0),
+              ((3, 4, 6, 11), 2, 2, 2, 1), ((2, 32, 51, 79), 32, 3, 1, 1)]
 
 
-def test_linear_bad_input():
-    x = np.zeros((4, 6), np.float32)
-    wt = np.zeros((3, 6), np.float32)
-    with pytest.raises(ValueError, match=r"x has 5 features \(shape \(4, 5\)\).*expects 6"):
-        L.linear_forward(np.empty((4, 3), np.float32), x[:, :5], wt, None)
-    with pytest.raises(ValueError, match=r"out must have shape \(4, 3\), got \(4, 2\)"):
-        L.linear_forward(np.empty((4, 2), np.float32), x, wt, None)
-    with pytest.raises(ValueError, match="weight.*must be float32"):
-        L.linear_forward(np.empty((4, 3), np.float32), x, wt.astype(np.float64), None)
-    with pytest.raises(ValueError, match="2-D"):
-        L.linear_backward_input(np.empty((4, 6), np.float32), np.zeros(3, np.float32), wt)
-    with pytest.raises(ValueError, match="same batch size"):
-        L.linear_backward_weight(np.zeros((3, 6), np.float32), None, np.zeros((2, 3), np.float32), x)
+@pytest.mark.gpu
+@pytest.mark.parametrize("xshape,f,k,s,p", CONV_CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gpu_conv2d(G, C, xshape, f, k, s, p, dtype):
+    rng = np.random.default_rng(2)
+    n, c, h, w = xshape
+    x = rng.standard_normal(xshape).astype(dtype)
+    wt = rng.standard_normal((f, c, k, k)).astype(dtype)
+    b = rng.standard_normal(f).astype(dtype)
+    want = ref.conv2d_forward(x, wt, b, s, p)
+    out_g = cp.empty(want.shape, dtype)
+    ws = Workspace()
+    G.conv2d.conv2d_forward(out_g, noncontig(x), cp.asarray(wt), cp.asarray(b), s, p, ws)
+    dy = rng.standard_normal(want.shape).astype(dtype)
+    dx_r = ref.conv2d_backward_input(dy, wt, x.shape, s, p)
+    dw_r, db_r = ref.conv2d_backward_weight(dy, x, wt.shape[2:], s, p)
+    dx_g = cp.empty(xshape, dtype)
+    G.conv2d.conv2d_backward_input(dx_g, noncontig(dy), cp.asarray(wt), s, p, ws)
+    dw0 = rng.standard_normal(wt.shape).astype(dtype)  # accumulation (+=) onto existing values
+    db0 = rng.standard_normal(f).astype(dtype)
+    dw_g, db_g = cp.asarray(dw0), cp.asarray(db0)
+    G.conv2d.conv2d_backward_weight(dw_g, db_g, cp.asarray(dy), cp.asarray(x), s, p, ws)
+    tol = F64 if dtype == np.float64 else F32_REDUCE
+    assert rel(out_g, want) < tol
+    assert rel(dx_g, dx_r) < tol
+    assert rel(dw_g, dw0 + dw_r) < tol
+    assert rel(db_g, db0 + db_r) < tol
+    if dtype == np.float32:  # and against the CPU kernels
+        out_c = np.empty(want.shape, dtype)
+        C.conv2d.conv2d_forward(out_c, x, wt, b, s, p, Workspace())
+        assert rel(out_g, out_c) < F32_REDUCE
+
+
+@pytest.mark.gpu
+def test_gpu_conv2d_rejects_bad_input(G):
+    x = cp.zeros((1, 3, 5, 5), np.float32)
+    with pytest.raises(ValueError, match="channels"):
+        G.conv2d.conv2d_forward(cp.zeros((1, 2, 5, 5), np.float32), x, cp.zeros((2, 4, 3, 3), np.float32), None,
+                                1, 1, Workspace())
+    with pytest.raises(ValueError):
+        G.conv2d.conv2d_forward(cp.zeros((1, 2, 5, 5), np.float16), x.astype(np.float16),
+                                cp.zeros((2, 3, 3, 3), np.float16), None, 1, 1, Workspace())
+
+
+# ----------------------------------------------------------------------------- gradient check
+GRADCHECK_LAYERS = [
+    ("conv_s1_p1", lambda: Conv2d(2, 3, 3, 1, 1, rng=0), (2, 2, 6, 7)),
+    ("conv_s2_p0", lambda: Conv2d(2, 3, 3, 2, 0, rng=1), (1, 2, 7, 8)),
+]
+
+
+@pytest.mark.parametrize("name,make,shape", GRADCHECK_LAYERS, ids=[n for n, _, _ in GRADCHECK_LAYERS])
+def test_conv2d_layer_gradcheck(name, make, shape):
+    layer_gradcheck(name, make, shape)

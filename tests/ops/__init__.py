@@ -1,0 +1,1 @@
+"""Per-op tests: ``test_<op>.py`` holds the reference, CPU-kernel, GPU-parity and gradient-check tests of one op."""
