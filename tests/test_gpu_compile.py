@@ -35,10 +35,11 @@ CUDA_DIR = Path(__file__).resolve().parents[1] / "kernels" / "gpu" / "cuda"
 LAUNCH = CUDA_DIR.parent / "_launch.py"
 
 #: Kernels on the training step's hot path: no spills allowed.
-HOT = {"im2col", "col2im", "fnp_to_nfp_bias", "nfp_to_fnp", "bn_stats_partial", "bn_apply", "bn_bwd_partial",
-       "bn_bwd_apply", "relu_forward", "relu_backward", "maxpool2d_forward", "maxpool2d_backward",
-       "bn_relu_pool_forward", "bn_relu_pool_bwd_partial", "bn_relu_pool_bwd_apply", "adam_update",
-       "adam_update_multi", "chan_partial_sum", "sum_rows_add", "dropout_forward", "dropout_backward"}
+HOT = {"conv2d_im2col", "conv2d_col2im", "conv2d_fnp_to_nfp_bias", "conv2d_nfp_to_fnp", "batchnorm_stats_partial",
+       "batchnorm_apply", "batchnorm_bwd_partial", "batchnorm_bwd_apply", "relu_forward", "relu_backward",
+       "maxpool2d_forward", "maxpool2d_backward", "bn_relu_pool_forward", "bn_relu_pool_bwd_partial",
+       "bn_relu_pool_bwd_apply", "adam_update", "adam_update_multi", "util_chan_partial_sum", "util_sum_rows_add",
+       "dropout_forward", "dropout_backward"}
 
 
 def _launch_constant(name):

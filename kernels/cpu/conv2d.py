@@ -59,7 +59,7 @@ from .blas import gemm
 from .im2col import _chunk, _col2im_rows, _gather_dout, _im2col_rows, _im2row_rows, _to_nhwc
 from . import winograd as _wg
 
-__all__ = ["conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight", "plan_chunks"]
+__all__ = ["conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight"]
 
 #: Forward uses im2row (NHWC rows, GEMM ``rows @ W.T``) from this many input channels on;
 #: measured faster for C >= 32 (e.g. 64->64 @12x19: 3.2 vs 4.9 ms, 1 thread) and much slower for C = 3.

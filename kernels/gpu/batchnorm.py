@@ -23,7 +23,9 @@ from kernels import Workspace
 
 from . import _launch as L
 
-__all__ = ["batchnorm_forward_train", "batchnorm_forward_eval", "batchnorm_backward", "channel_stats"]
+__all__ = ["batchnorm_forward_train", "batchnorm_forward_eval", "batchnorm_backward", "channel_stats",
+           "default_shift", "batchnorm_stats", "batchnorm_stats_finish", "batchnorm_apply_train",
+           "batchnorm_backward_sums", "batchnorm_backward_params", "batchnorm_backward_apply"]
 
 #: Small per-channel scratch (partials, coefficients); reused in stream order.
 _WS = Workspace()
@@ -59,9 +61,9 @@ def _stats(x, n, c, hw, gamma, beta, running_mean, running_var, momentum, eps, m
     dt = x.dtype
     S, chunk = L.split_grid(c, hw)
     part = _WS.get("part", (c, S, 2), np.float64, cp)
-    _k("bn_stats_partial", dt)((c, S), (L.THREADS,), (part, x, L.i32(n), L.i32(c), L.i32(hw), L.i32(chunk)))
+    _k("batchnorm_stats_partial", dt)((c, S), (L.THREADS,), (part, x, L.i32(n), L.i32(c), L.i32(hw), L.i32(chunk)))
     coef = _WS.get("coef_" + dt.str, (3, c), dt, cp)
-    _k("bn_stats_finalize", dt)(
+    _k("batchnorm_stats_finalize", dt)(
         (L.blocks(c),), (L.THREADS,),
         (mean64, inv64, coef, running_mean, running_var, part, x, gamma, beta, L.i32(c), L.i32(hw), L.i32(S),
          L.f64(n * hw), L.f64(momentum), L.f64(eps)))
@@ -70,7 +72,7 @@ def _stats(x, n, c, hw, gamma, beta, running_mean, running_var, momentum, eps, m
 
 def _apply(out, x, coef, n, c, hw):
     grid, block = L.plane_grid(n * c, hw)
-    _k("bn_apply", x.dtype)(grid, block, (out, x, coef, L.i32(c), L.i32(hw)))
+    _k("batchnorm_apply", x.dtype)(grid, block, (out, x, coef, L.i32(c), L.i32(hw)))
 
 
 def batchnorm_forward_train(out, save_mean, save_invstd, x, gamma, beta, running_mean, running_var, momentum, eps):
@@ -115,7 +117,7 @@ def batchnorm_forward_train(out, save_mean, save_invstd, x, gamma, beta, running
 def eval_coefficients(gamma, beta, running_mean, running_var, eps, c, dt):
     """coef = [running_mean | gamma/sqrt(running_var + eps) | beta] (3, C) in ``dt`` (scratch buffer)."""
     coef = _WS.get("coef_" + np.dtype(dt).str, (3, c), dt, cp)
-    _k("bn_eval_coef", dt)((L.blocks(c),), (L.THREADS,),
+    _k("batchnorm_eval_coef", dt)((L.blocks(c),), (L.THREADS,),
                            (coef, gamma, beta, running_mean, running_var, L.i32(c), L.f64(eps)))
     return coef
 
@@ -176,7 +178,7 @@ def backward_coefficients(part, S, save_mean, save_invstd, gamma, dgamma, dbeta,
     """bcoef = [cdy | cx | c0 | sub] (4, C) from the partial sums; accumulates ``dgamma``, ``dbeta``."""
     c = save_mean.shape[0]
     bcoef = _WS.get("bcoef_" + np.dtype(dt).str, (4, c), dt, cp)
-    _k("bn_bwd_finalize", dt)((L.blocks(c),), (L.THREADS,),
+    _k("batchnorm_bwd_finalize", dt)((L.blocks(c),), (L.THREADS,),
                               (bcoef, dgamma, dbeta, part, save_mean, save_invstd, gamma, L.i32(c), L.i32(S),
                                L.f64(m)))
     return bcoef
@@ -212,11 +214,11 @@ def batchnorm_backward(dx, dgamma, dbeta, dout, x, save_mean, save_invstd, gamma
     mean64, inv64 = saved64("save_mean", save_mean, c), saved64("save_invstd", save_invstd, c)
     S, chunk = L.split_grid(c, hw)
     part = _WS.get("part", (c, S, 2), np.float64, cp)
-    _k("bn_bwd_partial", dt)((c, S), (L.THREADS,),
+    _k("batchnorm_bwd_partial", dt)((c, S), (L.THREADS,),
                              (part, dout, x, mean64, L.i32(n), L.i32(c), L.i32(hw), L.i32(chunk)))
     bcoef = backward_coefficients(part, S, mean64, inv64, gamma, dgamma, dbeta, n * hw, dt)
     grid, block = L.plane_grid(n * c, hw)
-    _k("bn_bwd_apply", dt)(grid, block, (dx, dout, x, bcoef, L.i32(c), L.i32(hw)))
+    _k("batchnorm_bwd_apply", dt)(grid, block, (dx, dout, x, bcoef, L.i32(c), L.i32(hw)))
 
 
 # ---- the split steps (SyncBatchNorm in engine/distributed.py), as kernels.cpu.batchnorm -------------
@@ -241,9 +243,9 @@ def batchnorm_stats(sums, x, shift):
     shift = L.check("shift", shift, (c,), np.float64)
     S, chunk = L.split_grid(c, hw)
     part = _WS.get("part", (c, S, 2), np.float64, cp)
-    _k("bn_stats_partial_shift", dt)((c, S), (L.THREADS,),
+    _k("batchnorm_stats_partial_shift", dt)((c, S), (L.THREADS,),
                                      (part, x, shift, L.i32(n), L.i32(c), L.i32(hw), L.i32(chunk)))
-    _k("bn_sums_combine", dt)((L.blocks(c),), (L.THREADS,), (sums, part, L.i32(c), L.i32(S)))
+    _k("batchnorm_sums_combine", dt)((L.blocks(c),), (L.THREADS,), (sums, part, L.i32(c), L.i32(S)))
 
 
 def batchnorm_stats_finish(save_mean, save_invstd, sums, shift, count, running_mean, running_var, momentum, eps):
@@ -258,7 +260,7 @@ def batchnorm_stats_finish(save_mean, save_invstd, sums, shift, count, running_m
     L.check_out("running_mean", running_mean, (c,), dt)
     L.check_out("running_var", running_var, (c,), dt)
     shift = L.check("shift", shift, (c,), np.float64)
-    _k("bn_stats_from_sums", dt)((L.blocks(c),), (L.THREADS,),
+    _k("batchnorm_stats_from_sums", dt)((L.blocks(c),), (L.THREADS,),
                                  (save_mean, save_invstd, running_mean, running_var, sums, shift, L.i32(c),
                                   L.f64(count), L.f64(momentum), L.f64(eps)))
 
@@ -266,7 +268,7 @@ def batchnorm_stats_finish(save_mean, save_invstd, sums, shift, count, running_m
 def train_coefficients(save_mean, save_invstd, gamma, beta, c, dt):
     """coef = [mean | gamma*invstd | beta] (3, C) in ``dt``, as the single-process forward makes them."""
     coef = _WS.get("coef_" + np.dtype(dt).str, (3, c), dt, cp)
-    L.kernel("fused.cu", "bn_coef_from_saved", dt)((L.blocks(c),), (L.THREADS,),
+    L.kernel("batchnorm.cu", "batchnorm_coef_from_saved", dt)((L.blocks(c),), (L.THREADS,),
                                                     (coef, save_mean, save_invstd, gamma, beta, L.i32(c)))
     return coef
 
@@ -292,9 +294,9 @@ def batchnorm_backward_sums(sums, dout, x, save_mean):
     mean64 = saved64("save_mean", save_mean, c)
     S, chunk = L.split_grid(c, hw)
     part = _WS.get("part", (c, S, 2), np.float64, cp)
-    _k("bn_bwd_partial", dt)((c, S), (L.THREADS,),
+    _k("batchnorm_bwd_partial", dt)((c, S), (L.THREADS,),
                              (part, dout, x, mean64, L.i32(n), L.i32(c), L.i32(hw), L.i32(chunk)))
-    _k("bn_sums_combine", dt)((L.blocks(c),), (L.THREADS,), (sums, part, L.i32(c), L.i32(S)))
+    _k("batchnorm_sums_combine", dt)((L.blocks(c),), (L.THREADS,), (sums, part, L.i32(c), L.i32(S)))
 
 
 def batchnorm_backward_params(dgamma, dbeta, sums, save_invstd):
@@ -304,14 +306,14 @@ def batchnorm_backward_params(dgamma, dbeta, sums, save_invstd):
     L.check_out("dgamma", dgamma, (c,), dt)
     L.check_out("dbeta", dbeta, (c,), dt)
     _sums("sums", sums, c)
-    _k("bn_bwd_params", dt)((L.blocks(c),), (L.THREADS,),
+    _k("batchnorm_bwd_params", dt)((L.blocks(c),), (L.THREADS,),
                             (dgamma, dbeta, sums, saved64("save_invstd", save_invstd, c), L.i32(c)))
 
 
 def backward_coefficients_from_sums(sums, mean64, inv64, gamma, count, c, dt):
     """bcoef = [cdy | cx | c0 | sub] (4, C) from the whole batch's backward sums over ``count`` values."""
     bcoef = _WS.get("bcoef_" + np.dtype(dt).str, (4, c), dt, cp)
-    _k("bn_bwd_coef_from_sums", dt)((L.blocks(c),), (L.THREADS,),
+    _k("batchnorm_bwd_coef_from_sums", dt)((L.blocks(c),), (L.THREADS,),
                                     (bcoef, sums, mean64, inv64, gamma, L.i32(c), L.f64(count)))
     return bcoef
 
@@ -327,4 +329,4 @@ def batchnorm_backward_apply(dx, dout, x, save_mean, save_invstd, gamma, sums, c
     mean64, inv64 = saved64("save_mean", save_mean, c), saved64("save_invstd", save_invstd, c)
     bcoef = backward_coefficients_from_sums(sums, mean64, inv64, gamma, count, c, dt)
     grid, block = L.plane_grid(n * c, h * w)
-    _k("bn_bwd_apply", dt)(grid, block, (dx, dout, x, bcoef, L.i32(c), L.i32(h * w)))
+    _k("batchnorm_bwd_apply", dt)(grid, block, (dx, dout, x, bcoef, L.i32(c), L.i32(h * w)))

@@ -1,4 +1,4 @@
-"""Conv2d on the GPU: im2col / col2im CUDA kernels, the GEMMs in cuBLAS (``cupy.matmul``).
+"""Conv2d on the GPU: im2col / col2im CUDA kernels (``cuda/conv2d.cu``, prefix ``conv2d_``), the GEMMs in cuBLAS.
 
 Same entry points and signatures as :mod:`kernels.cpu.conv2d`. Dimension
 letters: ``N, C, H, W`` input, ``F`` filters, ``KH, KW`` kernel, ``OH, OW``
@@ -6,8 +6,8 @@ output, ``P = OH*OW``, ``K = C*KH*KW`` (row ``k = (c*KH + i)*KW + j``).
 Convention: PyTorch ``conv2d`` (cross-correlation, zero padding,
 ``OH = (H + 2*padding - KH)//stride + 1``).
 
-Column layout ``(K, N*P)`` (the CPU's ``'batch'`` layout): every pass is ONE
-2-D cuBLAS GEMM over the whole batch (2-D ``cupy.matmul`` uses cuBLAS with
+Column layout ``(K, N*P)``: every training pass is ONE
+2-D cuBLAS GEMM (``cupy.matmul``) over the whole batch (2-D ``cupy.matmul`` uses cuBLAS with
 transpose flags and copies nothing; batched 3-D matmul would copy transposed
 operands). Forward: im2col, ``W (F, K) @ cols -> big (F, N*P)``, then one
 kernel transposes to NCHW and adds the bias. Backward to the input:
@@ -15,6 +15,8 @@ kernel transposes to NCHW and adds the bias. Backward to the input:
 *gather* (each input pixel adds its taps in fixed order: deterministic, no
 atomics). Backward to the weight: ``big @ cols.T -> (F, K)`` added into
 ``dweight``; ``dbias`` is a per-channel float64 block reduction of ``big``.
+The eval-mode forward (``batch_invariant``) runs one GEMM per image instead
+(layout ``(N, K, P)``) and adds the bias with ``conv2d_bias_add_planes``.
 Parameter gradients accumulate (``+=``), ``dx`` is
 overwritten. Scratch buffers come from the caller's :class:`kernels.Workspace`
 (names ``gconv_*``). float32 for training, float64 accepted (gradient checks).
@@ -36,7 +38,7 @@ def _im2col(cols, x, c, h, w, kh, kw, s, p, oh, ow, per_image=False):
     pp = oh * ow
     sn, sk = (c * kh * kw * pp, pp) if per_image else (pp, n * pp)
     grid, block = L.plane_grid(n * c * kh * kw, pp)
-    L.kernel("conv2d.cu", "im2col", x.dtype)(
+    L.kernel("conv2d.cu", "conv2d_im2col", x.dtype)(
         grid, block, (cols, x, L.i32(c), L.i32(h), L.i32(w), L.i32(kh), L.i32(kw), L.i32(s), L.i32(p),
                       L.i32(oh), L.i32(ow), L.i64(sn), L.i64(sk)))
 
@@ -44,7 +46,7 @@ def _im2col(cols, x, c, h, w, kh, kw, s, p, oh, ow, per_image=False):
 def _to_big(big, dout, n, f, pp):
     """big (F, N*P) from dout (N, F, P)."""
     grid, block = L.plane_grid(n * f, pp)
-    L.kernel("conv2d.cu", "nfp_to_fnp", dout.dtype)(grid, block, (big, dout, L.i32(n), L.i32(f), L.i32(pp)))
+    L.kernel("conv2d.cu", "conv2d_nfp_to_fnp", dout.dtype)(grid, block, (big, dout, L.i32(n), L.i32(f), L.i32(pp)))
 
 
 def conv2d_forward(out, x, weight, bias, stride, padding, ws, batch_invariant=False):
@@ -89,13 +91,13 @@ def conv2d_forward(out, x, weight, bias, stride, padding, ws, batch_invariant=Fa
             cp.matmul(w2, cols3[i], out=out3[i])
         if bias is not None:
             grid, block = L.plane_grid(n * f, pp)
-            L.kernel("util.cu", "bias_add_planes", dt)(grid, block, (out, bias, L.i32(f), L.i32(pp)))
+            L.kernel("conv2d.cu", "conv2d_bias_add_planes", dt)(grid, block, (out, bias, L.i32(f), L.i32(pp)))
         return
     _im2col(cols, x, c, h, w, kh, kw, s, p, oh, ow)
     big = ws.get("gconv_big", (f, n * pp), dt, cp)
     cp.matmul(weight.reshape(f, k), cols, out=big)
     grid, block = L.plane_grid(n * f, pp)
-    L.kernel("conv2d.cu", "fnp_to_nfp_bias", dt)(
+    L.kernel("conv2d.cu", "conv2d_fnp_to_nfp_bias", dt)(
         grid, block, (out, big, weight if bias is None else bias, L.i32(bias is not None),
                       L.i32(n), L.i32(f), L.i32(pp)))
 
@@ -131,7 +133,7 @@ def conv2d_backward_input(dx, dout, weight, stride, padding, ws):
     dcols = ws.get("gconv_dcols", (k, n * pp), dt, cp)
     cp.matmul(weight.reshape(f, k).T, big, out=dcols)
     grid, block = L.plane_grid(n * c, h * w)
-    L.kernel("conv2d.cu", "col2im", dt)(
+    L.kernel("conv2d.cu", "conv2d_col2im", dt)(
         grid, block, (dx, dcols, L.i32(c), L.i32(h), L.i32(w), L.i32(kh), L.i32(kw), L.i32(s), L.i32(p),
                       L.i32(oh), L.i32(ow), L.i64(pp), L.i64(n * pp)))
 
@@ -144,14 +146,14 @@ def channel_sum_add(dst, a, n, c, length, ws):
     """
     S, chunk = L.split_grid(c, length)
     part = ws.get("gconv_part", (c, S), "float64", cp)
-    L.kernel("util.cu", "chan_partial_sum", a.dtype)(
+    L.kernel("util.cu", "util_chan_partial_sum", a.dtype)(
         (c, S), (L.THREADS,), (part, a, L.i32(n), L.i32(c), L.i32(length), L.i32(chunk)))
-    L.kernel("util.cu", "chan_finalize_add", a.dtype)((L.blocks(c),), (L.THREADS,), (dst, part, L.i32(c), L.i32(S)))
+    L.kernel("util.cu", "util_chan_finalize_add", a.dtype)((L.blocks(c),), (L.THREADS,), (dst, part, L.i32(c), L.i32(S)))
 
 
 def sum_rows_add(dst, src, rows, m):
     """``dst[j] += sum_r src[r, j]`` (float64, rows in order); ``src`` C-contiguous (rows, m)."""
-    L.kernel("util.cu", "sum_rows_add", src.dtype)(L.flat_grid(m), (L.THREADS,), (dst, src, L.i32(rows), L.i64(m)))
+    L.kernel("util.cu", "util_sum_rows_add", src.dtype)(L.flat_grid(m), (L.THREADS,), (dst, src, L.i32(rows), L.i64(m)))
 
 
 def conv2d_backward_weight(dweight, dbias, dout, x, stride, padding, ws):

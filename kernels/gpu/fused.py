@@ -21,7 +21,8 @@ import numpy as np
 from . import _launch as L
 from . import batchnorm as _bn
 
-__all__ = ["bn_relu_pool_forward_train", "bn_relu_pool_forward_eval", "bn_relu_pool_backward"]
+__all__ = ["bn_relu_pool_forward_train", "bn_relu_pool_forward_eval", "bn_relu_pool_backward",
+           "bn_relu_pool_apply_train", "bn_relu_pool_backward_sums", "bn_relu_pool_backward_apply"]
 
 
 def _check(x, out, argmax, k):
@@ -127,7 +128,7 @@ def bn_relu_pool_backward(dx, dgamma, dbeta, dout, argmax, x, save_mean, save_in
     gamma, beta = _bn._vec("gamma", gamma, c, dt), _bn._vec("beta", beta, c, dt)
     mean64, inv64 = _bn.saved64("save_mean", save_mean, c), _bn.saved64("save_invstd", save_invstd, c)
     fcoef = _bn._WS.get("fcoef_" + dt.str, (3, c), dt, cp)
-    L.kernel("fused.cu", "bn_coef_from_saved", dt)((L.blocks(c),), (L.THREADS,),
+    L.kernel("batchnorm.cu", "batchnorm_coef_from_saved", dt)((L.blocks(c),), (L.THREADS,),
                                                     (fcoef, mean64, inv64, gamma, beta, L.i32(c)))
     q = oh * ow
     S, chunk = L.split_grid(c, q)
@@ -169,7 +170,7 @@ def _bwd_prep(dout, argmax, x, save_mean, save_invstd, gamma, beta, kernel_size)
     gamma, beta = _bn._vec("gamma", gamma, c, dt), _bn._vec("beta", beta, c, dt)
     mean64, inv64 = _bn.saved64("save_mean", save_mean, c), _bn.saved64("save_invstd", save_invstd, c)
     fcoef = _bn._WS.get("fcoef_" + dt.str, (3, c), dt, cp)
-    L.kernel("fused.cu", "bn_coef_from_saved", dt)((L.blocks(c),), (L.THREADS,),
+    L.kernel("batchnorm.cu", "batchnorm_coef_from_saved", dt)((L.blocks(c),), (L.THREADS,),
                                                     (fcoef, mean64, inv64, gamma, beta, L.i32(c)))
     return dt, x, dout, argmax, gamma, mean64, inv64, fcoef, (n, c, h, w, oh, ow, k)
 
@@ -185,7 +186,7 @@ def bn_relu_pool_backward_sums(sums, dout, argmax, x, save_mean, save_invstd, ga
     L.kernel("fused.cu", "bn_relu_pool_bwd_partial", dt)(
         (c, S), (L.THREADS,), (part, dout, argmax, x, fcoef, mean64, L.i32(n), L.i32(c), L.i32(h * w), L.i32(q),
                                L.i32(chunk)))
-    _bn._k("bn_sums_combine", dt)((L.blocks(c),), (L.THREADS,), (sums, part, L.i32(c), L.i32(S)))
+    _bn._k("batchnorm_sums_combine", dt)((L.blocks(c),), (L.THREADS,), (sums, part, L.i32(c), L.i32(S)))
 
 
 def bn_relu_pool_backward_apply(dx, dout, argmax, x, save_mean, save_invstd, gamma, beta, sums, count, kernel_size):

@@ -62,7 +62,7 @@ def linear_forward(out, x, weight, bias, batch_invariant=False, ws=None):
         cp.matmul(x, weight.T, out=out)
     if bias is not None:
         bias = L.check("bias", bias, (fout,), dt)
-        L.kernel("util.cu", "bias_add_rows", dt)(L.flat_grid(n * fout), (L.THREADS,),
+        L.kernel("util.cu", "util_bias_add_rows", dt)(L.flat_grid(n * fout), (L.THREADS,),
                                                  (out, bias, L.i64(n * fout), L.i32(fout)))
 
 
@@ -113,8 +113,8 @@ def linear_backward_weight(dweight, dbias, dout, x):
     if tmp is None:
         tmp = _scratch[key] = cp.empty((fout, fin), dt)
     cp.matmul(dout.T, x, out=tmp)
-    L.kernel("util.cu", "add_inplace", dt)(L.flat_grid(tmp.size), (L.THREADS,), (dweight, tmp, L.i64(tmp.size)))
+    L.kernel("util.cu", "util_add_inplace", dt)(L.flat_grid(tmp.size), (L.THREADS,), (dweight, tmp, L.i64(tmp.size)))
     if dbias is not None:
         L.check_out("dbias", dbias, (fout,), dt)
-        L.kernel("util.cu", "sum_rows_add", dt)(L.flat_grid(fout), (L.THREADS,),
+        L.kernel("util.cu", "util_sum_rows_add", dt)(L.flat_grid(fout), (L.THREADS,),
                                                 (dbias, dout, L.i32(n), L.i64(fout)))

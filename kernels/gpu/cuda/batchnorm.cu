@@ -10,7 +10,7 @@
 #include "common.cuh"
 
 // part[(c*S + s)*2 + {0,1}] = sum(d), sum(d*d), d = x - x[0, c, 0].
-extern "C" __global__ void bn_stats_partial(double* part, const real* x, int N, int C, int L, int chunk) {
+extern "C" __global__ void batchnorm_stats_partial(double* part, const real* x, int N, int C, int L, int chunk) {
     __shared__ double sm[32];
     const int c = blockIdx.x, s = blockIdx.y, S = gridDim.y;
     const int l0 = s * chunk, l1 = min(L, l0 + chunk);
@@ -34,7 +34,7 @@ extern "C" __global__ void bn_stats_partial(double* part, const real* x, int N, 
 
 // Per channel: mean, biased var, invstd; coefficients sub/scale/shift (real);
 // running stats updated with the unbiased variance var*M/(M-1).
-extern "C" __global__ void bn_stats_finalize(double* save_mean, double* save_invstd, real* coef,
+extern "C" __global__ void batchnorm_stats_finalize(double* save_mean, double* save_invstd, real* coef,
                                              real* running_mean, real* running_var,
                                              const double* part, const real* x, const real* gamma,
                                              const real* beta, int C, int L, int S, double M,
@@ -63,7 +63,7 @@ extern "C" __global__ void bn_stats_finalize(double* save_mean, double* save_inv
 
 // Eval coefficients from the running statistics (unchanged): sub = rm,
 // scale = gamma / sqrt(rv + eps) (float64, then rounded), shift = beta.
-extern "C" __global__ void bn_eval_coef(real* coef, const real* gamma, const real* beta,
+extern "C" __global__ void batchnorm_eval_coef(real* coef, const real* gamma, const real* beta,
                                         const real* running_mean, const real* running_var, int C, double eps) {
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= C) return;  // guard
@@ -74,7 +74,7 @@ extern "C" __global__ void bn_eval_coef(real* coef, const real* gamma, const rea
 }
 
 // out = (x - sub)*scale + shift per channel (coef = [sub | scale | shift]).
-extern "C" __global__ void bn_apply(real* out, const real* x, const real* coef, int C, int L) {
+extern "C" __global__ void batchnorm_apply(real* out, const real* x, const real* coef, int C, int L) {
     const int l = blockIdx.y * blockDim.x + threadIdx.x;
     if (l >= L) return;  // guard
     const int c = blockIdx.x % C;
@@ -83,7 +83,7 @@ extern "C" __global__ void bn_apply(real* out, const real* x, const real* coef, 
 }
 
 // Backward partial sums: part[(c*S + s)*2 + {0,1}] = sum(dy), sum(dy*(x - mean)).
-extern "C" __global__ void bn_bwd_partial(double* part, const real* dout, const real* x, const double* mean,
+extern "C" __global__ void batchnorm_bwd_partial(double* part, const real* dout, const real* x, const double* mean,
                                           int N, int C, int L, int chunk) {
     __shared__ double sm[32];
     const int c = blockIdx.x, s = blockIdx.y, S = gridDim.y;
@@ -108,7 +108,7 @@ extern "C" __global__ void bn_bwd_partial(double* part, const real* dout, const 
 
 // Per channel: sdy, sdyx = invstd*sum(dy*(x-mean)); dgamma += sdyx; dbeta += sdy;
 // coef = [cdy | cx | c0 | sub] with dx = cdy*dy + cx*(x - sub) + c0.
-extern "C" __global__ void bn_bwd_finalize(real* coef, real* dgamma, real* dbeta, const double* part,
+extern "C" __global__ void batchnorm_bwd_finalize(real* coef, real* dgamma, real* dbeta, const double* part,
                                            const double* mean, const double* invstd, const real* gamma,
                                            int C, int S, double M) {
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
@@ -130,7 +130,7 @@ extern "C" __global__ void bn_bwd_finalize(real* coef, real* dgamma, real* dbeta
 }
 
 // dx = cdy*dy + cx*(x - sub) + c0.
-extern "C" __global__ void bn_bwd_apply(real* dx, const real* dout, const real* x, const real* coef, int C, int L) {
+extern "C" __global__ void batchnorm_bwd_apply(real* dx, const real* dout, const real* x, const real* coef, int C, int L) {
     const int l = blockIdx.y * blockDim.x + threadIdx.x;
     if (l >= L) return;  // guard
     const int c = blockIdx.x % C;
@@ -142,7 +142,7 @@ extern "C" __global__ void bn_bwd_apply(real* dx, const real* dout, const real* 
 // up over processes, then finish / apply from the (summed) sums. Same float expressions as above.
 
 // part[(c*S + s)*2 + {0,1}] = sum(d), sum(d*d), d = x - shift[c] (a shift common to every process).
-extern "C" __global__ void bn_stats_partial_shift(double* part, const real* x, const double* shift,
+extern "C" __global__ void batchnorm_stats_partial_shift(double* part, const real* x, const double* shift,
                                                   int N, int C, int L, int chunk) {
     __shared__ double sm[32];
     const int c = blockIdx.x, s = blockIdx.y, S = gridDim.y;
@@ -166,7 +166,7 @@ extern "C" __global__ void bn_stats_partial_shift(double* part, const real* x, c
 }
 
 // sums[c] = sum_s part[c, s, 0], sums[C + c] = sum_s part[c, s, 1] (fixed order).
-extern "C" __global__ void bn_sums_combine(double* sums, const double* part, int C, int S) {
+extern "C" __global__ void batchnorm_sums_combine(double* sums, const double* part, int C, int S) {
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= C) return;  // guard
     double s1 = 0.0, s2 = 0.0;
@@ -179,7 +179,7 @@ extern "C" __global__ void bn_sums_combine(double* sums, const double* part, int
 }
 
 // Batch statistics from sums over M values per channel; running stats updated (unbiased var*M/(M-1)).
-extern "C" __global__ void bn_stats_from_sums(double* save_mean, double* save_invstd, real* running_mean,
+extern "C" __global__ void batchnorm_stats_from_sums(double* save_mean, double* save_invstd, real* running_mean,
                                               real* running_var, const double* sums, const double* shift,
                                               int C, double M, double momentum, double eps) {
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
@@ -195,7 +195,7 @@ extern "C" __global__ void bn_stats_from_sums(double* save_mean, double* save_in
 }
 
 // dgamma += sums[C + c]*invstd (sum dy*xhat), dbeta += sums[c] (sum dy), in float64.
-extern "C" __global__ void bn_bwd_params(real* dgamma, real* dbeta, const double* sums, const double* invstd, int C) {
+extern "C" __global__ void batchnorm_bwd_params(real* dgamma, real* dbeta, const double* sums, const double* invstd, int C) {
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= C) return;  // guard
     dgamma[c] = (real)((double)dgamma[c] + sums[C + c] * invstd[c]);
@@ -203,7 +203,7 @@ extern "C" __global__ void bn_bwd_params(real* dgamma, real* dbeta, const double
 }
 
 // coef = [cdy | cx | c0 | sub] from the whole batch's sums (sum dy, sum dy*(x - mean)) over M values.
-extern "C" __global__ void bn_bwd_coef_from_sums(real* coef, const double* sums, const double* mean,
+extern "C" __global__ void batchnorm_bwd_coef_from_sums(real* coef, const double* sums, const double* mean,
                                                  const double* invstd, const real* gamma, int C, double M) {
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= C) return;  // guard
@@ -215,4 +215,15 @@ extern "C" __global__ void bn_bwd_coef_from_sums(real* coef, const double* sums,
     coef[C + c] = (real)(-k * inv * sdyx / M);
     coef[2 * C + c] = (real)(-k * sdy / M);
     coef[3 * C + c] = (real)mean[c];
+}
+
+// Forward coefficients from the saved statistics (as the CPU backward
+// recomputes them; used by the split steps and by fused.py): sub = mean, scale = gamma*invstd (float64, rounded), shift = beta.
+extern "C" __global__ void batchnorm_coef_from_saved(real* coef, const double* mean, const double* invstd,
+                                                     const real* gamma, const real* beta, int C) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;  // guard
+    coef[c] = (real)mean[c];
+    coef[C + c] = (real)((double)gamma[c] * invstd[c]);
+    coef[2 * C + c] = beta[c];
 }

@@ -1,17 +1,17 @@
-// Conv2d helpers for the GEMM formulation: im2col, col2im (gather) and the
+// Conv2d helpers for the GEMM formulation: conv2d_im2col, conv2d_col2im (gather) and the
 // two transposes between NCHW and the GEMM layout.
 //
 // Column matrix cols[k, n*P + p] (K = C*KH*KW rows, row k = (c*KH + i)*KW + j;
 // P = OH*OW): the whole batch is ONE cuBLAS GEMM W (F, K) @ cols (K, N*P).
-// Offsets are passed as strides (sn, sk) = (P, N*P) and are 64-bit: an im2col
+// Offsets are passed as strides (sn, sk) = (P, N*P) and are 64-bit: an conv2d_im2col
 // buffer at batch 256 can pass 2^31 elements.
-// im2col: grid (N*K, ceil(P / blockDim)), one thread per column element,
-// coalesced along P. col2im: grid (N*C, ceil(H*W / blockDim)), one thread per
+// conv2d_im2col: grid (N*K, ceil(P / blockDim)), one thread per column element,
+// coalesced along P. conv2d_col2im: grid (N*C, ceil(H*W / blockDim)), one thread per
 // input pixel gathers the (at most KH*KW) entries that read it, taps in fixed
 // (i, j) order as the CPU: no atomics, deterministic, overlapping windows ok.
 #include "common.cuh"
 
-extern "C" __global__ void im2col(real* cols, const real* x, int C, int H, int W, int KH, int KW,
+extern "C" __global__ void conv2d_im2col(real* cols, const real* x, int C, int H, int W, int KH, int KW,
                                   int stride, int pad, int OH, int OW, i64 sn, i64 sk) {
     const int P = OH * OW;
     const int p = blockIdx.y * blockDim.x + threadIdx.x;
@@ -28,7 +28,7 @@ extern "C" __global__ void im2col(real* cols, const real* x, int C, int H, int W
     cols[n * sn + k * sk + p] = v;
 }
 
-extern "C" __global__ void col2im(real* dx, const real* dcols, int C, int H, int W, int KH, int KW,
+extern "C" __global__ void conv2d_col2im(real* dx, const real* dcols, int C, int H, int W, int KH, int KW,
                                   int stride, int pad, int OH, int OW, i64 sn, i64 sk) {
     const int hw = blockIdx.y * blockDim.x + threadIdx.x;
     if (hw >= H * W) return;  // guard
@@ -55,7 +55,7 @@ extern "C" __global__ void col2im(real* dx, const real* dcols, int C, int H, int
 
 // out[n, f, p] = big[f, n*P + p] (+ bias[f] when has_bias): the batch GEMM's
 // result to NCHW, bias fused. grid (N*F, ceil(P / blockDim)).
-extern "C" __global__ void fnp_to_nfp_bias(real* out, const real* big, const real* bias, int has_bias,
+extern "C" __global__ void conv2d_fnp_to_nfp_bias(real* out, const real* big, const real* bias, int has_bias,
                                            int N, int F, int P) {
     const int p = blockIdx.y * blockDim.x + threadIdx.x;
     if (p >= P) return;  // guard
@@ -67,10 +67,19 @@ extern "C" __global__ void fnp_to_nfp_bias(real* out, const real* big, const rea
 }
 
 // big[f, n*P + p] = dout[n, f, p]. grid (N*F, ceil(P / blockDim)).
-extern "C" __global__ void nfp_to_fnp(real* big, const real* dout, int N, int F, int P) {
+extern "C" __global__ void conv2d_nfp_to_fnp(real* big, const real* dout, int N, int F, int P) {
     const int p = blockIdx.y * blockDim.x + threadIdx.x;
     if (p >= P) return;  // guard
     const int plane = blockIdx.x;
     const int n = plane / F, f = plane - n * F;
     big[((i64)f * N + n) * P + p] = dout[(i64)plane * P + p];
+}
+
+// out[p, l] += bias[p % F] for p < planes (NCHW conv bias, L = OH*OW): the
+// bias of the batch-invariant forward (one GEMM per image). grid (N*F, ceil(L / blockDim)).
+extern "C" __global__ void conv2d_bias_add_planes(real* out, const real* bias, int F, int L) {
+    const int l = blockIdx.y * blockDim.x + threadIdx.x;
+    if (l >= L) return;  // guard
+    const int p = blockIdx.x;
+    out[(i64)p * L + l] += bias[p % F];
 }

@@ -1,5 +1,6 @@
 // Inverted dropout forward and backward, elementwise, grid-stride (64-bit).
-// The uniform [0, 1) draws come from a seeded cupy.random.Generator (launcher);
+// The uniform [0, 1) draws come from the launcher's generator (kernels/gpu/dropout.py:
+// CounterRNG, a counter-addressed SplitMix64 stream);
 // keep = u >= p (the CPU's rule), out = keep ? x*scale : 0, scale = 1/(1-p).
 #include "common.cuh"
 

@@ -1,11 +1,11 @@
 // BatchNorm2d -> ReLU -> MaxPool2d(k, stride=k) fused, as kernels/cpu/fused.py:
-// the BN statistics come from batchnorm.cu (bn_stats_partial, bn_stats_finalize
-// or bn_eval_coef give coef = [sub | scale | shift]); then ONE pass normalises,
+// the BN statistics come from batchnorm.cu (batchnorm_stats_partial, batchnorm_stats_finalize
+// or batchnorm_eval_coef give coef = [sub | scale | shift]); then ONE pass normalises,
 // rectifies and pools, so the BN and ReLU outputs are never stored.
 // Forward: grid (N*C, ceil(OH*OW / blockDim)), one thread per pooled output,
 // window in row-major order, strict '>' on the ReLU output (ties -> first).
 // Backward: per-channel float64 partial sums over the pooled positions only
-// (grid (C, S)), bn_bwd_finalize (batchnorm.cu) for the coefficients, then one
+// (grid (C, S)), batchnorm_bwd_finalize (batchnorm.cu) for the coefficients, then one
 // gather pass writing dx: grid (N*C, ceil(H*W / blockDim)).
 #include "common.cuh"
 
@@ -89,13 +89,3 @@ extern "C" __global__ void bn_relu_pool_bwd_apply(real* dx, const real* dout, co
     dx[plane * H * W + t] = bcoef[c] * dy + bcoef[C + c] * (xv - bcoef[3 * C + c]) + bcoef[2 * C + c];
 }
 
-// Forward coefficients from the saved statistics (as the CPU backward
-// recomputes them): sub = mean, scale = gamma*invstd (float64, rounded), shift = beta.
-extern "C" __global__ void bn_coef_from_saved(real* coef, const double* mean, const double* invstd,
-                                              const real* gamma, const real* beta, int C) {
-    const int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= C) return;  // guard
-    coef[c] = (real)mean[c];
-    coef[C + c] = (real)((double)gamma[c] * invstd[c]);
-    coef[2 * C + c] = beta[c];
-}

@@ -1,28 +1,18 @@
-// Small shared kernels: bias adds, per-channel and per-column sums (parameter
-// gradients, accumulated +=), used by conv2d.py and linear.py.
-//
-// Parallelisation: "plane" kernels run grid (planes, ceil(L / blockDim)): one
-// block row per (n, f) plane of length L, threads over positions (coalesced).
-// Reductions are gathers in a fixed order (no atomics): deterministic.
+// Small kernels shared by conv2d.py and linear.py (prefix util_): the Linear
+// bias add, per-channel and per-column sums and an in-place add (parameter
+// gradients, accumulated +=). Reductions are gathers in a fixed order (no
+// atomics): deterministic.
 #include "common.cuh"
 
-// out[p, l] += bias[p % F] for p < planes (NCHW conv bias, L = OH*OW).
-extern "C" __global__ void bias_add_planes(real* out, const real* bias, int F, int L) {
-    const int l = blockIdx.y * blockDim.x + threadIdx.x;
-    if (l >= L) return;  // guard
-    const int p = blockIdx.x;
-    out[(i64)p * L + l] += bias[p % F];
-}
-
 // out[r, j] += bias[j] (Linear bias, out (rows, M)), grid-stride over rows*M.
-extern "C" __global__ void bias_add_rows(real* out, const real* bias, i64 total, int M) {
+extern "C" __global__ void util_bias_add_rows(real* out, const real* bias, i64 total, int M) {
     for (i64 i = gtid(); i < total; i += gstride()) out[i] += bias[(int)(i % M)];
 }
 
 // dst[j] += sum_r src[r, j] for j < M, r < R: one thread per column, rows in
-// order, float64 accumulation. (dW over the batch of per-image GEMMs, Linear
-// dbias and dW.)
-extern "C" __global__ void sum_rows_add(real* dst, const real* src, int R, i64 M) {
+// order, float64 accumulation, one rounding. (conv2d: dweight += the GEMM's
+// (F, K) result, R = 1; Linear: dbias += the sum of dout's rows.)
+extern "C" __global__ void util_sum_rows_add(real* dst, const real* src, int R, i64 M) {
     for (i64 j = gtid(); j < M; j += gstride()) {
         double s = 0.0;
         for (int r = 0; r < R; ++r) s += (double)src[(i64)r * M + j];
@@ -33,7 +23,7 @@ extern "C" __global__ void sum_rows_add(real* dst, const real* src, int R, i64 M
 // Per-channel partial sums of a (N, C, L) array: block (c, s) sums positions
 // [s*chunk, min(L, (s+1)*chunk)) of every image n, float64, and writes
 // part[c*S + s]. grid = (C, S).
-extern "C" __global__ void chan_partial_sum(double* part, const real* a, int N, int C, int L, int chunk) {
+extern "C" __global__ void util_chan_partial_sum(double* part, const real* a, int N, int C, int L, int chunk) {
     __shared__ double sm[32];
     const int c = blockIdx.x, s = blockIdx.y, S = gridDim.y;
     const int l0 = s * chunk, l1 = min(L, l0 + chunk);
@@ -47,7 +37,7 @@ extern "C" __global__ void chan_partial_sum(double* part, const real* a, int N, 
 }
 
 // dst[c] += sum_s part[c*S + s] (fixed order), one thread per channel.
-extern "C" __global__ void chan_finalize_add(real* dst, const double* part, int C, int S) {
+extern "C" __global__ void util_chan_finalize_add(real* dst, const double* part, int C, int S) {
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= C) return;  // guard
     double t = 0.0;
@@ -56,6 +46,6 @@ extern "C" __global__ void chan_finalize_add(real* dst, const double* part, int 
 }
 
 // a[i] += b[i].
-extern "C" __global__ void add_inplace(real* a, const real* b, i64 n) {
+extern "C" __global__ void util_add_inplace(real* a, const real* b, i64 n) {
     for (i64 i = gtid(); i < n; i += gstride()) a[i] += b[i];
 }
