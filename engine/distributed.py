@@ -364,7 +364,7 @@ class SyncBatchNorm:
 
     def _sums(self, layer, xp, count):
         c = layer.num_features
-        buf = layer._buf("sync_buf", (2 * c + 1,), np.float64, xp)
+        buf = layer.buffer("sync_buf", (2 * c + 1,), np.float64, xp)
         buf[2 * c] = count
         return buf, buf[:2 * c].reshape(2, c)
 
@@ -372,9 +372,9 @@ class SyncBatchNorm:
         """Global batch statistics into the layer's ``save_mean`` / ``save_invstd``; updates running stats."""
         c = layer.num_features
         xp = kb.xp
-        mean = layer._buf("save_mean", (c,), np.float64, xp)
-        invstd = layer._buf("save_invstd", (c,), np.float64, xp)
-        shift = layer._buf("sync_shift", (c,), np.float64, xp)
+        mean = layer.buffer("save_mean", (c,), np.float64, xp)
+        invstd = layer.buffer("save_invstd", (c,), np.float64, xp)
+        shift = layer.buffer("sync_shift", (c,), np.float64, xp)
         b = layer.buffers
         shift[...] = b["running_mean"]
         buf, sums = self._sums(layer, xp, x.shape[0] * x.shape[2] * x.shape[3])
@@ -396,14 +396,14 @@ class SyncBatchNorm:
     # -- the layers' hooks (BatchNorm2d and the fused BN -> ReLU -> MaxPool) -------------
     def bn_forward(self, layer, kb, x, out):
         p = layer.params
-        layer._mean, layer._invstd = self.forward_train(layer, kb, x)
-        kb.batchnorm.batchnorm_apply_train(out, x, layer._mean, layer._invstd, p["weight"], p["bias"])
+        layer.save_mean, layer.save_invstd = self.forward_train(layer, kb, x)
+        kb.batchnorm.batchnorm_apply_train(out, x, layer.save_mean, layer.save_invstd, p["weight"], p["bias"])
 
     def bn_backward(self, layer, kb, dy, x, dx):
         m = x.shape[0] * x.shape[2] * x.shape[3]
-        sums, m = self.backward_sums(layer, kb, layer._invstd, m,
-                                     lambda s: kb.batchnorm.batchnorm_backward_sums(s, dy, x, layer._mean))
-        kb.batchnorm.batchnorm_backward_apply(dx, dy, x, layer._mean, layer._invstd, layer.params["weight"], sums, m)
+        sums, m = self.backward_sums(layer, kb, layer.save_invstd, m,
+                                     lambda s: kb.batchnorm.batchnorm_backward_sums(s, dy, x, layer.save_mean))
+        kb.batchnorm.batchnorm_backward_apply(dx, dy, x, layer.save_mean, layer.save_invstd, layer.params["weight"], sums, m)
 
     def fused_forward(self, bn, kb, fz, x, out, argmax, kernel_size):
         mean, invstd = self.forward_train(bn, kb, x)

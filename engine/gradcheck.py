@@ -18,9 +18,44 @@ are all below ``atol`` on both sides count as exactly zero (see :func:`rel_error
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
 import numpy as np
 
-__all__ = ["gradcheck", "rel_error"]
+__all__ = ["gradcheck", "rel_error", "GradcheckResult"]
+
+
+@dataclass
+class GradcheckResult(Mapping):
+    """What :func:`gradcheck` found: a read-only mapping ``tensor name -> relative error``.
+
+    Attributes
+    ----------
+    errors : dict of str to float
+        ``{param_name: rel_error, ..., "input": rel_error}`` (see :func:`rel_error`);
+        iterating, indexing and ``len`` of the result are those of ``errors``.
+    skipped : dict of str to int
+        Per tensor, the checked elements left out because their perturbation
+        flipped a ReLU mask or a max-pool argmax (a kink or a tie crossed).
+    """
+
+    errors: dict = field(default_factory=dict)
+    skipped: dict = field(default_factory=dict)
+
+    def __getitem__(self, name):
+        return self.errors[name]
+
+    def __iter__(self):
+        return iter(self.errors)
+
+    def __len__(self):
+        return len(self.errors)
+
+    @property
+    def max_error(self) -> float:
+        """The largest relative error over the checked tensors (0.0 when none)."""
+        return max(self.errors.values(), default=0.0)
 
 
 def rel_error(a, n, atol=1e-7):
@@ -69,15 +104,19 @@ def _buffers(module):
 
 
 def _kinks(module):
-    """Signature of the non-differentiable decisions of the last forward: ReLU masks and pool argmaxes."""
-    steps = getattr(module, "_last_plan", None) or getattr(module, "layers", [module])
+    """Signature of the non-differentiable decisions of the last forward: ReLU masks and pool argmaxes.
+
+    Read from the steps' documented saved state: ``argmax`` of a MaxPool2d or a
+    fused BN-ReLU-pool step, and ``output > 0`` of a ReLU or a fused step (its
+    pooled output), over ``Sequential.last_steps`` (or the layer itself).
+    """
+    steps = getattr(module, "last_steps", None) or getattr(module, "layers", [module])
     sig = []
     for s in steps:
-        for attr in ("_argmax",):
-            a = getattr(getattr(s, "pool", s), attr, None)
-            if a is not None:
-                sig.append(np.array(a, copy=True))
-        out = getattr(s, "_out", None)  # ReLU output, or the fused block's pooled output
+        a = getattr(s, "argmax", None)
+        if a is not None:
+            sig.append(np.array(a, copy=True))
+        out = getattr(s, "output", None)  # ReLU output, or the fused block's pooled output
         if out is not None:
             sig.append(np.asarray(out) > 0)
     return sig
@@ -109,10 +148,11 @@ def gradcheck(module, x, seed=0, h=1e-6, max_checks=30, check_input=True):
 
     Returns
     -------
-    dict
-        ``{param_name: rel_error, ..., "input": rel_error}``. Elements whose
-        perturbation flips a ReLU mask or a max-pool argmax (a kink or a tie
-        crossed) are left out; ``gradcheck.skipped`` holds their count per tensor.
+    GradcheckResult
+        A mapping ``{param_name: rel_error, ..., "input": rel_error}``.
+        Elements whose perturbation flips a ReLU mask or a max-pool argmax (a
+        kink or a tie crossed) are left out; ``result.skipped`` holds their
+        count per tensor.
 
     Raises
     ------
@@ -161,25 +201,22 @@ def gradcheck(module, x, seed=0, h=1e-6, max_checks=30, check_input=True):
                 res[k] = np.sum((yp - ym) * dy) / (2 * h)
         return res
 
+    result = GradcheckResult()
+
     def compare(name, a, n):
         keep = ~np.isnan(n)
-        gradcheck.skipped[name] = int((~keep).sum())
+        result.skipped[name] = int((~keep).sum())
         return rel_error(a[keep], n[keep])
 
-    result = {}
-    gradcheck.skipped = {}
     for n, p, _ in params:
         idx = np.arange(p.size) if p.size <= max_checks else rng.choice(p.size, max_checks, replace=False)
-        result[n] = compare(n, analytic[n].reshape(-1)[idx], numeric(p, idx))
+        result.errors[n] = compare(n, analytic[n].reshape(-1)[idx], numeric(p, idx))
     if check_input:
         if dx is None:
             raise ValueError("gradcheck: the module returned no input gradient (set input_grad=True)")
         idx = np.arange(x.size) if x.size <= max_checks else rng.choice(x.size, max_checks, replace=False)
-        result["input"] = compare("input", dx.reshape(-1)[idx], numeric(x, idx))
+        result.errors["input"] = compare("input", dx.reshape(-1)[idx], numeric(x, idx))
     for b, saved in zip(_buffers(module), bufs):
         b[...] = saved
     _rng_set(module, rng0)
     return result
-
-
-gradcheck.skipped = {}

@@ -1,7 +1,8 @@
 """``python cli.py inspect RUN_DIR``: what backprop does inside each layer, for one batch.
 
-For one mini-batch, in training mode, layer by layer (unfused, so every
-layer's output is visible):
+For one mini-batch, in training mode, layer by layer (``Sequential``'s own
+forward and backward with fusion off, so every layer's output is visible; a
+trace hook of ``Sequential.forward`` reads each output):
 
 - ``act_mean``, ``act_std``: mean and standard deviation of the layer's output;
 - ``dead_frac`` (ReLU layers): fraction of units (one unit = one channel at one
@@ -45,7 +46,8 @@ def inspect_batch(model, opt, x, y):
     Parameters
     ----------
     model : engine.model.Sequential
-        In training mode; its ``layers`` are run one by one.
+        Set to training mode; run unfused (every layer its own step) and without
+        the input's gradient, its ``fuse`` and ``input_grad`` restored afterwards.
     opt : engine.optim.Adam
         Over ``model.parameters()`` (state from the checkpoint).
     x : array [shape=(N, C, H, W), dtype=float32]
@@ -64,21 +66,20 @@ def inspect_batch(model, opt, x, y):
     model.train()
     model.zero_grad()
     rows = []
-    h = x
-    for i, layer in enumerate(model.layers):
-        if hasattr(layer, "input_grad"):
-            layer.input_grad = i > 0
-        h = layer.forward(h)
+
+    def record(i, layer, out):
         kind = type(layer).__name__
-        rec = dict(index=i, layer=f"{i}:{kind}", output_shape=list(h.shape), **_stats(h, kind))
-        rows.append(rec)
-    crit = SoftmaxCrossEntropy()
-    loss = float(crit.forward(h, y))
-    dy = crit.backward()
-    for layer in reversed(model.layers):
-        dy = layer.backward(dy)
-        if dy is None:
-            break
+        rows.append(dict(index=i, layer=f"{i}:{kind}", output_shape=list(out.shape), **_stats(out, kind)))
+
+    fuse, input_grad = model.fuse, model.input_grad
+    model.fuse, model.input_grad = False, False
+    try:
+        h = model.forward(x, trace=record)
+        crit = SoftmaxCrossEntropy()
+        loss = float(crit.forward(h, y))
+        model.backward(crit.backward())
+    finally:
+        model.fuse, model.input_grad = fuse, input_grad
     before = []
     for i, layer in enumerate(model.layers):
         ps = getattr(layer, "params", {}) or {}

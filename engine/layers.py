@@ -13,14 +13,23 @@ the activations. Consequently the array returned by ``forward``/``backward``
 is overwritten by the next call with the same shape: copy it to keep it.
 
 Kernels are reached only through :func:`kernels.backend_for` (NumPy -> CPU,
-CuPy -> GPU); no layer names a backend. Dimension letters: ``N, C, H, W``,
-``F`` (filters), ``KH, KW``, ``OH, OW``.
+CuPy -> GPU); no layer names a backend. Each layer's docstring names the op
+(``kernels.<backend>.<op>``) and the float64 reference
+(``engine.reference.<op>``) it is tested against. Dimension letters:
+``N, C, H, W``, ``F`` (filters), ``KH, KW``, ``OH, OW``.
+
+Saved state: what a layer keeps from ``forward`` for ``backward`` is a
+public, documented attribute of the layer (``saved_input``, ``save_mean``,
+``save_invstd``, ``output``, ``argmax``, ``mask``, ``in_shape``), None
+before the first forward. They are references to the layer's (reused)
+buffers or to the caller's input, not copies: read them, do not keep them.
 """
 from __future__ import annotations
 
 import numpy as np
 
 import kernels
+from kernels.shapes import conv2d_output_size, maxpool2d_output_size
 
 __all__ = ["Layer", "Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d", "Dropout", "Flatten", "Linear", "workspace_for"]
 
@@ -94,9 +103,15 @@ class Layer:
     def __call__(self, x):
         return self.forward(x)
 
-    # -- buffers ----------------------------------------------------------------
-    def _buf(self, name, shape, dtype, xp):
-        """Cached output/gradient buffer of ``shape`` (allocated once per shape, reused)."""
+    # -- buffers and checks -------------------------------------------------------
+    def buffer(self, name, shape, dtype, xp):
+        """The layer's cached buffer ``name`` of ``shape`` and ``dtype`` on array module ``xp``.
+
+        Allocated once per (name, shape, dtype, module) and reused by every later call, so its
+        contents are whatever the last user wrote. Used by the layer itself and by code that runs
+        the layer's op in its place (``engine.model``'s fused block, ``engine.distributed``'s
+        SyncBatchNorm), so outputs land in the same buffers either way.
+        """
         return cached_buffer(self._cache, name, shape, dtype, xp)
 
     def _param_dtype(self):
@@ -114,7 +129,9 @@ class Layer:
                 f"{pd}; convert the model with .astype({x.dtype})"
             )
 
-    def _check_4d(self, x, channels=None):
+    def check_input(self, x, channels=None):
+        """Raise ValueError (naming the layer and the shape) unless ``x`` is a C-contiguous float32/float64
+        ``(N, channels, H, W)`` array of the parameters' dtype (any ``C`` when ``channels`` is None)."""
         if x.ndim != 4:
             want = f"(N, {channels}, H, W)" if channels is not None else "(N, C, H, W)"
             raise ValueError(f"{type(self).__name__}: expected a 4-D input {want}, got shape {x.shape}")
@@ -131,7 +148,8 @@ class Layer:
         if getattr(self, attr, None) is None:
             raise ValueError(f"{type(self).__name__}.backward called before forward")
 
-    def _check_dy(self, dy, shape):
+    def check_grad(self, dy, shape):
+        """Raise ValueError (naming the layer) unless the upstream gradient ``dy`` is C-contiguous of ``shape``."""
         if tuple(dy.shape) != tuple(shape):
             raise ValueError(f"{type(self).__name__}.backward: expected gradient of shape {tuple(shape)}, got {dy.shape}")
         if not dy.flags.c_contiguous:
@@ -179,6 +197,10 @@ class Layer:
 class Conv2d(Layer):
     """2-D convolution (cross-correlation), PyTorch ``torch.nn.Conv2d`` with square kernel, no dilation/groups.
 
+    Op ``conv2d``: kernels ``conv2d_forward``, ``conv2d_backward_input``,
+    ``conv2d_backward_weight`` (``kernels/{cpu,gpu}/conv2d.py``); reference
+    :mod:`engine.reference.conv2d`.
+
     Parameters
     ----------
     in_channels, out_channels : int > 0
@@ -197,6 +219,11 @@ class Conv2d(Layer):
     bias 0. ``weight (F, C, KH, KW)``, ``bias (F,)``.
     ``input_grad = False`` skips the gradient with respect to the input (the
     model's first layer does not need it); ``backward`` then returns None.
+
+    Attributes
+    ----------
+    saved_input : array [shape=(N, C, H, W)] or None
+        The last forward's input (the caller's array, not a copy), read by ``backward``.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=1, rng=None, dtype=np.float32):
@@ -213,40 +240,41 @@ class Conv2d(Layer):
         self.params = {"weight": w.astype(dtype), "bias": np.zeros(self.out_channels, dtype)}
         self.grads = {n: np.zeros_like(p) for n, p in self.params.items()}
         self.input_grad = True
-        self._x = None
+        self.saved_input = None
 
     def output_shape(self, in_shape):
         n, c, h, w = in_shape
-        oh = (h + 2 * self.padding - self.kernel_size) // self.stride + 1
-        ow = (w + 2 * self.padding - self.kernel_size) // self.stride + 1
-        if oh < 1 or ow < 1:
+        k = self.kernel_size
+        try:
+            oh, ow = conv2d_output_size(h, w, k, k, self.stride, self.padding)
+        except ValueError:
             raise ValueError(f"Conv2d: input shape {tuple(in_shape)} too small for kernel {self.kernel_size} "
-                             f"with padding {self.padding}")
+                             f"with padding {self.padding}") from None
         return (n, self.out_channels, oh, ow)
 
     def forward(self, x):
         """``(N, C, H, W) -> (N, F, OH, OW)``; raises ValueError on a wrong rank, channel count or dtype."""
-        self._check_4d(x, self.in_channels)
+        self.check_input(x, self.in_channels)
         kb = kernels.backend_for(x)
-        out = self._buf("out", self.output_shape(x.shape), x.dtype, kb.xp)
+        out = self.buffer("out", self.output_shape(x.shape), x.dtype, kb.xp)
         p = self.params
         # eval mode: each image's output independent of the rest of the batch (issue 10, item 19)
         kb.conv2d.conv2d_forward(out, x, p["weight"], p["bias"], self.stride, self.padding,
                                  workspace_for(kernels.device_of(x)), batch_invariant=not self.training)
-        self._x = x
+        self.saved_input = x
         return out
 
     def backward(self, dy):
         """Accumulate ``grads['weight']``, ``grads['bias']``; return dx ``(N, C, H, W)`` (None if ``input_grad`` is False)."""
-        self._need_forward("_x")
-        x = self._x
-        self._check_dy(dy, self.output_shape(x.shape))
+        self._need_forward("saved_input")
+        x = self.saved_input
+        self.check_grad(dy, self.output_shape(x.shape))
         kb = kernels.backend_for(x)
         ws = workspace_for(kernels.device_of(x))
         kb.conv2d.conv2d_backward_weight(self.grads["weight"], self.grads["bias"], dy, x, self.stride, self.padding, ws)
         if not self.input_grad:
             return None
-        dx = self._buf("dx", x.shape, x.dtype, kb.xp)
+        dx = self.buffer("dx", x.shape, x.dtype, kb.xp)
         kb.conv2d.conv2d_backward_input(dx, dy, self.params["weight"], self.stride, self.padding, ws)
         return dx
 
@@ -257,6 +285,10 @@ class Conv2d(Layer):
 
 class BatchNorm2d(Layer):
     """Batch normalisation over ``(N, H, W)`` per channel, PyTorch ``torch.nn.BatchNorm2d``.
+
+    Op ``batchnorm``: kernels ``batchnorm_forward_train``, ``batchnorm_forward_eval``,
+    ``batchnorm_backward`` (``kernels/{cpu,gpu}/batchnorm.py``; the split steps with
+    :attr:`sync`); reference :mod:`engine.reference.batchnorm`.
 
     Parameters
     ----------
@@ -274,6 +306,15 @@ class BatchNorm2d(Layer):
     ``running_var`` with the unbiased one; eval uses the running statistics and
     never changes them. ``params``: ``weight`` (gamma, init 1), ``bias`` (beta,
     init 0); ``buffers``: ``running_mean`` (init 0), ``running_var`` (init 1).
+
+    Attributes
+    ----------
+    saved_input : array [shape=(N, C, H, W)] or None
+        The last training-mode forward's input (None after an eval forward: no backward then).
+    save_mean, save_invstd : array [shape=(C,), dtype=float64] or None
+        That forward's batch mean and ``1/sqrt(var + eps)`` (the kernels' ``save_*`` buffers).
+    sync : engine.distributed.SyncBatchNorm or None
+        Set by data-parallel training: batch statistics summed over MPI ranks.
     """
 
     def __init__(self, num_features, momentum=0.1, eps=1e-5, dtype=np.float32):
@@ -287,43 +328,44 @@ class BatchNorm2d(Layer):
         self.params = {"weight": np.ones(c, dtype), "bias": np.zeros(c, dtype)}
         self.grads = {n: np.zeros_like(p) for n, p in self.params.items()}
         self.buffers = {"running_mean": np.zeros(c, dtype), "running_var": np.ones(c, dtype)}
-        self._x = None
+        self.saved_input = None
+        self.save_mean = self.save_invstd = None
         self.sync = None  # engine.distributed.SyncBatchNorm: batch statistics summed over MPI ranks
 
     def forward(self, x):
         """``(N, C, H, W) -> (N, C, H, W)``; training mode needs ``N*H*W >= 2``."""
-        self._check_4d(x, self.num_features)
+        self.check_input(x, self.num_features)
         kb = kernels.backend_for(x)
-        out = self._buf("out", x.shape, x.dtype, kb.xp)
+        out = self.buffer("out", x.shape, x.dtype, kb.xp)
         p, b = self.params, self.buffers
         if self.training:
-            self._mean = self._buf("save_mean", (self.num_features,), np.float64, kb.xp)
-            self._invstd = self._buf("save_invstd", (self.num_features,), np.float64, kb.xp)
+            self.save_mean = self.buffer("save_mean", (self.num_features,), np.float64, kb.xp)
+            self.save_invstd = self.buffer("save_invstd", (self.num_features,), np.float64, kb.xp)
             if self.sync is not None:
                 self.sync.bn_forward(self, kb, x, out)
             else:
-                kb.batchnorm.batchnorm_forward_train(out, self._mean, self._invstd, x, p["weight"], p["bias"],
+                kb.batchnorm.batchnorm_forward_train(out, self.save_mean, self.save_invstd, x, p["weight"], p["bias"],
                                                      b["running_mean"], b["running_var"], self.momentum, self.eps)
-            self._x = x
+            self.saved_input = x
         else:
             kb.batchnorm.batchnorm_forward_eval(out, x, p["weight"], p["bias"], b["running_mean"],
                                                 b["running_var"], self.eps)
-            self._x = None
+            self.saved_input = None
         return out
 
     def backward(self, dy):
         """Accumulate ``grads``; return dx. Only after a training-mode forward (batch statistics)."""
-        if self._x is None:
+        if self.saved_input is None:
             raise ValueError("BatchNorm2d.backward needs a preceding forward in training mode")
-        x = self._x
-        self._check_dy(dy, x.shape)
+        x = self.saved_input
+        self.check_grad(dy, x.shape)
         kb = kernels.backend_for(x)
-        dx = self._buf("dx", x.shape, x.dtype, kb.xp)
+        dx = self.buffer("dx", x.shape, x.dtype, kb.xp)
         if self.sync is not None:
             self.sync.bn_backward(self, kb, dy, x, dx)
             return dx
-        kb.batchnorm.batchnorm_backward(dx, self.grads["weight"], self.grads["bias"], dy, x, self._mean,
-                                        self._invstd, self.params["weight"])
+        kb.batchnorm.batchnorm_backward(dx, self.grads["weight"], self.grads["bias"], dy, x, self.save_mean,
+                                        self.save_invstd, self.params["weight"])
         return dx
 
     def extra_repr(self):
@@ -331,33 +373,45 @@ class BatchNorm2d(Layer):
 
 
 class ReLU(Layer):
-    """Rectified linear unit ``max(x, 0)`` (PyTorch ``torch.nn.ReLU``); any input shape."""
+    """Rectified linear unit ``max(x, 0)`` (PyTorch ``torch.nn.ReLU``); any input shape.
+
+    Op ``relu``: kernels ``relu_forward``, ``relu_backward`` (``kernels/{cpu,gpu}/relu.py``);
+    reference :mod:`engine.reference.relu`.
+
+    Attributes
+    ----------
+    output : array or None
+        The last forward's output (the layer's buffer); ``backward`` masks with ``output > 0``.
+    """
 
     def __init__(self):
         super().__init__()
-        self._out = None
+        self.output = None
 
     def forward(self, x):
         """Elementwise ``max(x, 0)``, same shape."""
         self._check_dtype(x)
         kb = kernels.backend_for(x)
-        out = self._buf("out", x.shape, x.dtype, kb.xp)
+        out = self.buffer("out", x.shape, x.dtype, kb.xp)
         kb.relu.relu_forward(out, x)
-        self._out = out
+        self.output = out
         return out
 
     def backward(self, dy):
         """``dy * (out > 0)``."""
-        self._need_forward("_out")
-        self._check_dy(dy, self._out.shape)
+        self._need_forward("output")
+        self.check_grad(dy, self.output.shape)
         kb = kernels.backend_for(dy)
-        dx = self._buf("dx", dy.shape, dy.dtype, kb.xp)
-        kb.relu.relu_backward(dx, dy, self._out)
+        dx = self.buffer("dx", dy.shape, dy.dtype, kb.xp)
+        kb.relu.relu_backward(dx, dy, self.output)
         return dx
 
 
 class MaxPool2d(Layer):
     """Max pooling, PyTorch ``torch.nn.MaxPool2d(kernel_size, stride)`` (floor mode, no padding).
+
+    Op ``maxpool``: kernels ``maxpool2d_forward``, ``maxpool2d_backward``
+    (``kernels/{cpu,gpu}/maxpool.py``); reference :mod:`engine.reference.maxpool`.
 
     ``OH = (H - kernel_size)//stride + 1``. On ties the gradient goes to exactly
     one input: the first maximum of the window in row-major order.
@@ -367,6 +421,14 @@ class MaxPool2d(Layer):
     kernel_size : int > 0
     stride : int > 0 or None
         Defaults to ``kernel_size`` (PyTorch).
+
+    Attributes
+    ----------
+    argmax : array [shape=(N, C, OH, OW), dtype=int32] or None
+        The last forward's flat index ``h*W + w`` of each window's maximum (not set when
+        ``Sequential`` ran this layer inside its fused block).
+    in_shape : tuple or None
+        That forward's input shape; ``in_dtype`` its dtype.
     """
 
     def __init__(self, kernel_size=2, stride=None):
@@ -375,32 +437,35 @@ class MaxPool2d(Layer):
         if int(kernel_size) != kernel_size or kernel_size < 1 or int(stride) != stride or stride < 1:
             raise ValueError(f"MaxPool2d: kernel_size and stride must be positive integers, got {kernel_size}, {stride}")
         self.kernel_size, self.stride = int(kernel_size), int(stride)
-        self._in_shape = None
+        self.argmax = self.in_shape = self.in_dtype = None
 
     def output_shape(self, in_shape):
         n, c, h, w = in_shape
-        if h < self.kernel_size or w < self.kernel_size:
-            raise ValueError(f"MaxPool2d: input shape {tuple(in_shape)} smaller than the window {self.kernel_size}")
-        return (n, c, (h - self.kernel_size) // self.stride + 1, (w - self.kernel_size) // self.stride + 1)
+        try:
+            oh, ow = maxpool2d_output_size(h, w, self.kernel_size, self.stride)
+        except ValueError:
+            raise ValueError(f"MaxPool2d: input shape {tuple(in_shape)} smaller than the window "
+                             f"{self.kernel_size}") from None
+        return (n, c, oh, ow)
 
     def forward(self, x):
         """``(N, C, H, W) -> (N, C, OH, OW)``."""
-        self._check_4d(x)
+        self.check_input(x)
         kb = kernels.backend_for(x)
         shape = self.output_shape(x.shape)
-        out = self._buf("out", shape, x.dtype, kb.xp)
-        self._argmax = self._buf("argmax", shape, np.int32, kb.xp)
-        kb.maxpool.maxpool2d_forward(out, self._argmax, x, self.kernel_size, self.stride)
-        self._in_shape, self._dtype = x.shape, x.dtype
+        out = self.buffer("out", shape, x.dtype, kb.xp)
+        self.argmax = self.buffer("argmax", shape, np.int32, kb.xp)
+        kb.maxpool.maxpool2d_forward(out, self.argmax, x, self.kernel_size, self.stride)
+        self.in_shape, self.in_dtype = x.shape, x.dtype
         return out
 
     def backward(self, dy):
         """Gather the gradient to each window's argmax; return dx ``(N, C, H, W)``."""
-        self._need_forward("_in_shape")
-        self._check_dy(dy, self.output_shape(self._in_shape))
+        self._need_forward("in_shape")
+        self.check_grad(dy, self.output_shape(self.in_shape))
         kb = kernels.backend_for(dy)
-        dx = self._buf("dx", self._in_shape, self._dtype, kb.xp)
-        kb.maxpool.maxpool2d_backward(dx, dy, self._argmax, self.kernel_size, self.stride)
+        dx = self.buffer("dx", self.in_shape, self.in_dtype, kb.xp)
+        kb.maxpool.maxpool2d_backward(dx, dy, self.argmax, self.kernel_size, self.stride)
         return dx
 
     def extra_repr(self):
@@ -409,6 +474,9 @@ class MaxPool2d(Layer):
 
 class Dropout(Layer):
     """Inverted dropout, PyTorch ``torch.nn.Dropout(p)``; any input shape.
+
+    Op ``dropout``: kernels ``make_rng``, ``dropout_forward``, ``dropout_backward``
+    (``kernels/{cpu,gpu}/dropout.py``); reference :mod:`engine.reference.dropout`.
 
     Training: each unit is kept with probability ``1 - p`` and scaled by
     ``1/(1 - p)``; eval: identity (returns ``x`` itself). The random stream is
@@ -424,6 +492,18 @@ class Dropout(Layer):
         Drop probability.
     seed : int or None
         Seed of the layer's generators.
+
+    Attributes
+    ----------
+    mask : array [dtype=uint8] or None
+        The last training forward's keep mask (1 kept, 0 dropped); None after an eval or
+        ``p = 0`` forward (identity).
+    in_shape : tuple or None
+        That forward's input shape.
+    rng : generator
+        The current device's generator (see :meth:`rng_state`).
+    draws : callable or None
+        ``engine.distributed``'s hook ``(rng, x) -> draws`` (masks a function of the global sample index).
     """
 
     def __init__(self, p=0.5, seed=0):
@@ -436,33 +516,34 @@ class Dropout(Layer):
         self.rng = kernels.get_backend("cpu").dropout.make_rng(seed)
         self._rngs = {"cpu": self.rng}  # device -> generator (kept across moves: to('gpu').to('cpu') resumes it)
         self._pending = {}  # device -> state of a generator not created yet (set_rng_state on another device)
-        self._mask = None
+        self.mask = None
+        self.in_shape = None
         self.draws = None  # engine.distributed: (rng, x) -> the draws of this rank's rows of the global batch
 
     def forward(self, x):
         """Same shape as ``x``; draws ``x.size`` uniforms from the layer's generator in training mode."""
         self._check_dtype(x)
         if not self.training or self.p == 0.0:
-            self._mask = None
-            self._shape = x.shape
+            self.mask = None
+            self.in_shape = x.shape
             return x
         kb = kernels.backend_for(x)
-        out = self._buf("out", x.shape, x.dtype, kb.xp)
-        self._mask = self._buf("mask", x.shape, np.uint8, kb.xp)
+        out = self.buffer("out", x.shape, x.dtype, kb.xp)
+        self.mask = self.buffer("mask", x.shape, np.uint8, kb.xp)
         rng = self.rng if self.draws is None else self.draws(self.rng, x)
-        kb.dropout.dropout_forward(out, self._mask, x, self.p, rng)
-        self._shape = x.shape
+        kb.dropout.dropout_forward(out, self.mask, x, self.p, rng)
+        self.in_shape = x.shape
         return out
 
     def backward(self, dy):
         """``dy * mask / (1 - p)`` with the forward's mask (identity after an eval/p=0 forward)."""
-        self._need_forward("_shape")
-        self._check_dy(dy, self._shape)
-        if self._mask is None:
+        self._need_forward("in_shape")
+        self.check_grad(dy, self.in_shape)
+        if self.mask is None:
             return dy
         kb = kernels.backend_for(dy)
-        dx = self._buf("dx", dy.shape, dy.dtype, kb.xp)
-        kb.dropout.dropout_backward(dx, dy, self._mask, self.p)
+        dx = self.buffer("dx", dy.shape, dy.dtype, kb.xp)
+        kb.dropout.dropout_backward(dx, dy, self.mask, self.p)
         return dx
 
     @staticmethod
@@ -545,7 +626,14 @@ class Dropout(Layer):
 
 
 class Flatten(Layer):
-    """``(N, d1, d2, ...) -> (N, d1*d2*...)`` (PyTorch ``torch.nn.Flatten``); returns a view, no copy."""
+    """``(N, d1, d2, ...) -> (N, d1*d2*...)`` (PyTorch ``torch.nn.Flatten``); returns a view, no copy.
+
+    No kernel (a reshape). Attribute ``in_shape``: the last forward's input shape (None before).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.in_shape = None
 
     def output_shape(self, in_shape):
         return (in_shape[0], int(np.prod(in_shape[1:])))
@@ -557,18 +645,22 @@ class Flatten(Layer):
         self._check_dtype(x)
         if not x.flags.c_contiguous:
             raise ValueError(f"Flatten: input of shape {x.shape} must be C-contiguous")
-        self._in_shape = x.shape
+        self.in_shape = x.shape
         return x.reshape(self.output_shape(x.shape))
 
     def backward(self, dy):
         """Reshape the gradient back to the input shape (a view)."""
-        self._need_forward("_in_shape")
-        self._check_dy(dy, self.output_shape(self._in_shape))
-        return dy.reshape(self._in_shape)
+        self._need_forward("in_shape")
+        self.check_grad(dy, self.output_shape(self.in_shape))
+        return dy.reshape(self.in_shape)
 
 
 class Linear(Layer):
     """Fully connected layer ``y = x @ weight.T + bias`` (PyTorch ``torch.nn.Linear`` layout).
+
+    Op ``linear``: kernels ``linear_forward``, ``linear_backward_input``,
+    ``linear_backward_weight`` (``kernels/{cpu,gpu}/linear.py``); reference
+    :mod:`engine.reference.linear`.
 
     Parameters
     ----------
@@ -584,6 +676,11 @@ class Linear(Layer):
     (the hidden Linear feeds a ReLU). PyTorch's default is
     ``U(-1/sqrt(in), 1/sqrt(in))`` for both weight and bias.
     ``weight (out_features, in_features)``, ``bias (out_features,)``.
+
+    Attributes
+    ----------
+    saved_input : array [shape=(N, in_features)] or None
+        The last forward's input (the caller's array, not a copy), read by ``backward``.
     """
 
     def __init__(self, in_features, out_features, rng=None, dtype=np.float32):
@@ -596,7 +693,7 @@ class Linear(Layer):
         self.params = {"weight": w.astype(dtype), "bias": np.zeros(self.out_features, dtype)}
         self.grads = {n: np.zeros_like(p) for n, p in self.params.items()}
         self.input_grad = True
-        self._x = None
+        self.saved_input = None
 
     def output_shape(self, in_shape):
         return (in_shape[0], self.out_features)
@@ -609,22 +706,22 @@ class Linear(Layer):
         if not x.flags.c_contiguous:
             raise ValueError(f"Linear: input of shape {x.shape} must be C-contiguous")
         kb = kernels.backend_for(x)
-        out = self._buf("out", (x.shape[0], self.out_features), x.dtype, kb.xp)
+        out = self.buffer("out", (x.shape[0], self.out_features), x.dtype, kb.xp)
         kb.linear.linear_forward(out, x, self.params["weight"], self.params["bias"], batch_invariant=not self.training,
                                  ws=workspace_for(kernels.device_of(x)))
-        self._x = x
+        self.saved_input = x
         return out
 
     def backward(self, dy):
         """Accumulate ``grads``; return dx ``(N, in_features)`` (None if ``input_grad`` is False)."""
-        self._need_forward("_x")
-        x = self._x
-        self._check_dy(dy, (x.shape[0], self.out_features))
+        self._need_forward("saved_input")
+        x = self.saved_input
+        self.check_grad(dy, (x.shape[0], self.out_features))
         kb = kernels.backend_for(x)
         kb.linear.linear_backward_weight(self.grads["weight"], self.grads["bias"], dy, x)
         if not self.input_grad:
             return None
-        dx = self._buf("dx", x.shape, x.dtype, kb.xp)
+        dx = self.buffer("dx", x.shape, x.dtype, kb.xp)
         kb.linear.linear_backward_input(dx, dy, self.params["weight"])
         return dx
 

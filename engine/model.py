@@ -19,15 +19,34 @@ import kernels
 
 from .layers import BatchNorm2d, Dropout, Layer, MaxPool2d, ReLU, _to_numpy
 
-__all__ = ["Sequential"]
+__all__ = ["Sequential", "FusedBNReLUPool"]
 
 
-class _FusedBNReLUPool:
-    """Runs ``BatchNorm2d -> ReLU -> MaxPool2d(k, k)`` through ``kernels.<backend>.fused``."""
+class FusedBNReLUPool:
+    """One step of a :class:`Sequential` plan: ``BatchNorm2d -> ReLU -> MaxPool2d(k, k)`` through the fused op.
+
+    Op ``fused``: kernels ``bn_relu_pool_forward_train``, ``bn_relu_pool_forward_eval``,
+    ``bn_relu_pool_backward`` (``kernels/{cpu,gpu}/fused.py``; the split steps with ``bn.sync``);
+    reference :mod:`engine.reference.fused`. The three layers keep their parameters, gradients
+    and buffers; their outputs land in the layers' own buffers (``pool``'s ``out`` and ``argmax``,
+    ``bn``'s ``save_mean`` / ``save_invstd`` / ``dx``), through their public :meth:`Layer.buffer`.
+
+    Attributes
+    ----------
+    bn, relu, pool : BatchNorm2d, ReLU, MaxPool2d
+    saved_input : array [shape=(N, C, H, W)] or None
+        The last training-mode forward's input (None after an eval forward).
+    save_mean, save_invstd : array [shape=(C,), dtype=float64] or None
+        That forward's batch statistics (also ``bn.save_mean`` / ``bn.save_invstd``).
+    argmax : array [shape=(N, C, OH, OW), dtype=int32] or None
+        The last forward's pooling argmax.
+    output : array [shape=(N, C, OH, OW)] or None
+        The last forward's pooled output.
+    """
 
     def __init__(self, bn, relu, pool):
         self.bn, self.relu, self.pool = bn, relu, pool
-        self._x = None
+        self.saved_input = self.save_mean = self.save_invstd = self.argmax = self.output = None
 
     @staticmethod
     def module_for(x):
@@ -38,45 +57,48 @@ class _FusedBNReLUPool:
             return None
 
     def forward(self, x):
+        """``(N, C, H, W) -> (N, C, OH, OW)``: normalise (batch or running statistics), rectify, pool."""
         bn, pool = self.bn, self.pool
-        bn._check_4d(x, bn.num_features)
+        bn.check_input(x, bn.num_features)
         kb = kernels.backend_for(x)
         shape = pool.output_shape(x.shape)
-        out = pool._buf("out", shape, x.dtype, kb.xp)
-        argmax = pool._buf("argmax", shape, np.int32, kb.xp)
+        out = pool.buffer("out", shape, x.dtype, kb.xp)
+        argmax = pool.buffer("argmax", shape, np.int32, kb.xp)
         p, b = bn.params, bn.buffers
         fz = self.module_for(x)
         if bn.training:
-            mean = bn._buf("save_mean", (bn.num_features,), np.float64, kb.xp)
-            invstd = bn._buf("save_invstd", (bn.num_features,), np.float64, kb.xp)
+            mean = bn.buffer("save_mean", (bn.num_features,), np.float64, kb.xp)
+            invstd = bn.buffer("save_invstd", (bn.num_features,), np.float64, kb.xp)
             if bn.sync is not None:  # statistics summed over MPI ranks (engine.distributed)
                 bn.sync.fused_forward(bn, kb, fz, x, out, argmax, pool.kernel_size)
             else:
                 fz.bn_relu_pool_forward_train(out, argmax, mean, invstd, x, p["weight"], p["bias"],
                                               b["running_mean"], b["running_var"], bn.momentum, bn.eps,
                                               pool.kernel_size)
-            self._x, self._argmax, self._mean, self._invstd = x, argmax, mean, invstd
+            self.saved_input, self.save_mean, self.save_invstd = x, mean, invstd
+            bn.save_mean, bn.save_invstd = mean, invstd
         else:
             fz.bn_relu_pool_forward_eval(out, argmax, x, p["weight"], p["bias"], b["running_mean"],
                                          b["running_var"], bn.eps, pool.kernel_size)
-            self._x = None
-        self._out = out
+            self.saved_input = None
+        self.argmax, self.output = argmax, out
         return out
 
     def backward(self, dy):
-        if self._x is None:
+        """Accumulate ``bn``'s gradients; return dx ``(N, C, H, W)``. Only after a training-mode forward."""
+        if self.saved_input is None:
             raise ValueError("fused BatchNorm2d/ReLU/MaxPool2d backward needs a preceding training-mode forward")
-        x, bn = self._x, self.bn
-        bn._check_dy(dy, self.pool.output_shape(x.shape))
+        x, bn = self.saved_input, self.bn
+        bn.check_grad(dy, self.pool.output_shape(x.shape))
         kb = kernels.backend_for(x)
-        dx = bn._buf("dx", x.shape, x.dtype, kb.xp)
+        dx = bn.buffer("dx", x.shape, x.dtype, kb.xp)
         if bn.sync is not None:
-            bn.sync.fused_backward(bn, kb, self.module_for(x), dy, self._argmax, x, self._mean, self._invstd, dx,
-                                   self.pool.kernel_size)
+            bn.sync.fused_backward(bn, kb, self.module_for(x), dy, self.argmax, x, self.save_mean, self.save_invstd,
+                                   dx, self.pool.kernel_size)
             return dx
-        self.module_for(x).bn_relu_pool_backward(dx, bn.grads["weight"], bn.grads["bias"], dy, self._argmax, x,
-                                                 self._mean, self._invstd, bn.params["weight"], bn.params["bias"],
-                                                 self.pool.kernel_size)
+        self.module_for(x).bn_relu_pool_backward(dx, bn.grads["weight"], bn.grads["bias"], dy, self.argmax, x,
+                                                 self.save_mean, self.save_invstd, bn.params["weight"],
+                                                 bn.params["bias"], self.pool.kernel_size)
         return dx
 
 
@@ -95,6 +117,14 @@ class Sequential:
         sets it to False and ``backward`` then returns None; gradient checks
         set it to True.
 
+    Attributes
+    ----------
+    layers : list of engine.layers.Layer
+    last_steps : list or None
+        The steps the last :meth:`forward` ran, in order: the layers, with a
+        :class:`FusedBNReLUPool` in place of each fused triple; :meth:`backward`
+        runs them in reverse. None before the first forward (and after :meth:`to`).
+
     Raises
     ------
     ValueError
@@ -110,12 +140,13 @@ class Sequential:
         self.fuse = bool(fuse)
         self.input_grad = bool(input_grad)
         self.training = True
+        self.last_steps = None
         self._plans = {}
 
     # -- execution ------------------------------------------------------------
     def _plan(self, x):
         """Steps to run for input ``x``: layers, with fusable triples replaced when the backend allows."""
-        fused_ok = self.fuse and _FusedBNReLUPool.module_for(x) is not None
+        fused_ok = self.fuse and FusedBNReLUPool.module_for(x) is not None
         key = (fused_ok, self.input_grad)
         plan = self._plans.get(key)
         if plan is None:
@@ -123,7 +154,7 @@ class Sequential:
             while i < len(L):
                 if (fused_ok and i + 2 < len(L) and isinstance(L[i], BatchNorm2d) and isinstance(L[i + 1], ReLU)
                         and isinstance(L[i + 2], MaxPool2d) and L[i + 2].kernel_size == L[i + 2].stride):
-                    plan.append(_FusedBNReLUPool(L[i], L[i + 1], L[i + 2]))
+                    plan.append(FusedBNReLUPool(L[i], L[i + 1], L[i + 2]))
                     i += 3
                 else:
                     plan.append(L[i])
@@ -131,13 +162,25 @@ class Sequential:
             self._plans[key] = plan
         return plan
 
-    def forward(self, x):
-        """Run every layer on ``x``; returns the last output (a reused buffer: copy it to keep it)."""
-        self._last_plan = plan = self._plan(x)
+    def forward(self, x, trace=None):
+        """Run every layer on ``x``; returns the last output (a reused buffer: copy it to keep it).
+
+        Parameters
+        ----------
+        x : array [shape=(N, C, H, W)]
+        trace : callable or None
+            ``trace(index, step, output)`` is called after each step (``index``
+            into :attr:`last_steps`; with ``fuse=False`` the steps are the
+            layers), while ``output`` is still that step's result
+            (``engine.inspect`` reads each layer's activations so).
+        """
+        self.last_steps = plan = self._plan(x)
         for i, step in enumerate(plan):
             if hasattr(step, "input_grad"):
                 step.input_grad = self.input_grad or i > 0
             x = step.forward(x)
+            if trace is not None:
+                trace(i, step, x)
         return x
 
     def backward(self, dy):
@@ -153,7 +196,7 @@ class Sequential:
         ValueError
             If called before :meth:`forward`.
         """
-        plan = getattr(self, "_last_plan", None)
+        plan = self.last_steps
         if plan is None:
             raise ValueError("Sequential.backward called before forward")
         for step in reversed(plan):
@@ -252,7 +295,7 @@ class Sequential:
         for layer in self.layers:
             layer.to(device)
         self._plans.clear()
-        self._last_plan = None
+        self.last_steps = None
         return self
 
     # -- summary ----------------------------------------------------------------

@@ -1,7 +1,23 @@
-"""Backend-neutral shape validation and output-size formulas, shared by kernels/cpu and kernels/gpu.
+"""Backend-neutral shape validation and output-size formulas, shared by kernels/cpu, kernels/gpu and engine/layers.
 
-Works on plain shape tuples, so it never touches array data and imports no array module.
+The one place of the conv and pool output-size formulas (the float64
+references in engine/reference keep their own copies: they import nothing
+from kernels/). Works on plain shape tuples, so it never touches array data
+and imports no array module.
 """
+
+
+def conv2d_output_size(h, w, kh, kw, stride, padding):
+    """``(OH, OW) = ((H + 2*padding - KH)//stride + 1, (W + 2*padding - KW)//stride + 1)`` (PyTorch, dilation 1).
+
+    Raises
+    ------
+    ValueError
+        A padded input smaller than the kernel.
+    """
+    if h + 2 * padding < kh or w + 2 * padding < kw:
+        raise ValueError(f"padded input ({h + 2 * padding}, {w + 2 * padding}) is smaller than the kernel ({kh}, {kw})")
+    return (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
 
 
 def conv2d_shapes(x_shape, weight_shape, stride, padding, x_name="x"):
@@ -42,10 +58,7 @@ def conv2d_shapes(x_shape, weight_shape, stride, padding, x_name="x"):
     f, cw, kh, kw = weight_shape
     if c != cw:
         raise ValueError(f"{x_name} has {c} channels (shape {x_shape}) but weight expects {cw} (shape {weight_shape})")
-    if h + 2 * padding < kh or w + 2 * padding < kw:
-        raise ValueError(f"padded input ({h + 2 * padding}, {w + 2 * padding}) is smaller than the kernel ({kh}, {kw})")
-    oh = (h + 2 * padding - kh) // stride + 1
-    ow = (w + 2 * padding - kw) // stride + 1
+    oh, ow = conv2d_output_size(h, w, kh, kw, stride, padding)
     return n, c, h, w, f, kh, kw, oh, ow, stride, padding
 
 

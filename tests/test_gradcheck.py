@@ -31,6 +31,17 @@ def test_flatten_gradcheck():
     assert max(err.values()) < TOL, err
 
 
+def test_gradcheck_returns_a_result_object():
+    """A GradcheckResult: a mapping of errors (as before), the skipped counts beside them, no function attribute."""
+    from engine.gradcheck import GradcheckResult
+
+    res = gradcheck(MaxPool2d(2).astype(np.float64), away_from_zero((1, 2, 4, 4), 3), seed=0)
+    assert isinstance(res, GradcheckResult)
+    assert dict(res) == res.errors and set(res.skipped) == {"input"} and res.skipped["input"] >= 0
+    assert res.max_error == max(res.errors.values()) < TOL
+    assert not hasattr(gradcheck, "skipped")
+
+
 def test_gradcheck_detects_a_wrong_gradient():
     layer = Linear(4, 3, rng=0).astype(np.float64)
     real = layer.backward

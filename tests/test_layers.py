@@ -140,3 +140,38 @@ def test_backward_before_forward_and_bad_gradient_shape():
     conv.forward(np.zeros((1, 1, 4, 4), np.float32))
     with pytest.raises(ValueError, match=r"expected gradient of shape \(1, 2, 4, 4\), got \(1, 2, 4, 5\)"):
         conv.backward(np.zeros((1, 2, 4, 5), np.float32))
+
+
+def test_saved_state_is_public_and_documented():
+    """What a layer keeps for backward is a public attribute: None before forward, the forward's arrays after."""
+    from engine.model import FusedBNReLUPool, Sequential
+
+    conv, bn, relu, pool = Conv2d(1, 2, rng=0), BatchNorm2d(2), ReLU(), MaxPool2d(2)
+    drop, flat, lin = Dropout(0.5, seed=1), Flatten(), Linear(2 * 2 * 3, 3, rng=0)
+    assert conv.saved_input is None and bn.saved_input is None and bn.save_mean is None
+    assert relu.output is None and pool.argmax is None and drop.mask is None and flat.in_shape is None
+    x = rnd((2, 1, 4, 6), 0)
+    h = conv.forward(x)
+    assert conv.saved_input is x
+    h = relu.forward(bn.forward(h))
+    assert bn.saved_input is not None and bn.save_mean.shape == (2,) and bn.save_invstd.dtype == np.float64
+    assert relu.output is h
+    h = pool.forward(h)
+    assert pool.argmax.shape == (2, 2, 2, 3) and pool.argmax.dtype == np.int32 and pool.in_shape == (2, 2, 4, 6)
+    h = drop.forward(flat.forward(h))
+    assert drop.mask.shape == (2, 12) and flat.in_shape == (2, 2, 2, 3)
+    lin.forward(h)
+    assert lin.saved_input is h
+    for layer in (conv, bn, relu, pool, drop, flat, lin):
+        assert "Attributes" in type(layer).__doc__ or "in_shape" in type(layer).__doc__, type(layer).__name__
+    # Sequential: the steps of the last forward (fused block in place of BN-ReLU-pool) and the trace hook
+    model = Sequential([Conv2d(1, 2, rng=0), BatchNorm2d(2), ReLU(), MaxPool2d(2), Flatten()])
+    assert model.last_steps is None
+    seen = []
+    out = model.forward(x, trace=lambda i, step, y: seen.append((i, type(step).__name__, y.shape)))
+    assert [type(s).__name__ for s in model.last_steps] == ["Conv2d", "FusedBNReLUPool", "Flatten"]
+    assert seen == [(0, "Conv2d", (2, 2, 4, 6)), (1, "FusedBNReLUPool", (2, 2, 2, 3)), (2, "Flatten", (2, 12))]
+    fz = model.last_steps[1]
+    assert isinstance(fz, FusedBNReLUPool) and fz.argmax.shape == (2, 2, 2, 3) and fz.output.shape == (2, 2, 2, 3)
+    assert fz.saved_input is not None and fz.save_mean is fz.bn.save_mean
+    assert out.shape == (2, 12)

@@ -81,7 +81,7 @@ def test_forward_and_gradients_match_torch(name):
     m.zero_grad()
     m.backward(loss.backward())
     drop_i = next(i for i, layer in enumerate(m.layers) if isinstance(layer, Dropout))
-    tm[drop_i].mask = torch.from_numpy(m.layers[drop_i]._mask.astype(np.float32))
+    tm[drop_i].mask = torch.from_numpy(m.layers[drop_i].mask.astype(np.float32))
     tl = tm(torch.from_numpy(x))
     tloss = torch.nn.functional.cross_entropy(tl, torch.from_numpy(y))
     tloss.backward()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ..shapes import maxpool2d_output_size
 from . import batchnorm as _bn
 from ._threads import run as _run
 
@@ -113,9 +114,7 @@ def _check(x, out, argmax, k):
     if x.ndim != 4 or x.dtype not in (np.float32, np.float64) or not x.flags.c_contiguous:
         raise ValueError(f"x must be a C-contiguous 4-D (N, C, H, W) float32/float64 array, got {x.dtype} {x.shape}")
     n, c, h, w = x.shape
-    if k < 1 or h < k or w < k:
-        raise ValueError(f"pool window {k} does not fit the plane ({h}, {w})")
-    shape = (n, c, (h - k) // k + 1, (w - k) // k + 1)
+    shape = (n, c) + maxpool2d_output_size(h, w, k, k)
     for name, a, dt in (("out", out, x.dtype), ("argmax", argmax, np.int32)):
         if a.shape != shape or a.dtype != dt or not a.flags.c_contiguous:
             raise ValueError(f"{name} must be C-contiguous {np.dtype(dt)} of shape {shape}, got {a.dtype} {a.shape}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import cupy as cp
 import numpy as np
 
+from ..shapes import maxpool2d_output_size
 from . import _launch as L
 from . import batchnorm as _bn
 
@@ -30,9 +31,7 @@ def _check(x, out, argmax, k):
     if x.ndim != 4:
         raise ValueError(f"x must be 4-D (N, C, H, W), got shape {x.shape}")
     n, c, h, w = x.shape
-    if k < 1 or h < k or w < k:
-        raise ValueError(f"pool window {k} does not fit the plane ({h}, {w})")
-    shape = (n, c, (h - k) // k + 1, (w - k) // k + 1)
+    shape = (n, c) + maxpool2d_output_size(h, w, k, k)
     L.check_out("out", out, shape, dt)
     L.check_out("argmax", argmax, shape, np.int32)
     return dt, L.contig(x), shape
@@ -116,9 +115,7 @@ def bn_relu_pool_backward(dx, dgamma, dbeta, dout, argmax, x, save_mean, save_in
     if x.ndim != 4:
         raise ValueError(f"x must be 4-D (N, C, H, W), got shape {x.shape}")
     n, c, h, w = x.shape
-    if k < 1 or h < k or w < k:
-        raise ValueError(f"pool window {k} does not fit the plane ({h}, {w})")
-    oh, ow = (h - k) // k + 1, (w - k) // k + 1
+    oh, ow = maxpool2d_output_size(h, w, k, k)
     x = L.contig(x)
     dout = L.check("dout", dout, (n, c, oh, ow), dt)
     argmax = L.check("argmax", argmax, (n, c, oh, ow), np.int32)
@@ -161,9 +158,7 @@ def _bwd_prep(dout, argmax, x, save_mean, save_invstd, gamma, beta, kernel_size)
     if x.ndim != 4:
         raise ValueError(f"x must be 4-D (N, C, H, W), got shape {x.shape}")
     n, c, h, w = x.shape
-    if k < 1 or h < k or w < k:
-        raise ValueError(f"pool window {k} does not fit the plane ({h}, {w})")
-    oh, ow = (h - k) // k + 1, (w - k) // k + 1
+    oh, ow = maxpool2d_output_size(h, w, k, k)
     x = L.contig(x)
     dout = L.check("dout", dout, (n, c, oh, ow), dt)
     argmax = L.check("argmax", argmax, (n, c, oh, ow), np.int32)
