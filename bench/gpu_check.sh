@@ -3,7 +3,7 @@
 # (the device tool's H200: CuPy, PyTorch, pytest and nvcc are already there).
 # Installs nothing. In one call it:
 #   1. prints the GPU, driver and library versions;
-#   2. runs the gpu-marked parity tests and the nvcc/NVRTC compile test;
+#   2. runs the gpu-marked parity tests (tests/ops/ and the whole-model ones) and the nvcc/NVRTC compile test;
 #   3. benchmarks every kernel and the training step of each model against
 #      PyTorch + cuDNN at batch 16 and 64 (bench/gpu_bench.py), table last.
 # Output: bench/results/gpu_check.txt (and a copy in $OUT when set, so the
@@ -21,6 +21,7 @@ LOG=bench/results/gpu_check.txt
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv 2>&1 | head -3
   "$PY" -c "import sys, cupy, torch, numpy; print('python', sys.version.split()[0], '| numpy', numpy.__version__, '| cupy', cupy.__version__, '| torch', torch.__version__, '| cuda available', torch.cuda.is_available())"
   echo "== tests (gpu parity + compile) =="
+  timeout 120 "$PY" -m pytest -q -p no:cacheprovider -o addopts="" -m gpu tests/ops -rfEs 2>&1 | tail -20
   timeout 240 "$PY" -m pytest -q -p no:cacheprovider -o addopts="" tests/test_gpu_parity.py tests/test_gpu_integration.py tests/test_gpu_compile.py -k "not emulation" -rfEs 2>&1 | tail -40
   echo "== benchmark =="
   timeout 300 "$PY" bench/gpu_bench.py "$@" 2>&1
