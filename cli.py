@@ -605,12 +605,13 @@ def prepare_data(args, mode: str, out_dir=None, log=print):
     source : dict
         :func:`data_source` plus ``dataset_dir`` and, for the demo, its info.
     """
-    from pipeline import dataset as pds
+    from pipeline import prepare as pprep
+    from pipeline.dataset import Dataset
 
     src = data_source(args)
     src["data_args"] = data_args(args)  # config.json keeps them: a deleted cache is rebuilt from them
     if src["kind"] == "cache":
-        ds = pds.Dataset(src["data"])
+        ds = Dataset(src["data"])
         src["dataset_dir"] = src["data"]
         return ds, src
     config = spectrogram_config(args, mode)
@@ -632,10 +633,10 @@ def prepare_data(args, mode: str, out_dir=None, log=print):
     kw = dict(config=config, seed=args.split_seed, workers=args.workers, progress=progress)
     t0 = time.time()
     try:
-        path = _build(pds, src, args, out_root, edges, split, kw)
+        path = _build(pprep, src, args, out_root, edges, split, kw)
     except KeyboardInterrupt as exc:
         raise PrepInterrupted() from exc
-    ds = pds.Dataset(path)
+    ds = Dataset(path)
     src["dataset_dir"] = str(Path(path).resolve())
     # a cache built just now with progress on has already printed its skipped / padded report (pipeline)
     man = Path(path) / "manifest.json"
@@ -643,16 +644,16 @@ def prepare_data(args, mode: str, out_dir=None, log=print):
     return ds, src
 
 
-def _build(pds, src, args, out_root, edges, split, kw):
-    """The ``pipeline.dataset.prepare_*`` call for the source kind; returns the dataset directory."""
+def _build(pprep, src, args, out_root, edges, split, kw):
+    """The ``pipeline.prepare.prepare_*`` call for the source kind; returns the dataset directory."""
     if src["kind"] in ("demo", "fma"):
-        path = pds.prepare_fma(src["audio_dir"], src["metadata"], out_root, subset=args.subset,
+        path = pprep.prepare_fma(src["audio_dir"], src["metadata"], out_root, subset=args.subset,
                                target=args.target, bucket_edges=edges, split=split or "stratified", **kw)
     elif src["kind"] == "csv":
-        path = pds.prepare_folder(src["audio_dir"], out_root, labels_csv=src["labels"],
+        path = pprep.prepare_folder(src["audio_dir"], out_root, labels_csv=src["labels"],
                                   split=split or "stratified", **kw)
     else:
-        path = pds.prepare_folder(src["audio_dir"], out_root, label_regex=src["label_regex"],
+        path = pprep.prepare_folder(src["audio_dir"], out_root, label_regex=src["label_regex"],
                                   group_regex=src["group_regex"], split=split or "stratified", **kw)
     return path
 
@@ -986,7 +987,8 @@ def cmd_evaluate(args, argv) -> int:
 
 def _folder_dataset(args, conf, classes):
     """`evaluate --audio-dir`: the folder preprocessed with the run's spectrogram settings, every file in 'test'."""
-    from pipeline import dataset as pds
+    from pipeline import prepare as pprep
+    from pipeline.dataset import Dataset
     from pipeline.spectrogram import SpectrogramConfig
 
     spec = conf.get("spectrogram")
@@ -997,13 +999,13 @@ def _folder_dataset(args, conf, classes):
     seed = int((conf["data"].get("data_args") or {}).get("split_seed") or 0)
     progress = not args.quiet
     try:
-        path = pds.prepare_folder(args.audio_dir, root / "datasets", config=sc, labels_csv=args.labels,
+        path = pprep.prepare_folder(args.audio_dir, root / "datasets", config=sc, labels_csv=args.labels,
                                   label_regex=args.label_regex, split="test", seed=seed, workers=args.workers,
                                   progress=progress, classes=classes,
                                   name=f"eval-{Path(args.audio_dir).resolve().name}")
     except KeyboardInterrupt as exc:
         raise PrepInterrupted() from exc
-    return pds.Dataset(path)
+    return Dataset(path)
 
 
 def cmd_predict(args, argv) -> int:

@@ -57,7 +57,7 @@ sys.path.insert(0, str(REPO))
 
 from machine import cpu_model  # noqa: E402  (bench/machine.py)
 from pipeline import audio  # noqa: E402
-from pipeline.dataset import prepare_fma  # noqa: E402
+from pipeline.prepare import prepare_fma  # noqa: E402
 from pipeline.spectrogram import SpectrogramConfig, crop, spectrogram_db, to_image, track_clip  # noqa: E402
 from pipeline.stft import stft  # noqa: E402
 

@@ -322,7 +322,6 @@ class LevelBatches:
     def __init__(self, dataset):
         self.dataset = dataset
 
-    def batches(self, split="train", batch_size=32, shuffle=True, seed=0, mode=None, drop_last=False, prefetch=0,
-                windows=None):
+    def batches(self, split="train", batch_size=32, shuffle=True, seed=0, mode=None, drop_last=False, windows=None):
         return self.dataset.batches(split, batch_size, shuffle=shuffle, seed=seed, mode=mode, drop_last=drop_last,
-                                    prefetch=0, windows=windows, levels=True)
+                                    windows=windows, levels=True)

@@ -425,7 +425,7 @@ def _take(it, limit):
 
 
 class Prefetcher:
-    """Iterate ``dataset.batches(..., prefetch=0)`` in a background thread, one batch ahead.
+    """Iterate ``dataset.batches(...)`` in a background thread, one batch ahead.
 
     The next batch is decoded (memory-mapped uint8 -> float32, colormap) while
     the current one trains. ``close()`` (also on ``with`` exit) stops the
@@ -444,7 +444,7 @@ class Prefetcher:
         self._stop = threading.Event()
         self.wait_seconds = 0.0
         kw = {} if windows is None else {"windows": windows}
-        gen = dataset.batches(split, batch_size, shuffle=shuffle, seed=seed, mode=mode, prefetch=0, **kw)
+        gen = dataset.batches(split, batch_size, shuffle=shuffle, seed=seed, mode=mode, **kw)
 
         def produce():
             try:
@@ -507,7 +507,7 @@ class Prefetcher:
 
 def first_batch(dataset, split, batch_size, mode, shuffle=False, seed=0):
     """The first batch of ``split`` (no background thread)."""
-    gen = dataset.batches(split, batch_size, shuffle=shuffle, seed=seed, mode=mode, prefetch=0)
+    gen = dataset.batches(split, batch_size, shuffle=shuffle, seed=seed, mode=mode)
     try:
         return next(gen)
     finally:

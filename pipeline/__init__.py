@@ -12,9 +12,14 @@ Data flow (one module per step):
 - :mod:`pipeline.fma` -- FMA ``tracks.csv`` and audio layout.
 - :mod:`pipeline.labels` -- popularity buckets, genre, CSV and file-name regex labels.
 - :mod:`pipeline.splits` -- stratified, FMA and group-disjoint splits.
-- :mod:`pipeline.dataset` -- ``build_cache`` (parallel, resumable, hashed),
-  ``Dataset(dir).batches(...)`` (memmap + background prefetch), and the entry
-  points ``prepare_fma`` / ``prepare_folder`` used by ``cli.py preprocess``.
+- :mod:`pipeline.cache` -- ``build_cache`` (parallel, resumable), ``cache_hash``,
+  ``FORMAT_VERSION``, ``format_report``: the dataset cache and its build.
+- :mod:`pipeline.workers` -- ``Supervisor`` (worker pool with a per-task
+  timeout) and ``die_with_parent``.
+- :mod:`pipeline.dataset` -- ``Dataset(dir)``: the cache opened read-only
+  (memmap), ``batches(...)`` cutting the crop windows at read time.
+- :mod:`pipeline.prepare` -- ``prepare_fma`` / ``prepare_folder``, the entry
+  points of ``cli.py preprocess``.
 
 Every failure raises :class:`pipeline.errors.PipelineError` naming the file,
 column or parameter.

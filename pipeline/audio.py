@@ -61,7 +61,7 @@ Conventions
   libsndfile's words quoted after it.
 - Hangs: a decoder stuck inside C code cannot be interrupted from Python in
   the same process. :func:`load` therefore takes no timeout; the parallel
-  preprocessing in :mod:`pipeline.dataset` runs each track in a worker process
+  preprocessing in :mod:`pipeline.cache` runs each track in a worker process
   and kills a worker whose track exceeds ``timeout`` seconds, recording the
   track as skipped (``'timeout after ... s'``) and starting a fresh worker.
 """

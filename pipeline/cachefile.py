@@ -1,7 +1,8 @@
 """Safe file mechanics of a dataset cache: space, locking, validation.
 
 Three failure modes of a memory-mapped cache are handled here, once, for
-every array the cache writes or reads (:mod:`pipeline.dataset` calls these):
+every array the cache writes or reads (:mod:`pipeline.cache` and
+:mod:`pipeline.dataset` call these; :func:`write_json_atomic` writes its JSON files):
 
 * **Disk full.** A write through a memory mapping into a file whose blocks
   are not allocated yet faults (SIGBUS) when the disk is full: the process
@@ -42,7 +43,7 @@ from numpy.lib import format as npformat
 from .errors import PipelineError
 
 __all__ = ["DamagedCache", "CacheWriteError", "DirLock", "create_npy", "save_npy", "disk_errors", "format_bytes",
-           "describe_files", "check_files", "read_manifest", "ARRAY_FILES", "FULL_HASH_BYTES"]
+           "describe_files", "check_files", "read_manifest", "write_json_atomic", "ARRAY_FILES", "FULL_HASH_BYTES"]
 
 #: the arrays of a cache (each with one row per kept track)
 ARRAY_FILES = ("images.npy", "widths.npy", "keys.npy", "labels.npy", "split.npy", "ids.npy")
@@ -342,3 +343,18 @@ def discard(directory, names=ARRAY_FILES + ("manifest.json",)) -> None:
     for name in ("manifest.json",) + tuple(n for n in names if n != "manifest.json"):
         with contextlib.suppress(FileNotFoundError):
             (d / name).unlink()
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """``obj`` as JSON into ``path``: a temporary file, fsync, ``os.replace`` (a full disk: :class:`CacheWriteError`)."""
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    try:
+        with disk_errors(path):
+            with open(tmp, "w") as f:
+                json.dump(obj, f, indent=1, default=str)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

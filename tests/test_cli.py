@@ -247,12 +247,12 @@ def test_fma_parent_folder_gets_a_short_hint(tmp_path, capsys):
 
 
 def test_interrupted_preprocess_says_how_to_resume(tmp_path, capsys, monkeypatch):
-    from pipeline import dataset as pds
+    from pipeline import prepare
 
     def interrupt(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pds, "prepare_folder", interrupt)
+    monkeypatch.setattr(prepare, "prepare_folder", interrupt)
     (tmp_path / "a").mkdir()
     rc = cli.main(["preprocess", "--audio-dir", str(tmp_path / "a"), "--label-regex", "^(x)", "--quiet"])
     err = capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""pipeline.dataset: cache build (hash, resume, workers, timeout), Dataset batches, prepare_*."""
+"""pipeline.cache, pipeline.dataset, pipeline.prepare: cache build (hash, resume, workers, timeout),
+Dataset batches, prepare_*."""
 import json
 import multiprocessing
 import time
@@ -6,8 +7,10 @@ import time
 import numpy as np
 import pytest
 
-import pipeline.dataset as D
+import pipeline.cache as C
+import pipeline.prepare as P
 from audio_fixtures import sine, text_as_mp3, write_wav, zero_byte
+from pipeline.dataset import Dataset
 from pipeline.errors import PipelineError
 from pipeline.spectrogram import (
     SpectrogramConfig,
@@ -41,10 +44,10 @@ def _items(tmp_path, n=12, bad=()):
 
 def test_build_and_read_back(tmp_path):
     items = _items(tmp_path, bad=(5,))
-    m = D.build_cache(tmp_path / "ds", items, CFG, ["a", "b"], seed=0, workers=0, progress=False)
+    m = C.build_cache(tmp_path / "ds", items, CFG, ["a", "b"], seed=0, workers=0, progress=False)
     assert m["status_counts"] == {"ok": 11, "padded": 0, "skipped": 1}
     assert m["tracks"][5]["status"] == "skipped" and "t05.wav" in m["tracks"][5]["reason"]
-    ds = D.Dataset(tmp_path / "ds")
+    ds = Dataset(tmp_path / "ds")
     assert WC == 237
     assert isinstance(ds.images, np.memmap) and ds.images.shape == (11, 102, WC) and ds.images.dtype == np.uint8
     assert ds.widths.tolist() == [WC] * 11 and ds.keys.tolist() == [i for i in range(12) if i != 5]
@@ -59,9 +62,9 @@ def test_build_and_read_back(tmp_path):
     assert on_disk["param_hash"] == m["param_hash"] and on_disk["config"]["n_fft"] == 256
 
 
-def test_batches_mono_rgb_shuffle_and_prefetch(tmp_path):
-    D.build_cache(tmp_path / "ds", _items(tmp_path), CFG, ["a", "b"], workers=0, progress=False)
-    ds = D.Dataset(tmp_path / "ds")
+def test_batches_mono_rgb_shuffle(tmp_path):
+    C.build_cache(tmp_path / "ds", _items(tmp_path), CFG, ["a", "b"], workers=0, progress=False)
+    ds = Dataset(tmp_path / "ds")
     assert ds.n_channels("mono") == 1 and ds.n_channels("rgb") == 3 and ds.image_shape("rgb") == (3, 102, 159)
     train = ds.indices("train")
     seen = []
@@ -75,8 +78,8 @@ def test_batches_mono_rgb_shuffle_and_prefetch(tmp_path):
     np.testing.assert_array_equal(xs[:, 0], ds.images[order][:, :, C0:C0 + 159].astype(np.float32)
                                   * np.float32(1 / 255))
     np.testing.assert_array_equal(ys, ds.labels[order])
-    sync = list(ds.batches("train", 3, True, 5, "mono", prefetch=0))
-    assert all(np.array_equal(a[0], b[0]) for a, b in zip(seen, sync))
+    again = list(ds.batches("train", 3, True, 5, "mono"))
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(seen, again))
     x_rgb, _ = next(iter(ds.batches("val", 4, shuffle=False, mode="rgb")))
     assert x_rgb.shape == (len(ds.indices("val")), 3, 102, 159)
     np.testing.assert_array_equal(x_rgb, colormap_lut("viridis")[ds.images[ds.indices("val")][:, :, C0:C0 + 159]]
@@ -84,8 +87,7 @@ def test_batches_mono_rgb_shuffle_and_prefetch(tmp_path):
     assert len(list(ds.batches("train", 3, drop_last=True))) == len(train) // 3
     gen = ds.batches("train", 1)
     next(gen)
-    gen.close()  # an abandoned epoch stops its thread
-    assert ds.wait_seconds >= 0.0
+    gen.close()  # an abandoned epoch
     with pytest.raises(PipelineError, match="mode"):
         next(ds.batches("train", 2, mode="grey"))
 
@@ -96,8 +98,8 @@ def test_cached_row_is_the_mono_image_of_the_chain(tmp_path, mode):
     rgb batch is the colormap applied once to it (format 1 stored red(viridis(x)))."""
     items = _items(tmp_path, n=6)
     cfg = SpectrogramConfig(**{**CFG.to_dict(), "mode": mode})
-    D.build_cache(tmp_path / "ds", items, cfg, ["a", "b"], seed=3, workers=0, progress=False)
-    ds = D.Dataset(tmp_path / "ds")
+    C.build_cache(tmp_path / "ds", items, cfg, ["a", "b"], seed=3, workers=0, progress=False)
+    ds = Dataset(tmp_path / "ds")
     rows = np.arange(len(ds))
     x_rgb = ds.decode(rows, "rgb")
     x_mono = ds.decode(rows, "mono")
@@ -121,73 +123,73 @@ def test_old_format_cache_is_never_reused(tmp_path, capsys):
     for i in range(20):
         write_wav(audio / f"{i % 2}_x_{i}.wav", sine(1.0, 8000, 300.0 + 400 * (i % 2)), 8000)
     kw = dict(config=CFG, label_regex=r"^(\d)_", workers=0, progress=True)
-    new = D.prepare_folder(audio, tmp_path / "cache", **kw)
+    new = P.prepare_folder(audio, tmp_path / "cache", **kw)
     old = new.parent / "audio-0123456789ab"
     new.rename(old)
     m = json.loads((old / "manifest.json").read_text())
     m["format_version"] = 1
     (old / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(PipelineError, match="format 1.*never reused.*rebuild"):
-        D.Dataset(old)
+        Dataset(old)
     capsys.readouterr()
-    again = D.prepare_folder(audio, tmp_path / "cache", **kw)
+    again = P.prepare_folder(audio, tmp_path / "cache", **kw)
     assert again == new and (again / "manifest.json").is_file()
     err = capsys.readouterr().err
     assert "not reused" in err and str(old) in err and "format 1" in err
-    assert D.Dataset(again).manifest["format_version"] == D.FORMAT_VERSION
+    assert Dataset(again).manifest["format_version"] == C.FORMAT_VERSION
 
 
 def test_same_parameters_reuse_changed_parameters_refuse(tmp_path):
     items = _items(tmp_path, n=6)
-    D.build_cache(tmp_path / "ds", items, CFG, ["a", "b"], workers=0, progress=False)
+    C.build_cache(tmp_path / "ds", items, CFG, ["a", "b"], workers=0, progress=False)
     stamp = (tmp_path / "ds" / "images.npy").stat().st_mtime_ns
-    m = D.build_cache(tmp_path / "ds", items, CFG, ["a", "b"], workers=0, progress=False)
+    m = C.build_cache(tmp_path / "ds", items, CFG, ["a", "b"], workers=0, progress=False)
     assert (tmp_path / "ds" / "images.npy").stat().st_mtime_ns == stamp and m["computed_this_run"] == 6
     other = SpectrogramConfig(sr=8000, crop_seconds=1.0, n_fft=512, hop_length=64)
-    assert D.cache_hash(items, other, ["a", "b"]) != D.cache_hash(items, CFG, ["a", "b"])
-    assert D.cache_hash(items, SpectrogramConfig(**{**CFG.to_dict(), "mode": "rgb"}), ["a", "b"]) == \
-        D.cache_hash(items, CFG, ["a", "b"])  # read-time only
+    assert C.cache_hash(items, other, ["a", "b"]) != C.cache_hash(items, CFG, ["a", "b"])
+    assert C.cache_hash(items, SpectrogramConfig(**{**CFG.to_dict(), "mode": "rgb"}), ["a", "b"]) == \
+        C.cache_hash(items, CFG, ["a", "b"])  # read-time only
     with pytest.raises(PipelineError, match="other parameters"):
-        D.build_cache(tmp_path / "ds", items, other, ["a", "b"], workers=0, progress=False)
+        C.build_cache(tmp_path / "ds", items, other, ["a", "b"], workers=0, progress=False)
     with pytest.raises(PipelineError, match="other parameters"):
-        D.build_cache(tmp_path / "ds", items, CFG, ["a", "b"], seed=1, workers=0, progress=False)
+        C.build_cache(tmp_path / "ds", items, CFG, ["a", "b"], seed=1, workers=0, progress=False)
 
 
 def test_interrupted_build_resumes_without_recomputing(tmp_path, monkeypatch):
     items = _items(tmp_path, n=12, bad=(2,))
-    assert D.build_cache(tmp_path / "ds", items, CFG, ["a", "b"], workers=0, chunk_size=4,
+    assert C.build_cache(tmp_path / "ds", items, CFG, ["a", "b"], workers=0, chunk_size=4,
                          progress=False, stop_after_chunks=2) is None
     assert not (tmp_path / "ds" / "manifest.json").exists()
     assert len(list((tmp_path / "ds" / "work" / "chunks").glob("*.json"))) == 2
     calls = []
-    real = D._process_one
-    monkeypatch.setattr(D, "_process_one", lambda p, *a: calls.append(p) or real(p, *a))
-    m = D.build_cache(tmp_path / "ds", items, CFG, ["a", "b"], workers=0, chunk_size=4, progress=False)
+    real = C._process_one
+    monkeypatch.setattr(C, "_process_one", lambda p, *a: calls.append(p) or real(p, *a))
+    m = C.build_cache(tmp_path / "ds", items, CFG, ["a", "b"], workers=0, chunk_size=4, progress=False)
     assert m["computed_this_run"] == 4 and sorted(calls) == [it["path"] for it in items[8:]]
     assert m["tracks"][2]["status"] == "skipped"  # the status from before the interruption survives
-    fresh = D.build_cache(tmp_path / "fresh", items, CFG, ["a", "b"], workers=0, progress=False)
-    np.testing.assert_array_equal(D.Dataset(tmp_path / "ds").images, D.Dataset(tmp_path / "fresh").images)
+    fresh = C.build_cache(tmp_path / "fresh", items, CFG, ["a", "b"], workers=0, progress=False)
+    np.testing.assert_array_equal(Dataset(tmp_path / "ds").images, Dataset(tmp_path / "fresh").images)
     assert fresh["param_hash"] == m["param_hash"]
 
 
 @pytest.mark.skipif(not HAS_FORK, reason="the patched worker needs the fork start method")
 def test_workers_match_serial_and_hung_track_times_out(tmp_path, monkeypatch):
     items = _items(tmp_path, n=8, bad=(1,))
-    serial = D.build_cache(tmp_path / "serial", items, CFG, ["a", "b"], workers=0, progress=False)
-    real = D._process_one
+    serial = C.build_cache(tmp_path / "serial", items, CFG, ["a", "b"], workers=0, progress=False)
+    real = C._process_one
 
     def maybe_hang(path, *a):
         if path.endswith("t06.wav"):
             time.sleep(60)  # a decoder stuck forever
         return real(path, *a)
 
-    monkeypatch.setattr(D, "_process_one", maybe_hang)  # inherited by forked workers
+    monkeypatch.setattr(C, "_process_one", maybe_hang)  # inherited by forked workers
     t0 = time.monotonic()
-    par = D.build_cache(tmp_path / "par", items, CFG, ["a", "b"], workers=2, timeout=1.5, progress=False)
+    par = C.build_cache(tmp_path / "par", items, CFG, ["a", "b"], workers=2, timeout=1.5, progress=False)
     assert time.monotonic() - t0 < 30
     assert par["tracks"][6]["status"] == "skipped" and "timeout" in par["tracks"][6]["reason"]
     assert par["tracks"][1]["status"] == "skipped"
-    a, b = D.Dataset(tmp_path / "serial"), D.Dataset(tmp_path / "par")
+    a, b = Dataset(tmp_path / "serial"), Dataset(tmp_path / "par")
     keep = [i for i in range(len(a)) if a.ids[i] != "t6"]
     np.testing.assert_array_equal(a.images[keep], b.images)
     assert serial["status_counts"]["ok"] == 7 and par["status_counts"]["ok"] == 6
@@ -196,12 +198,12 @@ def test_workers_match_serial_and_hung_track_times_out(tmp_path, monkeypatch):
 def test_all_skipped_is_an_error(tmp_path):
     items = _items(tmp_path, n=3, bad=(0, 1, 2))
     with pytest.raises(PipelineError, match="every one of the 3 tracks"):
-        D.build_cache(tmp_path / "ds", items, CFG, ["a", "b"], workers=0, progress=False)
+        C.build_cache(tmp_path / "ds", items, CFG, ["a", "b"], workers=0, progress=False)
 
 
 def test_unfinished_dataset_cannot_be_opened(tmp_path):
     with pytest.raises(PipelineError, match="manifest.json"):
-        D.Dataset(tmp_path)
+        Dataset(tmp_path)
 
 
 def test_prepare_folder_from_csv(tmp_path):
@@ -212,15 +214,15 @@ def test_prepare_folder_from_csv(tmp_path):
         write_wav(audio / f"c{i}.wav", sine(0.8, 8000, 300.0 * (1 + i % 3)), 8000)
         lines.append(f"c{i}.wav,{['low', 'mid', 'high'][i % 3]}")
     (audio / "labels.csv").write_text("\n".join(lines) + "\n")
-    out = D.prepare_folder(audio, tmp_path / "cache", CFG, labels_csv=audio / "labels.csv", workers=0,
+    out = P.prepare_folder(audio, tmp_path / "cache", CFG, labels_csv=audio / "labels.csv", workers=0,
                            progress=False)
-    ds = D.Dataset(out)
+    ds = Dataset(out)
     assert out.name.startswith("audio-") and ds.classes == ["high", "low", "mid"]
     assert ds.manifest["status_counts"] == {"ok": 0, "padded": 9, "skipped": 0}  # 0.8 s < 1 s crop
     for s in ("train", "val", "test"):
         assert sorted(ds.labels[ds.indices(s)].tolist()) == [0, 1, 2]
     with pytest.raises(PipelineError, match="exactly one label source"):
-        D.prepare_folder(audio, tmp_path / "cache", CFG)
+        P.prepare_folder(audio, tmp_path / "cache", CFG)
 
 
 @pytest.mark.parametrize("workers", [0, pytest.param(1, marks=pytest.mark.skipif(
@@ -229,7 +231,7 @@ def test_decoder_messages_go_to_the_skip_reason_not_the_terminal(tmp_path, capfd
     items = _items(tmp_path, n=4)
     bad = text_as_mp3(tmp_path / "text.mp3")  # mpg123 prints "Note: Illegal Audio-MPEG-Header ..." on fd 2
     items.append({"path": str(bad), "key": 99, "label": 0, "split": "train", "id": "text"})
-    m = D.build_cache(tmp_path / "ds", items, CFG, ["a", "b"], workers=workers, progress=False)
+    m = C.build_cache(tmp_path / "ds", items, CFG, ["a", "b"], workers=workers, progress=False)
     assert "Illegal Audio-MPEG-Header" not in capfd.readouterr().err
     rec = m["tracks"][4]
     assert rec["status"] == "skipped" and "not a recognised audio format" in rec["reason"]
@@ -251,7 +253,7 @@ def test_decoder_messages_join_a_too_short_skip(tmp_path, monkeypatch, capfd):
 
     monkeypatch.setattr(A, "_read_soundfile", noisy)
     p = write_wav(tmp_path / "short.wav", sine(0.01, 8000), 8000)  # 80 samples < n_fft = 256
-    img, info = D._process_one(str(p), 1, CFG, 0)
+    img, info = C._process_one(str(p), 1, CFG, 0)
     assert img is None and info["status"] == "skipped"
     assert info["reason"].startswith(f"no usable audio in {str(p)!r}: 80 samples")
     assert info["reason"].endswith("decoder messages: [src/libmpg123/parse.c:do_readahead():1099] error: bad data")
@@ -259,11 +261,11 @@ def test_decoder_messages_join_a_too_short_skip(tmp_path, monkeypatch, capfd):
 
 
 def test_prepare_fma_mini_reports_faults_and_goes_on(fma_mini, tmp_path, capfd):
-    out = D.prepare_fma(fma_mini / "fma_small", fma_mini / "fma_metadata" / "tracks.csv", tmp_path,
+    out = P.prepare_fma(fma_mini / "fma_small", fma_mini / "fma_metadata" / "tracks.csv", tmp_path,
                         workers=2, progress=False)
     err = capfd.readouterr().err  # the workers inherit fd 2: libmpg123's lines must not reach it
     assert "libmpg123" not in err and "Xing" not in err and "Audio-MPEG-Header" not in err
-    ds = D.Dataset(out)
+    ds = Dataset(out)
     m = ds.manifest
     status = {t["id"]: t for t in m["tracks"]}
     assert len(status) == 58 and len(ds) == 57
@@ -271,7 +273,7 @@ def test_prepare_fma_mini_reports_faults_and_goes_on(fma_mini, tmp_path, capfd):
     assert "24 samples" in status["194"]["reason"] and "decoder messages: Warning: Xing" in status["194"]["reason"]
     assert status["190"]["status"] == "padded" and "1.200 s" in status["190"]["reason"]
     assert m["status_counts"] == {"ok": 56, "padded": 1, "skipped": 1}
-    report = D.format_report(m).splitlines()
+    report = C.format_report(m).splitlines()
     assert len(report) == 3 and "skipped 194" in report[1] and "padded  190" in report[2]
     e1, e2 = m["bucket_edges"]
     listens = {t["id"]: t for t in m["tracks"]}
@@ -281,14 +283,14 @@ def test_prepare_fma_mini_reports_faults_and_goes_on(fma_mini, tmp_path, capfd):
     assert splits_seen == {"train", "val", "test"} and set(listens) >= set(ds.ids.tolist())
     x, y = next(iter(ds.batches("train", 8, mode="rgb")))
     assert x.shape == (8, 3, 102, 159) and 0 <= x.min() and x.max() <= 1
-    again = D.prepare_fma(fma_mini / "fma_small", fma_mini / "fma_metadata" / "tracks.csv", tmp_path,
+    again = P.prepare_fma(fma_mini / "fma_small", fma_mini / "fma_metadata" / "tracks.csv", tmp_path,
                           workers=2, progress=False)
     assert again == out
-    other = D.prepare_fma(fma_mini / "fma_small", fma_mini / "fma_metadata" / "tracks.csv", tmp_path,
+    other = P.prepare_fma(fma_mini / "fma_small", fma_mini / "fma_metadata" / "tracks.csv", tmp_path,
                           SpectrogramConfig(crop_seconds=3.0), target="genre", split="group", workers=2,
                           progress=False)
     assert other != out
-    dg = D.Dataset(other)
+    dg = Dataset(other)
     groups = {t["id"]: t["group"] for t in dg.manifest["tracks"]}
     by_split = {s: {groups[i] for i in dg.ids[dg.split == s]} for s in ("train", "val", "test")}
     assert not (by_split["train"] & by_split["val"]) and not (by_split["train"] & by_split["test"])
@@ -299,9 +301,9 @@ def test_prepare_fma_mini_reports_faults_and_goes_on(fma_mini, tmp_path, capfd):
 def test_prepare_fsdd_subset_speaker_disjoint(fsdd, tmp_path):
     files = [fsdd / f"{d}_{s}_{t}.wav" for d in range(10)
              for s in ("george", "jackson", "lucas", "nicolas", "yweweler") for t in (0, 1)]
-    out = D.prepare_folder(fsdd, tmp_path, CFG, label_regex=r"^(\d)_", group_regex=r"^\d_([a-z]+)_",
+    out = P.prepare_folder(fsdd, tmp_path, CFG, label_regex=r"^(\d)_", group_regex=r"^\d_([a-z]+)_",
                            split="group", files=files, workers=2, progress=False)
-    ds = D.Dataset(out)
+    ds = Dataset(out)
     assert len(ds) == 100 and ds.classes == [str(d) for d in range(10)]
     speakers = {s: {i.split("_")[1] for i in ds.ids[ds.split == s]} for s in ("train", "val", "test")}
     assert sum(len(v) for v in speakers.values()) == 5  # every speaker in exactly one split
@@ -311,22 +313,6 @@ def test_prepare_fsdd_subset_speaker_disjoint(fsdd, tmp_path):
     assert counts["skipped"] == 0 and counts["ok"] + counts["padded"] == 100
 
 
-def test_abandoned_batches_stop_even_when_the_queue_is_full(tmp_path):
-    """Leaving an epoch early returns at once even if the producer waits to queue its end marker."""
-    import threading
-
-    D.build_cache(tmp_path / "ds", _items(tmp_path), CFG, ["a", "b"], workers=0, progress=False)
-    ds = D.Dataset(tmp_path / "ds")
-    n = len(ds.indices("train"))
-    gen = ds.batches("train", batch_size=1, shuffle=False, prefetch=n - 1)
-    next(gen)
-    time.sleep(0.5)  # the producer has queued every batch and now waits to queue the end marker
-    closer = threading.Thread(target=gen.close, daemon=True)
-    closer.start()
-    closer.join(timeout=10)
-    assert not closer.is_alive(), "closing an abandoned epoch hung on the producer thread"
-
-
 def test_windows_cut_at_batch_time(tmp_path):
     """Issue 8 part 2: the cache holds whole clips; training batches get a new seeded window per epoch,
     evaluation K evenly spaced ones, and predict's per-file chain gives the same pixels."""
@@ -334,9 +320,9 @@ def test_windows_cut_at_batch_time(tmp_path):
     short = tmp_path / "short.wav"
     write_wav(short, sine(0.5, 8000, 900.0), 8000)  # half a crop: padded, placed inside the window
     items.append({"path": str(short), "key": 99, "label": 0, "split": "train", "id": "short"})
-    m = D.build_cache(tmp_path / "ds", items, CFG, ["a", "b"], workers=0, progress=False)
+    m = C.build_cache(tmp_path / "ds", items, CFG, ["a", "b"], workers=0, progress=False)
     assert m["tracks"][6]["status"] == "padded"
-    ds = D.Dataset(tmp_path / "ds")
+    ds = Dataset(tmp_path / "ds")
     assert ds.widths.tolist() == [WC] * 6 + [CFG.columns(4000)] and ds.widths[6] < 159
     rows = ds.indices("train")
 

@@ -67,17 +67,17 @@ def test_injected_enospc_at_the_final_file_stops_the_workers(folder, tmp_path, m
         return real(fd, off, n)
 
     monkeypatch.setattr(os, "posix_fallocate", fallocate)
-    from pipeline import dataset as pds
+    from pipeline import prepare as pprep
     from pipeline.spectrogram import SpectrogramConfig
 
     cfg = SpectrogramConfig(sr=8000, crop_seconds=1.0, n_fft=256, hop_length=32, height=32, width=48)
     with pytest.raises(cachefile.CacheWriteError, match=r"images\.npy\.tmp: No space left on device \(needs 45\.0"):
-        pds.prepare_folder(folder, tmp_path, config=cfg, label_regex=r"^(\d)_", workers=2, progress=False)
+        pprep.prepare_folder(folder, tmp_path, config=cfg, label_regex=r"^(\d)_", workers=2, progress=False)
     assert multiprocessing.active_children() == []
     (d,) = list(tmp_path.iterdir())
     assert list((d / "work" / "chunks").iterdir())  # finished tracks are kept for the rerun
     monkeypatch.setattr(os, "posix_fallocate", real)
-    pds.prepare_folder(folder, tmp_path, config=cfg, label_regex=r"^(\d)_", workers=0, progress=False)
+    pprep.prepare_folder(folder, tmp_path, config=cfg, label_regex=r"^(\d)_", workers=0, progress=False)
     assert len(Dataset(d)) == 30
 
 
@@ -136,10 +136,11 @@ def test_two_preprocess_runs_at_once_both_succeed(folder, tmp_path):
 def test_workers_exit_when_the_preprocess_parent_is_killed(tmp_path):
     script = (
         "import sys, time\n"
-        "from pipeline.dataset import _Supervisor\n"
+        "from pipeline.cache import _worker_main\n"
         "from pipeline.spectrogram import SpectrogramConfig\n"
-        "sup = _Supervisor(2, SpectrogramConfig(), 0, 60.0)\n"
-        "print(' '.join(str(w['proc'].pid) for w in sup.workers), flush=True)\n"
+        "from pipeline.workers import Supervisor\n"
+        "sup = Supervisor(2, _worker_main, (SpectrogramConfig().to_dict(), 0), 60.0)\n"
+        "print(' '.join(str(pid) for pid in sup.pids), flush=True)\n"
         "time.sleep(600)\n")
     parent = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=cli_env(), stdout=subprocess.PIPE,
                               text=True)

@@ -323,7 +323,7 @@ def test_augment_off_feeds_exactly_the_dataset_batches(tiny_data):
 
     ds = Dataset(tiny_data)
     lut = np.ascontiguousarray(colormap_lut(ds.config.colormap))
-    plain = list(ds.batches("train", 5, shuffle=True, seed=11, mode="rgb", prefetch=0))
+    plain = list(ds.batches("train", 5, shuffle=True, seed=11, mode="rgb"))
     levels = list(A.LevelBatches(ds).batches("train", 5, shuffle=True, seed=11))
     assert len(plain) == len(levels) > 1
     for step, ((x, y), (q, yq)) in enumerate(zip(plain, levels)):
