@@ -32,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 
+from pipeline import sources
+
 REPO = Path(__file__).resolve().parent
 
 MODEL_NAMES = ("cnn2_mono", "cnn4_mono", "cnn4_rgb", "cnn6_rgb")
@@ -59,10 +61,6 @@ expected dataset layouts:
     --audio-dir DIR --label-regex '^(\\d)_'  (e.g. FSDD: DIR/7_jackson_32.wav is the digit 7)
   a dataset cache made by `python cli.py preprocess`:
     --data DATASET_DIR                      (holds manifest.json and the image arrays)"""
-
-
-class PrepInterrupted(KeyboardInterrupt):
-    """Ctrl-C while a dataset cache was being built (the finished chunks of tracks are kept)."""
 
 
 class UsageError(Exception):
@@ -509,188 +507,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# ============================================================================ data
-
-
-def spectrogram_config(args, mode: str):
-    """``pipeline.spectrogram.SpectrogramConfig`` from the flags."""
-    from pipeline.spectrogram import SpectrogramConfig
-
-    return SpectrogramConfig(sr=args.sr, crop_seconds=args.crop_seconds, n_fft=args.n_fft,
-                             hop_length=args.hop_length, spectrogram=args.spectrogram, n_mels=args.n_mels,
-                             mode=mode, height=args.height, width=args.width, colormap=args.colormap,
-                             clip_seconds=getattr(args, "clip_seconds", None))
-
-
-def data_source(args) -> dict:
-    """Which data the flags name (``kind`` = demo | cache | fma | csv | regex), validated.
-
-    Raises
-    ------
-    UsageError
-        Missing paths or contradicting flags (printed with the expected layout).
-    """
-    if args.data:
-        d = Path(args.data)
-        if not (d / "manifest.json").is_file():
-            raise UsageError(f"--data {args.data}: not a dataset cache (no manifest.json there)", layout=True)
-        return dict(kind="cache", data=str(d.resolve()))
-    if not args.audio_dir:
-        if args.metadata or args.labels or args.label_regex:
-            raise UsageError("--metadata / --labels / --label-regex need --audio-dir", layout=True)
-        return dict(kind="demo")
-    ad = Path(args.audio_dir)
-    if not ad.is_dir():
-        raise UsageError(f"--audio-dir {args.audio_dir}: no such directory", layout=True)
-    picked = [f for f in ("metadata", "labels", "label_regex") if getattr(args, f)]
-    if len(picked) != 1:
-        raise UsageError("--audio-dir needs exactly one of --metadata (FMA), --labels (CSV) or --label-regex "
-                         f"(file names); got {picked or 'none'}", layout=True)
-    if args.metadata:
-        if not Path(args.metadata).is_file():
-            raise UsageError(f"--metadata {args.metadata}: no such file", layout=True)
-        _fma_dir_hint(ad)
-        return dict(kind="fma", audio_dir=str(ad.resolve()), metadata=str(Path(args.metadata).resolve()))
-    if args.labels:
-        if not Path(args.labels).is_file():
-            raise UsageError(f"--labels {args.labels}: no such file", layout=True)
-        return dict(kind="csv", audio_dir=str(ad.resolve()), labels=str(Path(args.labels).resolve()))
-    return dict(kind="regex", audio_dir=str(ad.resolve()), label_regex=args.label_regex,
-                group_regex=args.group_regex)
-
-
-def _fma_dir_hint(ad: Path) -> None:
-    """UsageError when ``ad`` is the folder *above* FMA's audio (it holds fma_small/ but no 000/ ... folders)."""
-    try:
-        subs = [p for p in ad.iterdir() if p.is_dir()]
-    except OSError:
-        return
-    if any(p.name.isdigit() and len(p.name) == 3 for p in subs):
-        return
-    inner = sorted(p for p in subs if p.name.startswith("fma_") and p.name != "fma_metadata")
-    if inner:
-        raise UsageError(f"--audio-dir {ad}: this folder holds {', '.join(p.name for p in inner)}/ but no "
-                         f"000/ ... 155/ audio folders; pass --audio-dir {inner[0]}")
-
-
-def cache_root(args) -> Path:
-    """The cache folder: --cache-dir, else $HITCNN_CACHE, else ~/.cache/hitcnn (a Path; created on use)."""
-    from pipeline.synth import default_cache_dir
-
-    return Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
-
-
-def _data_dests() -> list:
-    """The argparse ``dest`` of every data / spectrogram flag (:func:`add_data_args`)."""
-    p = argparse.ArgumentParser(add_help=False)
-    add_data_args(p)
-    return [a.dest for a in p._actions]
-
-
-def data_args(args) -> dict:
-    """The data and spectrogram flags of ``args`` (what :func:`prepare_data` needs to build the same cache)."""
-    out = {}
-    for d in _data_dests():
-        v = getattr(args, d, None)
-        out[d] = list(v) if isinstance(v, tuple) else v
-    return out
-
-
-def prepare_data(args, mode: str, out_dir=None, log=print):
-    """Build (or reuse) the dataset cache the flags describe and open it.
-
-    Returns
-    -------
-    dataset : pipeline.dataset.Dataset
-    source : dict
-        :func:`data_source` plus ``dataset_dir`` and, for the demo, its info.
-    """
-    from pipeline import prepare as pprep
-    from pipeline.dataset import Dataset
-
-    src = data_source(args)
-    src["data_args"] = data_args(args)  # config.json keeps them: a deleted cache is rebuilt from them
-    if src["kind"] == "cache":
-        ds = Dataset(src["data"])
-        src["dataset_dir"] = src["data"]
-        return ds, src
-    config = spectrogram_config(args, mode)
-    root = cache_root(args)
-    edges = list(args.bucket_edges) if args.bucket_edges else None
-    split = args.split
-    if src["kind"] == "demo":
-        from pipeline import synth
-
-        log(f"embedded demo: SYNTHETIC music in FMA layout ({args.demo_tracks} clips of {args.demo_seconds:g} s), "
-            f"built once under {root}")
-        info = synth.ensure_demo(root, progress=not getattr(args, "quiet", False),
-                                 n_tracks=args.demo_tracks, seconds=args.demo_seconds)
-        src.update(audio_dir=info["audio_dir"], metadata=info["metadata"], demo=info)
-        edges = edges or info["bucket_edges"]
-        split = split or "fma"
-    out_root = Path(out_dir) if out_dir else root / "datasets"
-    progress = not getattr(args, "quiet", False)
-    kw = dict(config=config, seed=args.split_seed, workers=args.workers, progress=progress)
-    t0 = time.time()
-    try:
-        path = _build(pprep, src, args, out_root, edges, split, kw)
-    except KeyboardInterrupt as exc:
-        raise PrepInterrupted() from exc
-    ds = Dataset(path)
-    src["dataset_dir"] = str(Path(path).resolve())
-    # a cache built just now with progress on has already printed its skipped / padded report (pipeline)
-    man = Path(path) / "manifest.json"
-    src["reported"] = bool(progress and man.is_file() and man.stat().st_mtime >= t0)
-    return ds, src
-
-
-def _build(pprep, src, args, out_root, edges, split, kw):
-    """The ``pipeline.prepare.prepare_*`` call for the source kind; returns the dataset directory."""
-    if src["kind"] in ("demo", "fma"):
-        path = pprep.prepare_fma(src["audio_dir"], src["metadata"], out_root, subset=args.subset,
-                               target=args.target, bucket_edges=edges, split=split or "stratified", **kw)
-    elif src["kind"] == "csv":
-        path = pprep.prepare_folder(src["audio_dir"], out_root, labels_csv=src["labels"],
-                                  split=split or "stratified", **kw)
-    else:
-        path = pprep.prepare_folder(src["audio_dir"], out_root, label_regex=src["label_regex"],
-                                  group_regex=src["group_regex"], split=split or "stratified", **kw)
-    return path
-
-
-def _manifest_hash(ds) -> str:
-    man = getattr(ds, "manifest", {}) or {}
-    return str(man.get("param_hash") or man.get("hash") or "")
-
-
-def _status_report(ds, src=None, log=print, show_padded=5) -> None:
-    """Print every track that preprocessing skipped, and the padded ones (the first few), from the manifest.
-
-    Printed once: nothing when the pipeline has just printed its own report
-    while building the cache (``src['reported']``, see :func:`prepare_data`).
-    """
-    if src is not None and src.get("reported"):
-        return
-    man = getattr(ds, "manifest", {}) or {}
-    tracks = man.get("tracks") or []
-    skipped = [t for t in tracks if isinstance(t, dict) and t.get("status") == "skipped"]
-    padded = [t for t in tracks if isinstance(t, dict) and t.get("status") == "padded"]
-    if skipped:
-        log(f"{len(skipped)} track(s) skipped (not in the dataset):")
-        for t in skipped:
-            log(f"  skipped  {t.get('path', t.get('id'))}  {t.get('reason', '')}")
-    if padded:
-        log(f"{len(padded)} track(s) shorter than the crop, zero-padded:")
-        for t in padded[:show_padded]:
-            log(f"  padded   {t.get('path', t.get('id'))}  {t.get('reason', '')}")
-        if len(padded) > show_padded:
-            log(f"  ... and {len(padded) - show_padded} more (see {getattr(ds, 'path', '')}/manifest.json)")
-    from pipeline.labels import unmatched_lines
-
-    for line in unmatched_lines(man):
-        log(line)
-
-
 # ============================================================================ commands
 
 
@@ -741,7 +557,7 @@ def run_training(ds, src, cfg, out: Path, argv, resume=False, log=print, write_c
         "classes": list(ds.classes),
         "n_images": {s: int((ds.split == s).sum()) for s in ("train", "val", "test")},
         "image_shape": list(ds.image_shape(tr.model_mode(cfg.model))),
-        "dataset_manifest_hash": _manifest_hash(ds),
+        "dataset_manifest_hash": sources.manifest_hash(ds),
         "code_version": code_version(),
         "command": shlex.join(["python", "cli.py"] + list(argv)),
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -844,12 +660,12 @@ def cmd_train(args, argv) -> int:
     _check_train_config(_train_config(args))
     _check_flags(args, "train")
     _device_check(args.device)
-    src0 = data_source(args)
+    src0 = sources.data_source(args)
     out = Path(args.out) if args.out else Path(_default_run_name(src0, args.model))
     if (out / "checkpoints" / "last.npz").exists():
         raise UsageError(f"{out} already holds a run; continue it with --resume or pick another --out")
-    ds, src = _rank0_first(lambda: prepare_data(args, model_mode(args.model)))
-    _status_report(ds, src)
+    ds, src = _rank0_first(lambda: sources.prepare_data(args, model_mode(args.model)))
+    sources.status_report(ds, src)
     cfg = _train_config(args, demo=src["kind"] == "demo")
     run_training(ds, src, cfg, out, argv)
     return 0
@@ -859,8 +675,8 @@ def cmd_preprocess(args, argv) -> int:
     """`preprocess`: build the dataset cache only and print its directory; returns the exit code."""
     _check_data_args(args)
     _check_flags(args, "preprocess")
-    ds, src = prepare_data(args, args.mode, out_dir=args.out)
-    _status_report(ds, src)
+    ds, src = sources.prepare_data(args, args.mode, out_dir=args.out)
+    sources.status_report(ds, src)
     n = {s: int((ds.split == s).sum()) for s in ("train", "val", "test")}
     print(f"dataset ready: {src['dataset_dir']}  classes {list(ds.classes)}  images {n}  "
           f"windows {ds.config.height}x{ds.config.width} cut from clips of up to {ds.images.shape[2]} columns")
@@ -932,10 +748,10 @@ def _run_dataset(run_dir, conf, cache_dir=None, log=None):
     from engine.train import model_mode
 
     _, cfg = _run_config(Path(run_dir))
-    ds, src = prepare_data(ns, model_mode(cfg.model), log=log)
+    ds, src = sources.prepare_data(ns, model_mode(cfg.model), log=log)
     want = conf.get("dataset_manifest_hash") or ""
-    if want and _manifest_hash(ds) != want:
-        raise UsageError(f"{run_dir}: the rebuilt cache {src['dataset_dir']} has hash {_manifest_hash(ds)[:12]}, "
+    if want and sources.manifest_hash(ds) != want:
+        raise UsageError(f"{run_dir}: the rebuilt cache {src['dataset_dir']} has hash {sources.manifest_hash(ds)[:12]}, "
                          f"the run was trained on {want[:12]} (the audio or labels changed?)")
     log(f"rebuilt {src['dataset_dir']}")
     return ds
@@ -987,25 +803,15 @@ def cmd_evaluate(args, argv) -> int:
 
 def _folder_dataset(args, conf, classes):
     """`evaluate --audio-dir`: the folder preprocessed with the run's spectrogram settings, every file in 'test'."""
-    from pipeline import prepare as pprep
-    from pipeline.dataset import Dataset
     from pipeline.spectrogram import SpectrogramConfig
 
     spec = conf.get("spectrogram")
     if not spec:
         raise UsageError(f"{args.run_dir}/config.json has no spectrogram settings; cannot preprocess new audio")
-    sc = SpectrogramConfig.from_dict(spec)
-    root = Path(args.cache_dir).expanduser() if args.cache_dir else cache_root(argparse.Namespace(cache_dir=None))
     seed = int((conf["data"].get("data_args") or {}).get("split_seed") or 0)
-    progress = not args.quiet
-    try:
-        path = pprep.prepare_folder(args.audio_dir, root / "datasets", config=sc, labels_csv=args.labels,
-                                  label_regex=args.label_regex, split="test", seed=seed, workers=args.workers,
-                                  progress=progress, classes=classes,
-                                  name=f"eval-{Path(args.audio_dir).resolve().name}")
-    except KeyboardInterrupt as exc:
-        raise PrepInterrupted() from exc
-    return Dataset(path)
+    return sources.folder_dataset(args.audio_dir, SpectrogramConfig.from_dict(spec), classes, args.cache_dir,
+                                  labels_csv=args.labels, label_regex=args.label_regex, seed=seed,
+                                  workers=args.workers, progress=not args.quiet)
 
 
 def cmd_predict(args, argv) -> int:
@@ -1115,12 +921,12 @@ def cmd_grid(args, argv) -> int:
         mine = combos[dist.rank::dist.size]
         print(f"grid --distributed: {dist.size} ranks, rank {dist.rank} trains {len(mine)} of the runs")
         for mode in sorted({model_mode(c[0]) for c in combos}):
-            datasets[mode] = _rank0_first(lambda: prepare_data(args, mode))
+            datasets[mode] = _rank0_first(lambda: sources.prepare_data(args, mode))
         combos = mine
     for model, lr, bs, dr, wd in combos:
         mode = model_mode(model)
         if mode not in datasets:
-            datasets[mode] = prepare_data(args, mode)
+            datasets[mode] = sources.prepare_data(args, mode)
         ds, src = datasets[mode]
         name = f"{model}_lr{lr:g}_bs{bs}_do{dr:g}_wd{wd:g}"
         cfg = _train_config(args, model=model, lr=lr, batch_size=bs, dropout=dr, weight_decay=wd,
@@ -1175,7 +981,7 @@ def cmd_reproduce(args, argv) -> int:
     for model in args.models:
         mode = model_mode(model)
         if mode not in datasets:
-            datasets[mode] = prepare_data(args, mode)
+            datasets[mode] = sources.prepare_data(args, mode)
         ds, src = datasets[mode]
         cfg = _train_config(args, model=model, lr=5e-4, batch_size=16, dropout=0.4, weight_decay=0.0,
                             demo=src["kind"] == "demo")
@@ -1341,7 +1147,7 @@ def _main(args, argv) -> int:
         msg = f"{exc.filename}: {exc.strerror or 'no such file or directory'}" if exc.filename else str(exc)
         print(f"error: {msg}", file=sys.stderr)
         return 2
-    except PrepInterrupted:
+    except sources.PrepInterrupted:
         print("\ninterrupted while building the dataset cache; run the same command again to resume; "
               "finished tracks are kept", file=sys.stderr)
         return 130

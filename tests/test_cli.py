@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import cli
+from pipeline import sources
 
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = ("train", "preprocess", "evaluate", "predict", "grid", "reproduce", "models", "gradcheck", "inspect")
@@ -274,15 +275,22 @@ def test_training_done_message_wording():
     assert msg.endswith("3.0 s in this session, 6.5 s of training over all sessions")
 
 
+def test_data_flags_are_the_ones_the_source_reads():
+    """pipeline.sources.DATA_FLAGS (recorded in config.json) names every flag of cli.add_data_args, in order."""
+    p = cli.argparse.ArgumentParser(add_help=False)
+    cli.add_data_args(p)
+    assert tuple(a.dest for a in p._actions) == sources.DATA_FLAGS
+
+
 def test_status_report_printed_once(tmp_path, capsys):
     class DS:
         path = "D"
         manifest = {"tracks": [{"status": "padded", "path": "a.mp3", "reason": "short"},
                                {"status": "skipped", "path": "b.mp3", "reason": "broken"}]}
 
-    cli._status_report(DS(), {"reported": True})
+    sources.status_report(DS(), {"reported": True})
     assert capsys.readouterr().out == ""  # the pipeline has just printed it while building
-    cli._status_report(DS(), {"reported": False})
+    sources.status_report(DS(), {"reported": False})
     out = capsys.readouterr().out
     assert out.count("a.mp3") == 1 and out.count("b.mp3") == 1
 
