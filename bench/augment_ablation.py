@@ -56,6 +56,8 @@ AUG = {
     "speed0.3": ["--freq-warp", "0.1", "--time-stretch", "0.3"],
     # spectrogram settings of the FSDD command (not augmentation): mel images, STFT size / hop
     "mel": ["--spectrogram", "mel", "--n-mels", "128"],
+    "mel40": ["--spectrogram", "mel", "--n-mels", "40"],
+    "mel40-warp": ["--spectrogram", "mel", "--n-mels", "40", "--freq-warp", "0.1"],
     "mel-warp": ["--spectrogram", "mel", "--n-mels", "128", "--freq-warp", "0.1"],
     "mel64-warp": ["--spectrogram", "mel", "--n-mels", "64", "--height", "64", "--freq-warp", "0.1"],
     "fft512-warp": ["--n-fft", "512", "--hop-length", "64", "--freq-warp", "0.1"],
