@@ -1,17 +1,17 @@
 // STFT framing and the spectrogram-image steps, for kernels/gpu/stft.py
-// (same formulas as pipeline/stft.py and pipeline/spectrogram.py).
-// frame_window: frames[t, i] = ypad[t*hop + i] * window[i]; grid (n_frames,
+// (same formulas as kernels/cpu/stft.py and pipeline/spectrogram.py).
+// stft_frame_window: frames[t, i] = ypad[t*hop + i] * window[i]; grid (n_frames,
 // ceil(n_fft / blockDim)). The FFT itself is cupy.fft.rfft (cuFFT).
-// power_t: P[f, t] = re^2 + im^2 of the (n_frames, n_bins) rfft output.
-// to_db: 10 log10(max(amin, S)) - 10 log10(max(amin, ref)) (librosa power_to_db).
-// floor_db: max(S, smax - top_db), smax read on the device (no host sync).
-// image_rgb / image_mono: min-max scale with lo, hi read on the device, clip to
+// stft_power_t: P[f, t] = re^2 + im^2 of the (n_frames, n_bins) rfft output.
+// stft_to_db: 10 log10(max(amin, S)) - 10 log10(max(amin, ref)) (librosa power_to_db).
+// stft_floor_db: max(S, smax - top_db), smax read on the device (no host sync).
+// stft_image_rgb / stft_image_mono: min-max scale with lo, hi read on the device, clip to
 // [0, 1], quantised as the dataset cache stores it (q = rint(255 v), the read-time
 // half of pipeline.spectrogram: mono q * (1/255), rgb the 256-entry colormap row q);
 // a constant image gives 0.
 #include "common.cuh"
 
-extern "C" __global__ void frame_window(real* frames, const real* ypad, const real* window, int n_fft,
+extern "C" __global__ void stft_frame_window(real* frames, const real* ypad, const real* window, int n_fft,
                                         int hop, int n_frames) {
     const int i = blockIdx.y * blockDim.x + threadIdx.x;
     if (i >= n_fft) return;  // guard
@@ -20,7 +20,7 @@ extern "C" __global__ void frame_window(real* frames, const real* ypad, const re
 }
 
 // D: interleaved (re, im) of shape (n_frames, n_bins); P: (n_bins, n_frames).
-extern "C" __global__ void power_t(real* P, const real* D, int n_bins, int n_frames) {
+extern "C" __global__ void stft_power_t(real* P, const real* D, int n_bins, int n_frames) {
     const i64 total = (i64)n_bins * n_frames;
     for (i64 o = gtid(); o < total; o += gstride()) {
         const int f = (int)(o / n_frames), t = (int)(o - (i64)f * n_frames);
@@ -30,14 +30,14 @@ extern "C" __global__ void power_t(real* P, const real* D, int n_bins, int n_fra
     }
 }
 
-extern "C" __global__ void to_db(real* out, const real* S, real amin, real ref_db, i64 n) {
+extern "C" __global__ void stft_to_db(real* out, const real* S, real amin, real ref_db, i64 n) {
     for (i64 i = gtid(); i < n; i += gstride()) {
         const real v = S[i] > amin ? S[i] : amin;
         out[i] = (real)10 * log10(v) - ref_db;
     }
 }
 
-extern "C" __global__ void floor_db(real* S, const real* smax, real top_db, i64 n) {
+extern "C" __global__ void stft_floor_db(real* S, const real* smax, real top_db, i64 n) {
     const real lo = smax[0] - top_db;
     for (i64 i = gtid(); i < n; i += gstride()) S[i] = S[i] > lo ? S[i] : lo;
 }
@@ -52,12 +52,12 @@ __device__ __forceinline__ real scaled(real v, const real* lohi) {
 }
 
 // img (H*W) -> out (1, H, W).
-extern "C" __global__ void image_mono(real* out, const real* img, const real* lohi, i64 n) {
+extern "C" __global__ void stft_image_mono(real* out, const real* img, const real* lohi, i64 n) {
     for (i64 i = gtid(); i < n; i += gstride()) out[i] = rint(scaled(img[i], lohi) * (real)255) * (real)(1.0 / 255.0);
 }
 
 // img (H*W) -> out (3, H, W) through lut (256, 3).
-extern "C" __global__ void image_rgb(real* out, const real* img, const real* lohi, const real* lut, i64 n) {
+extern "C" __global__ void stft_image_rgb(real* out, const real* img, const real* lohi, const real* lut, i64 n) {
     for (i64 i = gtid(); i < n; i += gstride()) {
         const real u = scaled(img[i], lohi);
         int q = (int)rint(u * (real)255);
