@@ -821,8 +821,9 @@ def cmd_predict(args, argv) -> int:
     import kernels
     from engine import train as tr
     from engine.metrics import window_probabilities
+    from pipeline.clips import track_images
     from pipeline.errors import PipelineError
-    from pipeline.spectrogram import SpectrogramConfig, track_images
+    from pipeline.spectrogram import SpectrogramConfig
 
     if args.crops is not None and args.crops < 1:
         raise UsageError(f"--crops {args.crops}: expected an integer >= 1")
@@ -831,7 +832,7 @@ def cmd_predict(args, argv) -> int:
     if not spec:
         raise UsageError(f"{args.run_dir}/config.json has no spectrogram settings; cannot predict")
     crops = cfg.eval_crops if args.crops is None else args.crops
-    # the run's own transform and evaluation rule (pipeline.spectrogram.track_images): the clip's mono
+    # the run's own transform and evaluation rule (pipeline.clips.track_images): the clip's mono
     # image quantised as the cache stores it, the evenly spaced windows, the model input of the run's mode
     mode = tr.model_mode(cfg.model)
     sc = dataclasses.replace(SpectrogramConfig.from_dict(spec), mode=mode)

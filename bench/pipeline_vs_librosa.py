@@ -57,8 +57,9 @@ sys.path.insert(0, str(REPO))
 
 from machine import cpu_model  # noqa: E402  (bench/machine.py)
 from pipeline import audio  # noqa: E402
+from pipeline.clips import crop, track_clip  # noqa: E402
 from pipeline.prepare import prepare_fma  # noqa: E402
-from pipeline.spectrogram import SpectrogramConfig, crop, spectrogram_db, to_image, track_clip  # noqa: E402
+from pipeline.spectrogram import SpectrogramConfig, spectrogram_db, to_image  # noqa: E402
 from pipeline.stft import stft  # noqa: E402
 
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from pipeline import audio
-from pipeline.spectrogram import SpectrogramConfig, crop, spectrogram_db, to_image, track_clip
+from pipeline.clips import crop, track_clip
+from pipeline.spectrogram import SpectrogramConfig, spectrogram_db, to_image
 from pipeline.stft import stft
 
 REPO = Path(__file__).resolve().parents[1]

@@ -157,7 +157,7 @@ class TrainConfig:
     sync_bn : bool
         Under ``--distributed``: BatchNorm statistics over the global batch (all ranks), not per rank.
     crops : {'random', 'fixed'}
-        Training crop windows cut from each cached clip (``pipeline.spectrogram.Windows``):
+        Training crop windows cut from each cached clip (``pipeline.windows.Windows``):
         'random' a new one per epoch from ``(seed, epoch, track)`` (default: the
         paper's "random 10 s crop", and more distinct images to learn from);
         'fixed' one per track for the whole run (as a cache of single crops).
@@ -269,8 +269,8 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def train_windows(cfg: TrainConfig, epoch: int):
-    """The crop windows of epoch ``epoch``'s training batches (``pipeline.spectrogram.Windows``)."""
-    from pipeline.spectrogram import Windows
+    """The crop windows of epoch ``epoch``'s training batches (``pipeline.windows.Windows``)."""
+    from pipeline.windows import Windows
 
     return Windows(cfg.crops, seed=int(cfg.seed), epoch=int(epoch) if cfg.crops == "random" else 0)
 
@@ -354,7 +354,7 @@ def evaluate_split(model, dataset, split: str, batch_size: int, device: str = "c
     limit_batches : int or None
         Only the first batches (debug).
     eval_crops : int >= 1
-        Windows per clip (``pipeline.spectrogram.Windows('even', n=eval_crops)``).
+        Windows per clip (``pipeline.windows.Windows('even', n=eval_crops)``).
 
     Returns
     -------
@@ -365,7 +365,7 @@ def evaluate_split(model, dataset, split: str, batch_size: int, device: str = "c
     probs : np.ndarray [shape=(N, n_classes), dtype=float32]
     """
     from engine.metrics import window_probabilities
-    from pipeline.spectrogram import Windows
+    from pipeline.windows import Windows
 
     k = int(eval_crops)
     windows = Windows("even", n=k)

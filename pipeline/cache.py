@@ -18,7 +18,7 @@ Layout of a dataset directory (written by :func:`build_cache`)::
 
 What is stored: the mono image of the whole clip quantised to 8 bits (max
 error 1/510). The ``crop_seconds`` windows are cut when batches are read
-(:class:`pipeline.spectrogram.Windows`: a new random window per epoch in
+(:class:`pipeline.windows.Windows`: a new random window per epoch in
 training, evenly spaced ones in evaluation), and the 'rgb' mode is the
 colormap applied then, through a 256-entry table
 (:func:`pipeline.spectrogram.colormap_lut`), so one cache serves mono and rgb
@@ -63,8 +63,9 @@ from . import audio as audio_mod
 from . import cachefile
 from . import labels as labels_mod
 from . import splits as splits_mod
+from .clips import track_clip
 from .errors import PipelineError
-from .spectrogram import SpectrogramConfig, quantize, track_clip
+from .spectrogram import SpectrogramConfig, quantize
 from .workers import Supervisor, die_with_parent
 
 __all__ = ["build_cache", "cache_hash", "format_report", "FORMAT_VERSION"]

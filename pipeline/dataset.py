@@ -3,8 +3,8 @@
 The directory is written by :func:`pipeline.cache.build_cache` (its layout is
 described there). :class:`Dataset` maps ``images.npy``, checks every file
 against the manifest, and cuts the crop windows of a batch when it is read
-(:class:`pipeline.spectrogram.Windows`, :func:`~pipeline.spectrogram.cut_windows`,
-:func:`~pipeline.spectrogram.model_input`). Batches are made synchronously;
+(:class:`pipeline.windows.Windows`, :func:`~pipeline.windows.cut_windows`,
+:func:`pipeline.spectrogram.model_input`). Batches are made synchronously;
 reading ahead is the consumer's (``engine.train.Prefetcher``).
 """
 from __future__ import annotations
@@ -17,7 +17,8 @@ from . import cachefile
 from . import splits as splits_mod
 from .cache import _FORMAT_CHANGE, FORMAT_VERSION
 from .errors import PipelineError
-from .spectrogram import SpectrogramConfig, Windows, cut_windows, model_input, window_starts
+from .spectrogram import SpectrogramConfig, model_input
+from .windows import Windows, cut_windows, window_starts
 
 __all__ = ["Dataset"]
 
@@ -124,14 +125,14 @@ class Dataset:
         Parameters
         ----------
         rows : array_like [shape=(N,), int]
-        windows : pipeline.spectrogram.Windows or None
+        windows : pipeline.windows.Windows or None
             Which windows (None: ``Windows('even', n=1)``, the centre one).
 
         Returns
         -------
         np.ndarray [shape=(N * windows.n, H, W), dtype=uint8]
             Window ``k`` of row ``i`` at index ``i * n + k``
-            (:func:`pipeline.spectrogram.window_starts`, :func:`~pipeline.spectrogram.cut_windows`).
+            (:func:`pipeline.windows.window_starts`, :func:`~pipeline.windows.cut_windows`).
         """
         windows = Windows() if windows is None else windows
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
@@ -164,7 +165,7 @@ class Dataset:
             Channels: 1 (mono) or 3 (colormap); None uses the config's.
         drop_last : bool
             Drop a final partial batch.
-        windows : pipeline.spectrogram.Windows or None
+        windows : pipeline.windows.Windows or None
             The crop windows cut from each clip (None: the centre one).
             Training passes ``Windows('random', seed, epoch)``; evaluation
             ``Windows('even', n=K)``, which gives ``K`` consecutive images per

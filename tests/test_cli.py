@@ -340,7 +340,7 @@ def test_damaged_run_files_are_clean_errors(tiny_run, tmp_path, capsys):
 def test_predict_status_column_widths_and_failures(tiny_run, tmp_path, capsys, monkeypatch):
     import soundfile as sf
 
-    from pipeline import spectrogram
+    from pipeline import clips
     from pipeline.errors import PipelineError
 
     out, _ = tiny_run
@@ -358,14 +358,14 @@ def test_predict_status_column_widths_and_failures(tiny_run, tmp_path, capsys, m
     assert lines[1][col - 2:col] == "  " and lines[2][col - 2:col] == "  " and lines[2][col] != " "
     assert len({len(s) for s in lines}) == 1  # every row as wide as the header: aligned
     # a file the pipeline refuses (e.g. shorter than one STFT frame) is a named failure, exit code 2
-    real = spectrogram.track_images
+    real = clips.track_images
 
     def refuse_short(path, *a, **k):
         if str(path).endswith("short.wav"):
             raise PipelineError(f"{path}: 100 samples, shorter than one STFT frame (n_fft 2048)")
         return real(path, *a, **k)
 
-    monkeypatch.setattr(spectrogram, "track_images", refuse_short)
+    monkeypatch.setattr(clips, "track_images", refuse_short)
     short = tmp_path / "short.wav"
     sf.write(short, np.zeros(100, np.float32), 22050)
     assert cli.main(["predict", str(out), str(full), str(short)]) == 2
@@ -382,8 +382,9 @@ def test_predict_refuses_audio_shorter_than_one_frame(tiny_run, tmp_path, capsys
 
     import soundfile as sf
 
+    from pipeline.clips import track_images
     from pipeline.errors import PipelineError
-    from pipeline.spectrogram import SpectrogramConfig, track_images
+    from pipeline.spectrogram import SpectrogramConfig
 
     out, _ = tiny_run
     short = tmp_path / "tiny.wav"

@@ -10,17 +10,11 @@ import pytest
 import pipeline.cache as C
 import pipeline.prepare as P
 from audio_fixtures import sine, text_as_mp3, write_wav, zero_byte
+from pipeline.clips import track_clip, track_images
 from pipeline.dataset import Dataset
 from pipeline.errors import PipelineError
-from pipeline.spectrogram import (
-    SpectrogramConfig,
-    Windows,
-    colormap_lut,
-    quantize,
-    track_clip,
-    track_images,
-    window_starts,
-)
+from pipeline.spectrogram import SpectrogramConfig, colormap_lut, quantize
+from pipeline.windows import Windows, window_starts
 
 CFG = SpectrogramConfig(sr=8000, crop_seconds=1.0, n_fft=256, hop_length=64)
 WC = CFG.columns(12000)  # columns of a 1.5 s test clip's image (237; a 1 s window is 159)

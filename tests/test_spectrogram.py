@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 
 from audio_fixtures import sine, tags_only_mp3, truncated_mp3, write_mp3, write_wav, zero_byte
+from pipeline import clips as Cl
+from pipeline import spectral as Sp
 from pipeline import spectrogram as S
+from pipeline import windows as Wn
 from pipeline.errors import PipelineError
 
 SMALL = S.SpectrogramConfig(sr=8000, crop_seconds=1.0, n_fft=256, hop_length=64)
@@ -14,19 +17,19 @@ SMALL = S.SpectrogramConfig(sr=8000, crop_seconds=1.0, n_fft=256, hop_length=64)
 
 def test_power_to_db_formula_and_silence_is_finite():
     P = np.array([[0.0, 1e-12, 1e-10], [1.0, 100.0, 1e4]], np.float32)
-    db = S.power_to_db(P, top_db=None)
+    db = Sp.power_to_db(P, top_db=None)
     np.testing.assert_allclose(db, [[-100, -100, -100], [0, 20, 40]], atol=1e-4)
-    db80 = S.power_to_db(P)  # floor at max - 80 = -40
+    db80 = Sp.power_to_db(P)  # floor at max - 80 = -40
     np.testing.assert_allclose(db80, [[-40, -40, -40], [0, 20, 40]], atol=1e-4)
-    silence = S.power_to_db(np.zeros((5, 7), np.float32))
+    silence = Sp.power_to_db(np.zeros((5, 7), np.float32))
     assert np.all(np.isfinite(silence)) and np.all(silence == pytest.approx(-100.0))
-    np.testing.assert_allclose(S.power_to_db(P, ref=np.max, top_db=None)[1], [-40, -20, 0], atol=1e-4)
+    np.testing.assert_allclose(Sp.power_to_db(P, ref=np.max, top_db=None)[1], [-40, -20, 0], atol=1e-4)
 
 
 def test_amplitude_to_db_is_power_to_db_of_square():
     A = np.abs(np.random.default_rng(0).standard_normal((20, 30))).astype(np.float32)
-    np.testing.assert_allclose(S.amplitude_to_db(A), S.power_to_db(A ** 2), rtol=1e-6)
-    np.testing.assert_allclose(S.amplitude_to_db(np.array([10.0]), top_db=None), [20.0])
+    np.testing.assert_allclose(Sp.amplitude_to_db(A), Sp.power_to_db(A ** 2), rtol=1e-6)
+    np.testing.assert_allclose(Sp.amplitude_to_db(np.array([10.0]), top_db=None), [20.0])
 
 
 @pytest.mark.parametrize("ref", [1.0, np.max, 3.5])
@@ -36,19 +39,19 @@ def test_db_equals_librosa(ref, top_db):
     rng = np.random.default_rng(1)
     A = (np.abs(rng.standard_normal((64, 50))) * rng.uniform(0, 1, (64, 50)) ** 8).astype(np.float32)
     A[:3] = 0.0  # digital silence rows
-    np.testing.assert_allclose(S.amplitude_to_db(A, ref=ref, top_db=top_db),
+    np.testing.assert_allclose(Sp.amplitude_to_db(A, ref=ref, top_db=top_db),
                                librosa.amplitude_to_db(A, ref=ref, top_db=top_db), rtol=1e-5, atol=1e-4)
-    np.testing.assert_allclose(S.power_to_db(A ** 2, ref=ref, top_db=top_db),
+    np.testing.assert_allclose(Sp.power_to_db(A ** 2, ref=ref, top_db=top_db),
                                librosa.power_to_db(A ** 2, ref=ref, top_db=top_db), rtol=1e-5, atol=1e-4)
 
 
 def test_db_bad_arguments():
     with pytest.raises(PipelineError, match="amin"):
-        S.power_to_db(np.ones(3), amin=0)
+        Sp.power_to_db(np.ones(3), amin=0)
     with pytest.raises(PipelineError, match="top_db"):
-        S.power_to_db(np.ones(3), top_db=-1)
+        Sp.power_to_db(np.ones(3), top_db=-1)
     with pytest.raises(PipelineError, match="complex"):
-        S.power_to_db(np.ones(3, np.complex64))
+        Sp.power_to_db(np.ones(3, np.complex64))
 
 
 # ------------------------------------------------------------------ mel
@@ -56,7 +59,7 @@ def test_db_bad_arguments():
 @pytest.mark.parametrize("sr,n_fft,n_mels", [(22050, 2048, 128), (8000, 256, 40), (44100, 1024, 64)])
 def test_mel_filterbank_equals_librosa(sr, n_fft, n_mels):
     librosa = pytest.importorskip("librosa")
-    ours = S.mel_filterbank(sr, n_fft, n_mels)
+    ours = Sp.mel_filterbank(sr, n_fft, n_mels)
     ref = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, htk=False, norm="slaney")
     assert ours.shape == ref.shape == (n_mels, 1 + n_fft // 2) and ours.dtype == np.float32
     np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-9)
@@ -64,12 +67,12 @@ def test_mel_filterbank_equals_librosa(sr, n_fft, n_mels):
 
 def test_mel_scale_slaney_points():
     # Slaney: linear 200/3 Hz per mel below 1 kHz, 15 mel at 1 kHz, log above.
-    np.testing.assert_allclose(S.hz_to_mel([0, 200 / 3, 1000, 6400]), [0, 1, 15, 42], atol=1e-9)
-    np.testing.assert_allclose(S.mel_to_hz(S.hz_to_mel([55.0, 440.0, 3520.0])), [55.0, 440.0, 3520.0])
+    np.testing.assert_allclose(Sp.hz_to_mel([0, 200 / 3, 1000, 6400]), [0, 1, 15, 42], atol=1e-9)
+    np.testing.assert_allclose(Sp.mel_to_hz(Sp.hz_to_mel([55.0, 440.0, 3520.0])), [55.0, 440.0, 3520.0])
 
 
 def test_mel_filterbank_rows_are_ordered_triangles():
-    fb = S.mel_filterbank(22050, 2048, 128)
+    fb = Sp.mel_filterbank(22050, 2048, 128)
     peaks = fb.argmax(axis=1)
     assert np.all(np.diff(peaks) >= 0) and np.all(fb >= 0)
     assert np.all(fb.sum(axis=1) > 0)
@@ -78,24 +81,24 @@ def test_mel_filterbank_rows_are_ordered_triangles():
 # ------------------------------------------------------------------ resize and images
 
 def test_resize_matrix_area_and_bilinear():
-    R = S.resize_matrix(4, 2)
+    R = Sp.resize_matrix(4, 2)
     np.testing.assert_allclose(R, [[0.5, 0.5, 0, 0], [0, 0, 0.5, 0.5]])
-    R3 = S.resize_matrix(3, 2)  # cells cover 1.5 inputs each
+    R3 = Sp.resize_matrix(3, 2)  # cells cover 1.5 inputs each
     np.testing.assert_allclose(R3, [[2 / 3, 1 / 3, 0], [0, 1 / 3, 2 / 3]], atol=1e-7)
-    U = S.resize_matrix(2, 4)  # half-pixel bilinear, clamped
+    U = Sp.resize_matrix(2, 4)  # half-pixel bilinear, clamped
     np.testing.assert_allclose(U, [[1, 0], [0.75, 0.25], [0.25, 0.75], [0, 1]])
     for n_in, n_out in [(1025, 102), (431, 159), (129, 102), (126, 159)]:
-        np.testing.assert_allclose(S.resize_matrix(n_in, n_out).sum(axis=1), 1.0, atol=1e-6)
+        np.testing.assert_allclose(Sp.resize_matrix(n_in, n_out).sum(axis=1), 1.0, atol=1e-6)
 
 
 @pytest.mark.parametrize("shape,size", [((1025, 431), (102, 159)), ((129, 126), (102, 159)),
                                         ((7, 5), (3, 11)), ((128, 431), (102, 159))])
 def test_resize_equals_matrix_form(shape, size):
     X = np.random.default_rng(0).uniform(-100, 40, shape).astype(np.float32)
-    Rh = S.resize_matrix(shape[0], size[0]).astype(np.float64)
-    Rw = S.resize_matrix(shape[1], size[1]).astype(np.float64)
+    Rh = Sp.resize_matrix(shape[0], size[0]).astype(np.float64)
+    Rw = Sp.resize_matrix(shape[1], size[1]).astype(np.float64)
     expect = Rh @ X.astype(np.float64) @ Rw.T
-    out = S.resize(X, *size)
+    out = Sp.resize(X, *size)
     assert out.shape == size and out.dtype == np.float32
     np.testing.assert_allclose(out, expect, rtol=1e-5, atol=1e-4)
 
@@ -172,12 +175,12 @@ def test_config_validation(field, value):
 def test_crop_reproducible_and_seeded(tmp_path):
     y = np.random.default_rng(0).uniform(-0.5, 0.5, 5 * 8000).astype(np.float32)
     p = write_wav(tmp_path / "noise.wav", y, 8000)
-    a, ia = S.crop(p, SMALL, seed=3, track_id=17)
-    b, ib = S.crop(p, SMALL, seed=3, track_id=17)
+    a, ia = Cl.crop(p, SMALL, seed=3, track_id=17)
+    b, ib = Cl.crop(p, SMALL, seed=3, track_id=17)
     assert ia == ib and np.array_equal(a, b) and ia["status"] == "ok"
     start = int(round(ia["offset_s"] * 8000))
     np.testing.assert_array_equal(a, y[start:start + 8000])  # the crop is the window it claims
-    offsets = {S.crop(p, SMALL, seed=s, track_id=17)[1]["offset_s"] for s in range(8)}
+    offsets = {Cl.crop(p, SMALL, seed=s, track_id=17)[1]["offset_s"] for s in range(8)}
     assert len(offsets) > 4  # different seeds, different windows
     assert all(0 <= o <= 4.0 for o in offsets)
 
@@ -185,30 +188,30 @@ def test_crop_reproducible_and_seeded(tmp_path):
 def test_crop_of_exact_length_starts_at_zero(tmp_path):
     p = write_wav(tmp_path / "one.wav", sine(1.0, 8000), 8000)
     for seed in range(5):
-        y, info = S.crop(p, SMALL, seed=seed)
+        y, info = Cl.crop(p, SMALL, seed=seed)
         assert info["offset_s"] == 0.0 and info["status"] == "ok" and len(y) == 8000
 
 
 def test_short_clip_is_padded_and_flagged(tmp_path):
     p = write_wav(tmp_path / "short.wav", sine(0.3, 8000), 8000)
-    y, info = S.crop(p, SMALL, seed=0)
+    y, info = Cl.crop(p, SMALL, seed=0)
     assert len(y) == 8000 and info["status"] == "padded" and "0.300 s" in info["reason"]
     assert np.all(y[2400:] == 0) and np.any(y[:2400] != 0)
 
 
 def test_silence_gives_zero_image(tmp_path):
     p = write_wav(tmp_path / "silence.wav", np.zeros(16000, np.float32), 8000)
-    img, info = S.track_clip(p, SMALL)
+    img, info = Cl.track_clip(p, SMALL)
     assert np.array_equal(img, np.zeros((102, SMALL.columns(16000)), np.float32))
     assert info["status"] == "ok" and "silence" in info["reason"]
-    imgs, info = S.track_images(p, SMALL, n_crops=2)
+    imgs, info = Cl.track_images(p, SMALL, n_crops=2)
     assert np.array_equal(imgs, np.zeros((2, 1, 102, 159), np.float32)) and "silence" in info["reason"]
 
 
 def test_truncated_mp3_header_lie_gives_padded_crop(tmp_path):
     p = truncated_mp3(tmp_path / "t.mp3", seconds=3.0, sr=22050, keep=0.4)
     cfg = S.SpectrogramConfig(crop_seconds=2.0)
-    y, info = S.crop(p, cfg, seed=1)
+    y, info = Cl.crop(p, cfg, seed=1)
     assert len(y) == 44100 and info["status"] == "padded"
     assert 0.3 < info["decoded_s"] < 1.8  # real data, not the header's 3 s
 
@@ -217,30 +220,30 @@ def test_truncated_mp3_header_lie_gives_padded_crop(tmp_path):
 def test_unusable_files_raise(tmp_path, maker):
     p = maker(tmp_path / "bad.mp3")
     with pytest.raises(PipelineError, match="bad.mp3"):
-        S.track_clip(p, SMALL)
+        Cl.track_clip(p, SMALL)
 
 
 def test_stereo_44k_mp3_end_to_end(tmp_path):
     y = np.stack([sine(12.0, 44100, 440.0), sine(12.0, 44100, 880.0)], axis=1)
     p = write_mp3(tmp_path / "st.mp3", y, 44100)
-    img, info = S.track_images(p, S.SpectrogramConfig(mode="rgb"), n_crops=1)
+    img, info = Cl.track_images(p, S.SpectrogramConfig(mode="rgb"), n_crops=1)
     assert img.shape == (1, 3, 102, 159) and info["status"] == "ok" and info["offset_s"] == 0.0
     assert 0.0 <= img.min() and img.max() <= 1.0 and info["decoded_s"] == pytest.approx(12.0, abs=1e-3)
 
 
 def test_track_images_evenly_spaced(tmp_path):
     p = write_wav(tmp_path / "three.wav", sine(3.0, 8000), 8000)
-    imgs, info = S.track_images(p, SMALL, n_crops=3)  # a 3 s clip: windows at 0, 1 and 2 s
+    imgs, info = Cl.track_images(p, SMALL, n_crops=3)  # a 3 s clip: windows at 0, 1 and 2 s
     w = SMALL.columns(24000)
     assert imgs.shape == (3, 1, 102, 159) and w == 474
-    assert S.window_starts([w], 159, S.Windows("even", n=3)).tolist() == [[0, 158, 315]]
+    assert Wn.window_starts([w], 159, Wn.Windows("even", n=3)).tolist() == [[0, 158, 315]]
     np.testing.assert_allclose(info["offsets_s"], [0.0, 1.0, 2.0], atol=0.01)
-    img, _ = S.track_clip(p, SMALL)
+    img, _ = Cl.track_clip(p, SMALL)
     q = S.quantize(img)
     for k, c in enumerate((0, 158, 315)):
         np.testing.assert_array_equal(imgs[k, 0], S.model_input(q[:, c:c + 159], "mono")[0])
     with pytest.raises(PipelineError, match="n_crops"):
-        S.track_images(p, SMALL, n_crops=0)
+        Cl.track_images(p, SMALL, n_crops=0)
 
 
 def test_track_images_refuses_less_than_one_frame_like_preprocessing(tmp_path):
@@ -248,26 +251,26 @@ def test_track_images_refuses_less_than_one_frame_like_preprocessing(tmp_path):
     n = SMALL.n_fft - 1
     p = write_wav(tmp_path / "blip.wav", sine(n / 8000, 8000)[:n], 8000)
     with pytest.raises(PipelineError) as pred:
-        S.track_images(p, SMALL, n_crops=2)
+        Cl.track_images(p, SMALL, n_crops=2)
     with pytest.raises(PipelineError) as prep:
-        S.track_clip(p, SMALL)
+        Cl.track_clip(p, SMALL)
     assert str(pred.value) == str(prep.value)
     assert f"blip.wav': {n} samples" in str(pred.value) and f"n_fft={SMALL.n_fft}" in str(pred.value)
     ok = write_wav(tmp_path / "frame.wav", sine(1.0, 8000)[:SMALL.n_fft], 8000)  # exactly one frame: padded
-    imgs, info = S.track_images(ok, SMALL)
+    imgs, info = Cl.track_images(ok, SMALL)
     assert imgs.shape == (1, 1, 102, 159) and info["status"] == "padded"
 
 
 def test_track_images_refuses_fma_mini_24_sample_clip(fma_mini):
     p = fma_mini / "fma_small" / "000" / "000194.mp3"
     with pytest.raises(PipelineError, match=r"000194\.mp3': 24 samples .* fewer than one STFT frame \(n_fft=2048\)"):
-        S.track_images(p, S.SpectrogramConfig())
+        Cl.track_images(p, S.SpectrogramConfig())
 
 
 def test_fma_mini_real_clip(fma_mini):
     p = fma_mini / "fma_small" / "000" / "000002.mp3"
     cfg = S.SpectrogramConfig()
-    img, info = S.track_clip(p, cfg)
+    img, info = Cl.track_clip(p, cfg)
     assert info["status"] == "ok" and 29.0 < info["decoded_s"] <= 30.0 and info["offset_s"] == 0.0
     assert img.shape == (102, cfg.columns(int(round(info["decoded_s"] * cfg.sr)))) and 470 <= img.shape[1] <= 477
     assert img.std() > 0.05  # real music, not a flat image
@@ -295,7 +298,7 @@ def test_spectrogram_db_is_power_to_db_of_stft_power():
     cfg = S.SpectrogramConfig(sr=8000, crop_seconds=1.0, n_fft=256, hop_length=64, top_db=60.0)
     y = sine(1.0, 8000, 700.0) * np.linspace(0, 1, 8000, dtype=np.float32)
     D = stft(y, 256, 64)
-    np.testing.assert_allclose(S.spectrogram_db(y, cfg), S.power_to_db(np.abs(D) ** 2, top_db=60.0),
+    np.testing.assert_allclose(S.spectrogram_db(y, cfg), Sp.power_to_db(np.abs(D) ** 2, top_db=60.0),
                                rtol=1e-5, atol=1e-4)
 
 
@@ -327,46 +330,46 @@ def test_clip_of_a_long_file_is_its_centre_and_only_that_is_decoded(tmp_path, mo
         return real(path, *a, **kw)
 
     monkeypatch.setattr(audio, "load", spy)
-    got, info = S.clip(p, SMALL)  # SMALL: 3 s clips
+    got, info = Cl.clip(p, SMALL)  # SMALL: 3 s clips
     assert len(got) == 3 * sr and info["offset_s"] == pytest.approx(28.5) and info["duration_s"] == 60.0
     np.testing.assert_array_equal(got, y[int(28.5 * sr):int(31.5 * sr)])
     assert len(calls) == 1 and calls[0]["duration"] < 3.01  # seeked: never the whole minute
     assert "silence" not in info["reason"]
     quiet = write_wav(tmp_path / "quiet.wav", np.zeros(60 * sr, np.float32), sr)
-    _, info = S.clip(quiet, SMALL)
+    _, info = Cl.clip(quiet, SMALL)
     assert info["status"] == "ok" and info["reason"] == "digital silence"
 
 
 def test_window_rules():
     w = np.array([474, 474, 159, 100, 300])
     keys = np.array([1, 2, 3, 4, 5])
-    r0 = S.window_starts(w, 159, S.Windows("random", seed=0, epoch=0), keys)
+    r0 = Wn.window_starts(w, 159, Wn.Windows("random", seed=0, epoch=0), keys)
     assert r0.shape == (5, 1)
-    np.testing.assert_array_equal(r0, S.window_starts(w, 159, S.Windows("random", seed=0, epoch=0), keys))
+    np.testing.assert_array_equal(r0, Wn.window_starts(w, 159, Wn.Windows("random", seed=0, epoch=0), keys))
     # one track's window depends on (seed, epoch, key) only: not on the other tracks of the batch
-    assert S.window_starts(w[1:2], 159, S.Windows("random", seed=0, epoch=0), keys[1:2])[0, 0] == r0[1, 0]
-    epochs = np.concatenate([S.window_starts(w, 159, S.Windows("random", seed=0, epoch=e), keys)
+    assert Wn.window_starts(w[1:2], 159, Wn.Windows("random", seed=0, epoch=0), keys[1:2])[0, 0] == r0[1, 0]
+    epochs = np.concatenate([Wn.window_starts(w, 159, Wn.Windows("random", seed=0, epoch=e), keys)
                              for e in range(40)], axis=1)
     assert np.all(epochs[0] >= 0) and np.all(epochs[0] <= 315) and len(set(epochs[0])) > 20
     assert set(epochs[2]) == {0}  # exactly one window long
     assert np.all(epochs[3] <= 0) and np.all(epochs[3] >= -59) and len(set(epochs[3])) > 10  # short: placed inside
-    fixed = [S.window_starts(w, 159, S.Windows("fixed", seed=4), keys) for _ in range(2)]
+    fixed = [Wn.window_starts(w, 159, Wn.Windows("fixed", seed=4), keys) for _ in range(2)]
     np.testing.assert_array_equal(fixed[0], fixed[1])
-    assert not np.array_equal(S.window_starts(w, 159, S.Windows("fixed", seed=5), keys), fixed[0])
-    even = S.window_starts(w, 159, S.Windows("even", n=3))
+    assert not np.array_equal(Wn.window_starts(w, 159, Wn.Windows("fixed", seed=5), keys), fixed[0])
+    even = Wn.window_starts(w, 159, Wn.Windows("even", n=3))
     assert even.tolist() == [[0, 158, 315], [0, 158, 315], [0, 0, 0], [0, -30, -59], [0, 70, 141]]
-    assert S.window_starts(w, 159, S.Windows("even")).ravel().tolist() == [157, 157, 0, -30, 70]
+    assert Wn.window_starts(w, 159, Wn.Windows("even")).ravel().tolist() == [157, 157, 0, -30, 70]
     with pytest.raises(PipelineError, match="keys"):
-        S.window_starts(w, 159, S.Windows("random"))
+        Wn.window_starts(w, 159, Wn.Windows("random"))
     for bad in (dict(rule="middle"), dict(rule="even", n=0), dict(rule="random", n=2), dict(rule="fixed", seed=-1)):
         with pytest.raises(PipelineError):
-            S.Windows(**bad)
+            Wn.Windows(**bad)
 
 
 def test_cut_windows_pads_with_the_floor():
     q = [np.arange(1, 1 + 3 * 10, dtype=np.uint8).reshape(3, 10), np.full((3, 12), 7, np.uint8)]
-    out = S.cut_windows(q, [10, 4], [-2, 2], 5)
+    out = Wn.cut_windows(q, [10, 4], [-2, 2], 5)
     np.testing.assert_array_equal(out[0], np.concatenate([np.zeros((3, 2), np.uint8), q[0][:, :3]], axis=1))
     np.testing.assert_array_equal(out[1], np.concatenate([np.full((3, 2), 7, np.uint8),
                                                           np.zeros((3, 3), np.uint8)], axis=1))  # cols >= 4: floor
-    np.testing.assert_array_equal(S.cut_windows(q[:1], [10], [3], 5)[0], q[0][:, 3:8])
+    np.testing.assert_array_equal(Wn.cut_windows(q[:1], [10], [3], 5)[0], q[0][:, 3:8])

@@ -10,8 +10,9 @@ dB (librosa ``power_to_db``, ref 1.0, amin 1e-10, top_db floor), area /
 bilinear resize as two GEMMs with the pipeline's own resize matrices, min-max
 scaling and the 256-entry colormap (matplotlib's quantisation), the min / max
 read on the device (no host sync). The host tables (mel filterbank, resize
-matrices, colormap) come from the caller's ``tables`` (e.g. the module
-``pipeline.spectrogram``): this module imports nothing from ``pipeline``. Bad input raises
+matrices, colormap) come from the caller's ``tables`` (``pipeline.spectral``'s
+``mel_filterbank`` / ``resize_matrix``, ``pipeline.spectrogram``'s ``colormap_lut``):
+this module imports nothing from ``pipeline``. Bad input raises
 :class:`kernels.cpu._checks.StftArgumentError` (``pipeline.stft`` re-raises it
 as a ``PipelineError``).
 """
@@ -135,7 +136,7 @@ def spectrogram_image(y, config, tables):
     config : pipeline.spectrogram.SpectrogramConfig
     tables : module or object
         The host tables, ``mel_filterbank(sr, n_fft, n_mels)``, ``resize_matrix(n_in, n_out)`` and
-        ``colormap_lut(name)``, e.g. the module ``pipeline.spectrogram`` (each table uploaded once per key).
+        ``colormap_lut(name)`` (the pipeline's; each table uploaded once per key).
 
     Returns
     -------
