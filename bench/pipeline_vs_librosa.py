@@ -59,6 +59,7 @@ from machine import cpu_model  # noqa: E402  (bench/machine.py)
 from pipeline import audio  # noqa: E402
 from pipeline.clips import crop, track_clip  # noqa: E402
 from pipeline.prepare import prepare_fma  # noqa: E402
+from pipeline.resample import decimate_mean  # noqa: E402
 from pipeline.spectrogram import SpectrogramConfig, spectrogram_db, to_image  # noqa: E402
 from pipeline.stft import stft  # noqa: E402
 
@@ -200,7 +201,7 @@ def main():
         t0 = time.perf_counter()
         frames, native = audio._read_soundfile(str(p), 0.0, 30.0)
         t1 = time.perf_counter()
-        y = audio._decimate(frames, native // cfg.sr) if native == 2 * cfg.sr else audio.load(p, sr=cfg.sr)[0]
+        y = decimate_mean(frames, native // cfg.sr) if native == 2 * cfg.sr else audio.load(p, sr=cfg.sr)[0]
         t2 = time.perf_counter()
         stft(y, n_fft=cfg.n_fft, hop_length=cfg.hop_length)
         t3 = time.perf_counter()

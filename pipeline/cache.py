@@ -59,8 +59,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import audio as audio_mod
-from . import cachefile
+from . import cachefile, decoder_messages
 from . import labels as labels_mod
 from . import splits as splits_mod
 from .clips import track_clip
@@ -138,10 +137,10 @@ def _process_one(path, key, config: SpectrogramConfig, seed):
     in the task for the report.
 
     The decoder's stderr lines (libmpg123 warnings, captured by
-    :mod:`pipeline.audio` around each decode) are dropped for a good track and
+    :mod:`pipeline.decoder_messages` around each decode) are dropped for a good track and
     appended to a skipped track's reason.
     """
-    with audio_mod.collect_decoder_messages() as messages:
+    with decoder_messages.collect_decoder_messages() as messages:
         try:
             img, info = track_clip(path, config)
             return quantize(img), info
@@ -149,7 +148,7 @@ def _process_one(path, key, config: SpectrogramConfig, seed):
             reason = str(exc)
         except Exception as exc:  # an unexpected decoder failure must not stop the run
             reason = f"{type(exc).__name__}: {exc}"
-    note = audio_mod.format_decoder_messages(messages)
+    note = decoder_messages.format_decoder_messages(messages)
     if note and "decoder messages:" not in reason:
         reason += f"; {note}"
     return None, {"status": "skipped", "reason": reason}

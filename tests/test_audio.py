@@ -8,7 +8,7 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 from audio_fixtures import sine, tags_only_mp3, text_as_mp3, truncated_mp3, write_mp3, write_wav, zero_byte
-from pipeline import audio
+from pipeline import audio, decoder_messages, resample
 from pipeline.errors import PipelineError
 
 
@@ -36,36 +36,36 @@ def test_resample_44k_to_22k_matches_scipy_and_keeps_pitch(tmp_path):
     p = write_wav(tmp_path / "hi.wav", y, 44100)
     out, sr = audio.load(p, sr=22050)
     assert sr == 22050 and len(out) == 22050
-    np.testing.assert_allclose(out, resample_poly(y, 1, 2, window=audio.resample_filter(1, 2)), atol=1e-6)
+    np.testing.assert_allclose(out, resample_poly(y, 1, 2, window=resample.resample_filter(1, 2)), atol=1e-6)
     spec = np.abs(np.fft.rfft(out * np.hanning(len(out))))
     assert abs(np.argmax(spec) * 22050 / len(out) - 1000.0) <= 1.0
 
 
 def test_resample_rates_reduced_by_gcd():
     y = sine(0.5, 22050)
-    out = audio.resample(y, 22050, 8000)  # up/down = 160/441
+    out = resample.resample(y, 22050, 8000)  # up/down = 160/441
     assert len(out) == math.ceil(len(y) * 160 / 441)
-    np.testing.assert_allclose(out, resample_poly(y, 160, 441, window=audio.resample_filter(160, 441)),
+    np.testing.assert_allclose(out, resample_poly(y, 160, 441, window=resample.resample_filter(160, 441)),
                                atol=1e-6)
     with pytest.raises(PipelineError, match="orig_sr"):
-        audio.resample(y, 0, 8000)
+        resample.resample(y, 0, 8000)
 
 
 @pytest.mark.parametrize("n", [1, 2, 5, 130, 44101])
 @pytest.mark.parametrize("down", [2, 3, 4])
 def test_decimation_kernel_equals_resample_poly_reference(n, down):
     x = np.random.default_rng(n).standard_normal(n).astype(np.float32)
-    ref = resample_poly(x.astype(np.float64), 1, down, window=audio.resample_filter(1, down))
-    out = audio.resample(x, 44100, 44100 // down)
+    ref = resample_poly(x.astype(np.float64), 1, down, window=resample.resample_filter(1, down))
+    out = resample.resample(x, 44100, 44100 // down)
     assert out.dtype == np.float32 and out.shape == ref.shape == (math.ceil(n / down),)
     np.testing.assert_allclose(out, ref, rtol=0, atol=2e-6)
-    stacked = audio.resample(np.stack([x, -x]), 44100, 44100 // down)  # (channels, n) rows
+    stacked = resample.resample(np.stack([x, -x]), 44100, 44100 // down)  # (channels, n) rows
     np.testing.assert_array_equal(stacked, np.stack([out, -out]))
 
 
 def test_filter_taps_and_zeros():
-    h = audio.resample_filter(1, 2)
-    assert len(h) == 4 * audio.RESAMPLE_HALF_TAPS + 1 and abs(h.sum() - 1.0) < 1e-12
+    h = resample.resample_filter(1, 2)
+    assert len(h) == 4 * resample.RESAMPLE_HALF_TAPS + 1 and abs(h.sum() - 1.0) < 1e-12
     centre = len(h) // 2
     assert np.all(h[centre + 2::2] == 0) and np.all(h[centre - 2::-2] == 0) and np.all(h[1::2] != 0)
     np.testing.assert_array_equal(h, h[::-1])  # linear phase
@@ -78,7 +78,7 @@ def test_stereo_mean_fused_into_decimation_is_bit_identical(tmp_path):
     fused, sr = audio.load(p, sr=22050)
     dec, _ = audio.load(p, sr=None)  # the mean, not resampled
     assert sr == 22050
-    np.testing.assert_array_equal(fused, audio.resample(dec, 44100, 22050))
+    np.testing.assert_array_equal(fused, resample.resample(dec, 44100, 22050))
 
 
 def test_resampler_distance_from_soxr_hq():
@@ -98,7 +98,7 @@ def test_resampler_distance_from_soxr_hq():
     def snr_db(sig):
         sig = sig.astype(np.float32)
         ref = soxr.resample(sig, sr, 22050, "HQ").astype(np.float64)[2000:-2000]
-        ours = audio.resample(sig, sr, 22050).astype(np.float64)[2000:-2000]
+        ours = resample.resample(sig, sr, 22050).astype(np.float64)[2000:-2000]
         return 10 * np.log10(np.sum(ref ** 2) / np.sum((ours - ref) ** 2))
 
     assert snr_db(band(8000.0)) >= 85.0
@@ -239,7 +239,7 @@ def test_decoder_stderr_is_captured_not_printed(tmp_path, monkeypatch, capfd):
     p = write_wav(tmp_path / "s.wav", sine(0.2, 8000), 8000)
     monkeypatch.setattr(audio, "_read_soundfile", _noisy_reader(other="a real message from elsewhere"))
     before = os.fstat(2)
-    with audio.collect_decoder_messages() as msgs:
+    with decoder_messages.collect_decoder_messages() as msgs:
         y, sr = audio.load(p, sr=None)
     assert sr == 8000 and y.shape == (1600,)
     err = capfd.readouterr().err
@@ -291,9 +291,9 @@ def test_mp3_seek_prints_nothing(tmp_path, capfd):
 
 
 def test_format_decoder_messages_counts_and_truncates():
-    assert audio.format_decoder_messages([]) == ""
+    assert decoder_messages.format_decoder_messages([]) == ""
     lines = ["a", "b", "a", "c", "d", "e", "f"]
-    assert audio.format_decoder_messages(lines) == "decoder messages: a (x2) | b | c | d (+2 more)"
+    assert decoder_messages.format_decoder_messages(lines) == "decoder messages: a (x2) | b | c | d (+2 more)"
 
 
 # ---- libsndfile's misleading "does not exist" for an existing non-audio file
