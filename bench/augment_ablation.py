@@ -84,6 +84,11 @@ def loso_seed(speaker, fsdd_dir=FSDD_DIR):
 
 
 def cell_args(cell):
+    """The ``cli.py train`` flags of a cell ``"DATA-AUG"`` (list of str): the data's flags then the augmentation's.
+
+    A ``loso_SPEAKER`` data part is the speaker-disjoint split with the split seed that puts SPEAKER in test.
+    Raises KeyError on an unknown data or augmentation name.
+    """
     data, aug = cell.split("-", 1)
     if data.startswith("loso_"):
         return DATA["speaker"] + ["--split-seed", str(loso_seed(data[5:]))] + AUG[aug]
@@ -99,6 +104,10 @@ def cell_dir(runs, cell):
 
 
 def main(argv=None):
+    """Run the requested cells (each skipped if its run directory holds a final report) and write the table.
+
+    ``argv``: command-line arguments (None: ``sys.argv[1:]``). Returns the process exit code.
+    """
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", default="runs/ablation", help="parent of the run directories")
     ap.add_argument("--cells", default=",".join(ORDER), help="comma-separated cells, in order")
