@@ -64,15 +64,24 @@ def peer_configs(include_default=False):
     return cfgs
 
 
-def sgemm_gflops(threads, size=2048, reps=5):
+def sgemm_gflops(threads, size=2048, reps=5, libs=("numpy", "torch")):
     """Best-of sgemm GFLOP/s of this process's BLASes with ``threads`` threads: NumPy's, and torch's if present.
 
-    Returns ``{"numpy": g, "torch": g}`` (a key is missing when that library is absent).
+    ``libs`` selects which are measured. Returns ``{"numpy": g, "torch": g}``
+    (a key is missing when not selected or that library is absent).
     """
     res = {}
     a = np.random.default_rng(0).random((size, size), dtype=np.float32)
     b = a.copy()
     c = np.empty_like(a)
+    if "numpy" in libs:
+        _numpy_sgemm(res, a, b, c, threads, size, reps)
+    if "torch" in libs:
+        _torch_sgemm(res, a, b, threads, size, reps)
+    return res
+
+
+def _numpy_sgemm(res, a, b, c, threads, size, reps):
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
@@ -85,10 +94,13 @@ def sgemm_gflops(threads, size=2048, reps=5):
     finally:
         if ctx is not None:
             ctx.restore_original_limits()
+
+
+def _torch_sgemm(res, a, b, threads, size, reps):
     try:
         import torch
     except ImportError:
-        return res
+        return
     n0 = torch.get_num_threads()
     torch.set_num_threads(threads)
     ta, tb = torch.from_numpy(a), torch.from_numpy(b)
@@ -97,7 +109,6 @@ def sgemm_gflops(threads, size=2048, reps=5):
     best = min(_timed(lambda: torch.mm(ta, tb, out=tc)) for _ in range(reps))
     res["torch"] = 2 * size ** 3 / best / 1e9
     torch.set_num_threads(n0)
-    return res
 
 
 def _timed(fn):

@@ -6,7 +6,9 @@ in the same architecture in PyTorch eager, in every peer configuration of
 :mod:`peers` (NCHW and ``channels_last``, each under a caching allocator:
 glibc told to keep its buffers, and jemalloc / tcmalloc via ``LD_PRELOAD``
 when installed). Every runner is its own worker subprocess (an allocator
-must be chosen before a process starts) with the same thread count; the
+must be chosen before a process starts) with the same thread count; a torch
+peer is a bare torch process (``bench/torch_worker.py``: no Numba, no
+engine, so torch runs on the OpenMP runtime it ships with); the
 parent alternates rounds of steps between them (one runs at a time, the
 start rotates), so load on a shared machine hits all alike. Reported: the
 median images/s of each, the ratio hitcnn / **best** peer, the achieved
@@ -45,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 import numba  # noqa: E402
 from machine import cpu_model, load_line  # noqa: E402  (bench/machine.py)
 from peers import env_with, peer_configs, sgemm_gflops  # noqa: E402  (bench/peers.py)
+from torch_worker import batch  # noqa: E402  (bench/torch_worker.py; imports no torch at module level)
 
 from engine import models  # noqa: E402
 from engine.losses import SoftmaxCrossEntropy  # noqa: E402
@@ -61,12 +64,6 @@ def blas_info():
         return f"{b.get('name')} {b.get('version', '')}".strip()
     except Exception:  # older numpy
         return "unknown"
-
-
-def batch(c, n, seed=0):
-    """A seeded random batch: float32 images (n, c, 102, 159) and int64 labels in [0, 3)."""
-    rng = np.random.default_rng(seed)
-    return rng.random((n, c, 102, 159), dtype=np.float32), (np.arange(n) % 3).astype(np.int64)
 
 
 class Ours:
@@ -87,37 +84,6 @@ class Ours:
         self.opt.step()
 
 
-class Torch:
-    """The same training step in PyTorch, with the same architecture and thread count."""
-    name = "torch"
-
-    def __init__(self, model_name, n, memory_format="nchw"):
-        import torch
-
-        c, widths = models.MODELS[model_name]
-        mods, h, w = [], 102, 159
-        for f in widths:
-            mods += [torch.nn.Conv2d(c, f, 3, 1, 1), torch.nn.BatchNorm2d(f), torch.nn.ReLU(), torch.nn.MaxPool2d(2)]
-            c, h, w = f, h // 2, w // 2
-        mods += [torch.nn.Flatten(), torch.nn.Linear(c * h * w, 512), torch.nn.ReLU(), torch.nn.Dropout(0.4),
-                 torch.nn.Linear(512, 3)]
-        self.torch = torch
-        self.model = torch.nn.Sequential(*mods).train()
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=5e-4)
-        x, y = batch(models.MODELS[model_name][0], n)
-        self.x, self.y = torch.from_numpy(x), torch.from_numpy(y)
-        if memory_format == "channels_last":
-            self.model = self.model.to(memory_format=torch.channels_last)
-            self.x = self.x.contiguous(memory_format=torch.channels_last)
-            self.opt = torch.optim.Adam(self.model.parameters(), lr=5e-4)
-
-    def step(self):
-        self.opt.zero_grad(set_to_none=False)
-        loss = self.torch.nn.functional.cross_entropy(self.model(self.x), self.y)
-        loss.backward()
-        self.opt.step()
-
-
 def forward_flops(model_name, h=102, w=159):
     """Multiply-add FLOPs (2 per MAC) of one image's forward pass through the convs and Linears."""
     c, widths = models.MODELS[model_name]
@@ -129,15 +95,14 @@ def forward_flops(model_name, h=102, w=159):
 
 
 def worker(kind, model_name, n, threads):
-    """Worker process: build one runner, then answer 'steps K' (JSON list of seconds) and 'peak' lines on stdin."""
-    numba.set_num_threads(threads)
-    if kind == "hitcnn":
-        r = Ours(model_name, n)
-    else:
-        import torch
+    """hitcnn worker process: build the runner, then answer 'steps K' (JSON list of seconds) and 'peak' lines on stdin.
 
-        torch.set_num_threads(threads)
-        r = Torch(model_name, n, kind)
+    The PyTorch peers run in ``bench/torch_worker.py`` instead (a bare torch process: no Numba, no engine).
+    """
+    if kind != "hitcnn":
+        raise ValueError(f"this worker runs hitcnn only (torch peers: bench/torch_worker.py), got {kind!r}")
+    numba.set_num_threads(threads)
+    r = Ours(model_name, n)
     print("ready", flush=True)
     for line in sys.stdin:
         cmd = line.split()
@@ -149,9 +114,18 @@ def worker(kind, model_name, n, threads):
                 ts.append(time.perf_counter() - t)
             print(json.dumps(ts), flush=True)
         elif cmd[0] == "peak":
-            print(json.dumps(sgemm_gflops(threads)), flush=True)
+            print(json.dumps(sgemm_gflops(threads, libs=("numpy",))), flush=True)
         else:
             return
+
+
+def worker_argv(kind, model_name, n, threads):
+    """Command line of one runner: hitcnn in this script's ``--worker`` mode, a torch peer in bench/torch_worker.py."""
+    if kind == "hitcnn":
+        return [sys.executable, __file__, "--worker", kind, model_name, str(n), str(threads)]
+    c, widths = models.MODELS[model_name]
+    return [sys.executable, str(Path(__file__).with_name("torch_worker.py")), kind, str(c),
+            ",".join(map(str, widths)), str(models.HIDDEN), str(n), str(threads)]
 
 
 class Worker:
@@ -159,8 +133,8 @@ class Worker:
 
     def __init__(self, label, kind, model_name, n, threads, env):
         self.label = label
-        self.p = subprocess.Popen([sys.executable, __file__, "--worker", kind, model_name, str(n), str(threads)],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.p = subprocess.Popen(worker_argv(kind, model_name, n, threads), stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True, env=env)
         if self.p.stdout.readline().strip() != "ready":
             raise RuntimeError(f"benchmark worker {label} failed to start (exit {self.p.poll()})")
 
@@ -176,6 +150,26 @@ class Worker:
         except OSError:
             pass
         self.p.wait(timeout=60)
+
+
+def peer_omp(threads):
+    """The OpenMP library a torch peer process maps (path), from ``bench/torch_worker.py --maps``."""
+    argv = worker_argv("nchw", "cnn2_mono", 2, threads)
+    out = subprocess.run(argv[:2] + ["--maps"] + argv[2:], capture_output=True, text=True, env=env_with({}))
+    libs = [ln for ln in out.stdout.splitlines() if "gomp" in ln or "iomp" in ln]
+    return ", ".join(libs) or f"none found (exit {out.returncode})"
+
+
+def sgemm_peaks(threads, env, with_torch):
+    """``{"numpy": g, "torch": g}``: sgemm GFLOP/s of NumPy in a hitcnn worker and of torch in a bare torch worker."""
+    res = {}
+    for kind in ("hitcnn", "nchw") if with_torch else ("hitcnn",):
+        probe = Worker("probe", kind, "cnn2_mono", 2, threads, env)
+        try:
+            res.update(probe.ask("peak"))
+        finally:
+            probe.close()
+    return res
 
 
 def race(workers, warmup, rounds, per_round):
@@ -300,12 +294,12 @@ def main(argv=None):
         "% of peak = of the best sgemm (2048^3) measured in this run with the same threads",
         load_line("start"),
     ]
+    if peers:
+        lines.insert(4, f"torch peers: bare processes (bench/torch_worker.py, no Numba), OpenMP runtime {peer_omp(threads)}")
     print("\n".join(lines), flush=True)
     peak_samples = []
     ref_env = env_with({})
-    probe = Worker("probe", "hitcnn", "cnn2_mono", 2, threads, ref_env)
-    peak_samples.append(probe.ask("peak"))
-    probe.close()
+    peak_samples.append(sgemm_peaks(threads, ref_env, torch is not None))
     peak = max(v for d in peak_samples for v in d.values())
     row = f"sgemm peak before the race: {', '.join(f'{k} {v:.0f}' for k, v in peak_samples[0].items())} GFLOP/s"
     print(row, flush=True)
@@ -337,9 +331,7 @@ def main(argv=None):
                    f"{ours / ips[best] if best else float('nan'):>6.2f}")
             print(row, flush=True)
             lines.append(row)
-    probe = Worker("probe", "hitcnn", "cnn2_mono", 2, threads, ref_env)
-    peak_samples.append(probe.ask("peak"))
-    probe.close()
+    peak_samples.append(sgemm_peaks(threads, ref_env, torch is not None))
     peak2 = max(peak_samples[1].values())
     row = (f"sgemm peak after the race: {', '.join(f'{k} {v:.0f}' for k, v in peak_samples[1].items())} GFLOP/s "
            f"(%peak above uses the 'before' value {peak:.0f}; after: {peak2:.0f})")
