@@ -11,7 +11,7 @@
   one-hot soft targets equal to the hard-label loss, PyTorch oracle;
 * GPU tests (marker ``gpu``): the CUDA kernels against the CPU ones, bitwise;
   they run on a real GPU, and here under the CPU emulator
-  (``kernels/gpu/_emulate.py``) through :func:`test_gpu_tests_pass_under_cpu_emulation`.
+  (``tests/gpu_emulate.py``) through :func:`test_gpu_tests_pass_under_cpu_emulation`.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from engine.reference import softmax_xent as RO
 EMULATED = bool(os.environ.get("HITCNN_GPU_EMULATE"))
 if EMULATED:
     _spec = importlib.util.spec_from_file_location(
-        "hitcnn_gpu_emulate", Path(__file__).resolve().parents[1] / "kernels" / "gpu" / "_emulate.py")
+        "hitcnn_gpu_emulate", Path(__file__).resolve().parent / "gpu_emulate.py")
     _emu = importlib.util.module_from_spec(_spec)
     _spec.loader.exec_module(_emu)
     _emu.install()

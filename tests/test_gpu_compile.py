@@ -11,7 +11,7 @@ Two compilers, the same sources and options as the launchers
 
 And the whole GPU parity suite (the ``gpu`` tests of tests/ops/ and
 tests/test_gpu_parity.py) once more under
-CPU emulation (kernels/gpu/_emulate.py: the same CUDA sources built for the
+CPU emulation (tests/gpu_emulate.py: the same CUDA sources built for the
 host with g++, the real launchers, NumPy standing in for cuBLAS/cuFFT), in a
 subprocess; skipped without g++. It checks index arithmetic, float
 expressions and launcher argument types, not concurrency or speed.

@@ -55,7 +55,7 @@ def source(name):
 
     Inlining (rather than ``#include`` through ``-I``) makes CuPy's on-disk
     kernel cache, keyed by the source text and options, see edits of the
-    header too. The first line names the file (used by ``_emulate``).
+    header too. The first line names the file (used by the CPU emulator, ``tests/gpu_emulate.py``).
     """
     def read(n):
         with open(os.path.join(CUDA_DIR, n), encoding="utf-8") as f:

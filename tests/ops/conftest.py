@@ -20,8 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 EMULATED = bool(os.environ.get("HITCNN_GPU_EMULATE"))
 _installed = getattr(sys.modules.get("cupy"), "__version__", None) == "emulated"  # e.g. by tests/conftest.py
 if EMULATED and not _installed:
-    _path = next(p for p in (REPO / "tests" / "gpu_emulate.py", REPO / "kernels" / "gpu" / "_emulate.py") if p.exists())
-    _spec = importlib.util.spec_from_file_location("hitcnn_gpu_emulate", _path)
+    _spec = importlib.util.spec_from_file_location("hitcnn_gpu_emulate", REPO / "tests" / "gpu_emulate.py")
     _emu = importlib.util.module_from_spec(_spec)
     _spec.loader.exec_module(_emu)
     _emu.install()

@@ -35,7 +35,7 @@ import types
 
 import numpy as np
 
-CUDA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cuda")
+CUDA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kernels", "gpu", "cuda")
 
 _HEADER = r"""
 #include <cmath>
