@@ -49,7 +49,7 @@ def worker(model_name, batch, steps, distributed):
     rank, size = 0, 1
     if distributed:
         from engine import distributed as D
-        from engine.train import TrainConfig
+        from engine.config import TrainConfig
 
         dist = D.init()
         rank, size = dist.rank, dist.size

@@ -238,7 +238,7 @@ def bench_steps(name, batch, steps, rows):
 # ----------------------------------------------------------------------------- 3. one epoch
 def bench_epoch(batch=64, n_images=6400):
     """Time one epoch of 6,400 random 3x102x159 images through cnn6_rgb on the GPU (the issue's 5 s target)."""
-    from kernels.gpu.prefetch import PinnedPrefetcher, device_batches
+    from kernels.gpu.device import PinnedPrefetcher, device_batches
 
     rng = np.random.default_rng(2)
     host_x = rng.random((n_images, 3, H, W), dtype=np.float32)

@@ -38,11 +38,12 @@ def compare(run: Path) -> dict:
     classes = list(ds.classes)
     pred = np.array([classes.index(r["class"]) for r in recs])
     y = ds.labels[rows]
-    from engine import train as tr
+    from engine.config import model_mode
+    from engine.evaluate import evaluate_split
 
     _, net_cfg, net, _ = cli._load_run(run)
-    _, yt, yp, probs = tr.evaluate_split(net, ds, "test", net_cfg.batch_size, net_cfg.device,
-                                         tr.model_mode(net_cfg.model), eval_crops=net_cfg.eval_crops)
+    _, yt, yp, probs = evaluate_split(net, ds, "test", net_cfg.batch_size, net_cfg.device,
+                                      model_mode(net_cfg.model), eval_crops=net_cfg.eval_crops)
     p_pred = np.array([[r["probabilities"][c] for c in classes] for r in recs])
     return dict(run=str(run), model=cfg.model, crops=cfg.crops, eval_crops=cfg.eval_crops, files=len(files),
                 evaluate_acc=ev["accuracy"], predict_acc=float((pred == y).mean()),

@@ -34,7 +34,7 @@ weight, a BatchNorm statistic or an Adam moment is NaN or inf, so a
 checkpoint on disk is always one training can resume from.
 :func:`checkpoint_arrays` and :func:`write_checkpoint` are the two halves of
 :func:`save_checkpoint`, for a caller that keeps a state in memory to retry
-its write later (``engine.train``).
+its write later (``engine.run.CheckpointWriter``).
 """
 from __future__ import annotations
 

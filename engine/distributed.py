@@ -122,8 +122,11 @@ def shard_draws(rng, x, start: int, n_global: int):
     return _ShardDraws(rng, start * per_row, (n_global - start - int(x.shape[0])) * per_row)
 
 
-def _is_device(a):
-    return not isinstance(a, np.ndarray) and hasattr(a, "__cuda_array_interface__")
+def _dev(a):
+    """The device policy (``kernels.<backend>.device``) of the backend that holds array ``a``."""
+    import kernels
+
+    return kernels.backend_for(a).device
 
 
 class Distributed:
@@ -134,8 +137,9 @@ class Distributed:
     comm : mpi4py.MPI.Comm
         Usually ``MPI.COMM_WORLD``.
     device : {'cpu', 'gpu'}
-        'gpu': one device per local rank; gradients are reduced with NCCL when
-        ``cupy.cuda.nccl`` is available, else through host buffers and MPI.
+        'gpu': one device per local rank; gradients are reduced with NCCL when the
+        backend has it (``kernels.gpu.device.gradient_communicator``), else through
+        host buffers and MPI.
 
     Attributes
     ----------
@@ -157,28 +161,17 @@ class Distributed:
         local.Free()
         self.is_writer = self.rank == 0
         self.device = device
-        self.nccl = None
+        self.device_allreduce = None
         self.allreduce_seconds = 0.0
         self.sync_bn = False
         self._flat = None
         self._step = None  # (start, stop, n_global) of the current step
-        if device == "gpu":
-            self._init_gpu()
+        if device != "cpu":
+            import kernels
 
-    # -- GPU -------------------------------------------------------------------
-    def _init_gpu(self):
-        import cupy as cp
-
-        n_dev = cp.cuda.runtime.getDeviceCount()
-        cp.cuda.Device(self.local_rank % max(n_dev, 1)).use()  # local rank -> device
-        try:
-            from cupy.cuda import nccl
-        except ImportError:
-            nccl = None
-        if nccl is not None and getattr(nccl, "available", True):
-            uid = nccl.get_unique_id() if self.rank == 0 else None
-            uid = self.comm.bcast(uid, root=0)
-            self.nccl = (nccl, nccl.NcclCommunicator(self.size, uid, self.rank))
+            dev = kernels.get_backend(device).device
+            dev.use_device(self.local_rank)  # local rank -> device
+            self.device_allreduce = dev.gradient_communicator(comm, self.rank, self.size)
 
     # -- collectives -------------------------------------------------------------
     def allreduce_(self, buf):
@@ -186,20 +179,15 @@ class Distributed:
         import time
 
         t0 = time.perf_counter()
-        if _is_device(buf):
-            if self.nccl is not None:
-                nccl, c = self.nccl
-                import cupy as cp
-
-                dt = nccl.NCCL_FLOAT64 if buf.dtype == np.float64 else nccl.NCCL_FLOAT32
-                c.allReduce(buf.data.ptr, buf.data.ptr, buf.size, dt, nccl.NCCL_SUM,
-                            cp.cuda.get_current_stream().ptr)
-            else:  # MPI on host buffers
-                host = buf.get()
-                self.comm.Allreduce(self.MPI.IN_PLACE, host, op=self.MPI.SUM)
-                buf.set(host)
-        else:
+        if isinstance(buf, np.ndarray):
             self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
+        elif self.device_allreduce is not None:  # on the device (NCCL)
+            self.device_allreduce(buf)
+        else:  # MPI on host buffers
+            dev = _dev(buf)
+            host = np.ascontiguousarray(dev.to_host(buf))
+            self.comm.Allreduce(self.MPI.IN_PLACE, host, op=self.MPI.SUM)
+            dev.copy_from_host(buf, host)
         self.allreduce_seconds += time.perf_counter() - t0
         return buf
 
@@ -207,7 +195,9 @@ class Distributed:
         """Sum every parameter gradient of ``model`` over the ranks (one packed Allreduce, fixed order)."""
         grads = [g for _, _, g in model.parameters()]
         n = sum(int(g.size) for g in grads)
-        xp = np if not _is_device(grads[0]) else __import__("cupy")
+        import kernels
+
+        xp = kernels.backend_for(grads[0]).xp
         if self._flat is None or self._flat.size != n or type(self._flat) is not type(grads[0]):
             self._flat = xp.empty(n, dtype=grads[0].dtype)
         flat, o = self._flat, 0
@@ -287,19 +277,16 @@ class Distributed:
             return
         for layer in model.layers:
             for k, a in getattr(layer, "buffers", {}).items():
-                host = a.get() if _is_device(a) else a
-                host = np.ascontiguousarray(host)
+                dev = _dev(a)
+                host = np.ascontiguousarray(dev.to_host(a))
                 self.comm.Bcast(host, root=0)
-                if _is_device(a):
-                    a.set(host)
-                elif host is not a:
-                    a[...] = host
+                dev.copy_from_host(a, host)
 
     def check_in_sync(self, model):
         """Raise DistributedError when the ranks' weights differ (a CRC32 of every parameter, compared with MIN/MAX)."""
         crc = 0
         for _, p, _ in model.parameters():
-            host = p.get() if _is_device(p) else p
+            host = _dev(p).to_host(p)
             crc = zlib.crc32(np.ascontiguousarray(host).tobytes(), crc)
         lo = self.comm.allreduce(crc, op=self.MPI.MIN)
         hi = self.comm.allreduce(crc, op=self.MPI.MAX)

@@ -125,16 +125,17 @@ def inspect_run(run_dir, cfg, dataset, model, split="train", batch_size=16, chec
     """
     import kernels
     from engine import plots
-    from engine import train as tr
+    from engine.batches import first_batch
+    from engine.config import make_optimizer, model_mode
+    from engine.run import load_state
 
     run = Path(run_dir)
-    opt = tr.make_optimizer(model, cfg)
-    tr.load_state(run / "checkpoints" / f"{checkpoint}.npz", model, opt)
-    mode = tr.model_mode(cfg.model)
-    x, y = tr.first_batch(dataset, split, batch_size, mode, shuffle=True, seed=cfg.seed)
-    xp = kernels.get_backend(cfg.device).xp
-    if xp is not np:
-        x, y = xp.asarray(x), xp.asarray(y)
+    opt = make_optimizer(model, cfg)
+    load_state(run / "checkpoints" / f"{checkpoint}.npz", model, opt)
+    mode = model_mode(cfg.model)
+    x, y = first_batch(dataset, split, batch_size, mode, shuffle=True, seed=cfg.seed)
+    dev = kernels.get_backend(cfg.device).device
+    x, y = dev.to_device(x), dev.to_device(y)
     rows = inspect_batch(model, opt, x, y)
     (run / "inspect.json").write_text(json.dumps(rows, indent=2))
     (run / "inspect.md").write_text(f"# inspect: one {split} batch of {len(y)}, {checkpoint} checkpoint\n\n"

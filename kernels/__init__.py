@@ -2,8 +2,11 @@
 
 ``kernels/cpu/`` holds Numba kernels, ``kernels/gpu/`` CuPy kernels (CUDA C).
 Both packages export the same submodules (``conv2d``, ``batchnorm``, ``relu``,
-``maxpool``, ``dropout``, ``linear``, ``softmax_xent``, ``adam``) with the same
-entry-point names and signatures, so that a layer never names a backend.
+``maxpool``, ``dropout``, ``linear``, ``softmax_xent``, ``adam``, ``fused``,
+``augment``, ``stft``) with the same entry-point names and signatures, so that a
+layer never names a backend, and the same ``device`` module: the device policy
+(feeding batches, host copies, counting on the device), so that ``engine/`` and
+the cli never name one either.
 
 This module is the single dispatch point: layers call :func:`backend_for` on
 their input array (NumPy -> CPU, CuPy -> GPU) or :func:`get_backend` with a

@@ -5,7 +5,7 @@ described there). :class:`Dataset` maps ``images.npy``, checks every file
 against the manifest, and cuts the crop windows of a batch when it is read
 (:class:`pipeline.windows.Windows`, :func:`~pipeline.windows.cut_windows`,
 :func:`pipeline.spectrogram.model_input`). Batches are made synchronously;
-reading ahead is the consumer's (``engine.train.Prefetcher``).
+reading ahead is the consumer's (``engine.batches.Prefetcher``).
 """
 from __future__ import annotations
 

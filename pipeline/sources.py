@@ -1,6 +1,6 @@
 """Data sources: which data the command-line flags name, and the dataset cache built from it.
 
-The flags themselves are defined by ``cli.add_data_args``; this module reads
+The flags themselves are defined by ``cli_args.add_data_args``; this module reads
 them from the parsed namespace (the attributes in :data:`DATA_FLAGS`):
 
 - :func:`data_source` -- the source the flags name (``kind`` = demo | cache |
@@ -27,10 +27,10 @@ from pathlib import Path
 from .errors import PipelineError
 
 __all__ = ["DATA_FLAGS", "DataSourceError", "PrepInterrupted", "spectrogram_config", "data_source", "cache_root",
-           "data_args", "prepare_data", "folder_dataset", "manifest_hash", "status_report"]
+           "data_args", "prepare_data", "folder_dataset", "manifest_hash", "status_report", "run_dataset"]
 
 #: The namespace attributes the data source is resolved from (the ``dest`` of each flag of
-#: ``cli.add_data_args``, in its order): :func:`data_args` records them in a run's config.json so
+#: ``cli_args.add_data_args``, in its order): :func:`data_args` records them in a run's config.json so
 #: that a deleted cache can be rebuilt from them (tests/test_cli.py checks the two lists agree).
 DATA_FLAGS = ("data", "audio_dir", "metadata", "labels", "label_regex", "group_regex", "target", "bucket_edges",
               "subset", "split", "split_seed", "cache_dir", "workers", "quiet", "sr", "crop_seconds",
@@ -246,3 +246,64 @@ def status_report(ds, src=None, log=print, show_padded=5) -> None:
 
     for line in unmatched_lines(man):
         log(line)
+
+
+def run_dataset(run_dir, conf: dict, defaults, mode: str, cache_dir=None, log=None):
+    """A run's dataset cache; rebuilt (same hash, same settings) when it has been deleted.
+
+    Parameters
+    ----------
+    run_dir : path-like
+        The run directory (for messages).
+    conf : dict
+        Its ``config.json`` (``data.dataset_dir``, ``data.data_args``, ``dataset_manifest_hash``, ``command``).
+    defaults : argparse.Namespace
+        ``train``'s flags at their defaults; the run's saved data flags are set on it.
+    mode : {'mono', 'rgb'}
+        The run's input mode.
+    cache_dir : path-like or None
+        Rebuild under this cache folder (default: where it was).
+    log : callable or None
+        Messages (default: standard error).
+
+    Returns
+    -------
+    pipeline.dataset.Dataset
+
+    Raises
+    ------
+    DataSourceError
+        The cache is missing and cannot be rebuilt (a ``--data`` run, or a run
+        whose config.json predates the saved data flags), or the rebuilt cache
+        has another hash than the run's.
+    """
+    import sys
+
+    from .dataset import Dataset
+
+    log = log or (lambda m: print(m, file=sys.stderr))
+    path = Path(conf["data"]["dataset_dir"])
+    if (path / "manifest.json").is_file():
+        return Dataset(path)
+    dargs = conf["data"].get("data_args")
+    if not dargs or conf["data"].get("kind") == "cache":
+        raise DataSourceError(
+            f"{run_dir}: its dataset cache {path} is missing and the run does not record how to rebuild it "
+            f"({'trained on --data' if dargs else 'config.json predates the saved data flags'}); rebuild it with "
+            f"`python cli.py preprocess` and the flags of the run's command: {conf.get('command', '?')}")
+    ns = defaults
+    for k, v in dargs.items():
+        setattr(ns, k, v)
+    if cache_dir is not None:
+        ns.cache_dir = cache_dir
+    elif path.parent.name == "datasets":
+        ns.cache_dir = str(path.parent.parent)  # where it was (the run's --cache-dir or the default)
+    log(f"note: the dataset cache of {run_dir} ({path}) is missing: rebuilding it with the run's settings "
+        f"(same parameters, same hash)")
+    ds, src = prepare_data(ns, mode, log=log)
+    want = conf.get("dataset_manifest_hash") or ""
+    if want and manifest_hash(ds) != want:
+        raise DataSourceError(f"{run_dir}: the rebuilt cache {src['dataset_dir']} has hash {manifest_hash(ds)[:12]}, "
+                              f"the run was trained on {want[:12]} (the audio or labels changed?)")
+    log(f"rebuilt {src['dataset_dir']}")
+    return ds

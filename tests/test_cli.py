@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import cli
+import cli_args
 from pipeline import sources
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +48,7 @@ def test_every_flag_has_help_and_default(capsys):
                 continue
             assert a.help, f"{name} {a.option_strings} has no help"
             if a.option_strings and not isinstance(a.default, bool):
-                assert "default" in a.help or p.formatter_class is not cli.argparse.RawDescriptionHelpFormatter, \
+                assert "default" in a.help or p.formatter_class is not cli_args.argparse.RawDescriptionHelpFormatter, \
                     f"{name} {a.option_strings}: help does not state the default"
     train = sub.choices["train"].parse_args([])
     assert (train.model, train.batch_size, train.lr, train.dropout, train.weight_decay, train.patience,
@@ -261,7 +262,7 @@ def test_interrupted_preprocess_says_how_to_resume(tmp_path, capsys, monkeypatch
 
 
 def test_training_done_message_wording():
-    from engine.train import TrainConfig
+    from engine.config import TrainConfig
 
     cfg = TrainConfig(epochs=1, patience=2)
     res = dict(history=[{"epoch": 1, "seconds": 2.5}], stopped="epochs", best_val_acc=0.5, best_epoch=1,
@@ -276,9 +277,9 @@ def test_training_done_message_wording():
 
 
 def test_data_flags_are_the_ones_the_source_reads():
-    """pipeline.sources.DATA_FLAGS (recorded in config.json) names every flag of cli.add_data_args, in order."""
-    p = cli.argparse.ArgumentParser(add_help=False)
-    cli.add_data_args(p)
+    """pipeline.sources.DATA_FLAGS (recorded in config.json) names every flag of cli_args.add_data_args, in order."""
+    p = cli_args.argparse.ArgumentParser(add_help=False)
+    cli_args.add_data_args(p)
     assert tuple(a.dest for a in p._actions) == sources.DATA_FLAGS
 
 
@@ -437,7 +438,8 @@ def test_predict_logits_equal_evaluate_on_the_cached_window(digit_runs, model, c
     """Issue 8 (b) and (c): predict on a test file gives the probabilities evaluate computes for that row
     (the same evenly spaced windows of the cached clip; bit-identical on the CPU, at batch size 1 and
     at the run's), so the accuracy of predict over the test files equals evaluate's."""
-    from engine import train as tr
+    from engine import config as ec
+    from engine import evaluate as ev
 
     audio, runs = digit_runs
     conf, cfg, net, _ = cli._load_run(runs[model])
@@ -454,15 +456,15 @@ def test_predict_logits_equal_evaluate_on_the_cached_window(digit_runs, model, c
         k = cfg.eval_crops if crops is None else crops
         assert [r["crops"] for r in recs] == [k] * len(files)
         pred = np.array([[r["probabilities"][c] for c in ds.classes] for r in recs], np.float64)
-        _, yt, yp, probs = tr.evaluate_split(net, ds, "test", 1, "cpu", tr.model_mode(model), eval_crops=k)
+        _, yt, yp, probs = ev.evaluate_split(net, ds, "test", 1, "cpu", ec.model_mode(model), eval_crops=k)
         np.testing.assert_array_equal(pred.astype(np.float32), probs)  # same logits -> same probabilities
-        _, yt_b, yp_b, probs_b = tr.evaluate_split(net, ds, "test", cfg.batch_size, "cpu", tr.model_mode(model),
+        _, yt_b, yp_b, probs_b = ev.evaluate_split(net, ds, "test", cfg.batch_size, "cpu", ec.model_mode(model),
                                                    eval_crops=k)
         np.testing.assert_array_equal(probs_b, probs)  # eval outputs do not depend on the rest of the batch
         assert float((pred.argmax(axis=1) == yt).mean()) == float((yt_b == yp_b).mean())
     assert cli.main(["evaluate", str(runs[model]), "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
-    _, yt, yp, _ = tr.evaluate_split(net, ds, "test", 1, "cpu", tr.model_mode(model), eval_crops=3)
+    _, yt, yp, _ = ev.evaluate_split(net, ds, "test", 1, "cpu", ec.model_mode(model), eval_crops=3)
     assert rep["crops"] == 3 and rep["accuracy"] == float((yt == yp).mean())
 
 

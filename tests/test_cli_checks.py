@@ -127,7 +127,7 @@ def test_broken_link_is_reported_skipped_and_unmatched_files_are_counted(folder,
 # ---------------------------------------------------------------- 20, 21. messages
 
 def test_follow_up_commands_are_shell_quoted(folder, tmp_path, capsys):
-    from engine.train import resume_command
+    from engine.errors import resume_command
 
     out = tmp_path / "with space"
     assert cli.main(prep_args(folder, out)) == 0

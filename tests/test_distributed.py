@@ -238,12 +238,13 @@ class _TwinComm:
         recvbuf *= 2
 
 
-def _fake_dist(nccl=None):
+def _fake_dist(device_allreduce=None):
     import types
 
     d = object.__new__(D.Distributed)
-    d.comm, d.MPI, d.nccl, d.allreduce_seconds, d._flat = _TwinComm(), types.SimpleNamespace(IN_PLACE=None, SUM=None), \
-        nccl, 0.0, None
+    d.comm, d.MPI, d.device_allreduce, d.allreduce_seconds, d._flat = \
+        _TwinComm(), types.SimpleNamespace(IN_PLACE=None, SUM=None), \
+        device_allreduce, 0.0, None
     return d
 
 

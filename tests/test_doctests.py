@@ -1,6 +1,6 @@
 """The docstring examples of the product run and hold (doctest).
 
-Every product module (``engine/``, ``kernels/``, ``pipeline/``, ``cli.py``, ``cli_checks.py``) whose source
+Every product module (``engine/``, ``kernels/``, ``pipeline/``, ``cli.py``, ``cli_args.py``, ``cli_checks.py``) whose source
 holds a ``>>>`` line is imported and its examples are run, so an example can not rot unnoticed. Modules
 without examples are not imported (importing a kernel module compiles its Numba kernels). Examples that need
 data or a device carry ``# doctest: +SKIP``. A GPU module is skipped when CuPy is absent.
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PRODUCT = ("engine", "kernels", "pipeline", "cli.py", "cli_checks.py")
+PRODUCT = ("engine", "kernels", "pipeline", "cli.py", "cli_args.py", "cli_checks.py")
 
 
 def product_modules():

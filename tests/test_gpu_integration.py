@@ -6,7 +6,7 @@ Two kinds of tests:
   and the per-tensor loop, Dropout states kept across devices, and
   ``python cli.py train --device gpu`` without CUDA (clear error, exit 2).
 * ``gpu`` tests: run on a real GPU, or without one under the CPU emulation
-  of ``kernels/gpu/_emulate.py`` (the real launchers over NumPy and the CUDA
+  of ``tests/gpu_emulate.py`` (the real launchers over NumPy and the CUDA
   sources compiled for the host): :func:`test_gpu_tests_pass_under_cpu_emulation`
   runs this file again in a subprocess with ``HITCNN_GPU_EMULATE=1``. They
   train tiny models through ``engine.train.fit`` on an in-memory dataset
@@ -32,7 +32,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 EMULATED = bool(os.environ.get("HITCNN_GPU_EMULATE"))
 if EMULATED:
-    _spec = importlib.util.spec_from_file_location("hitcnn_gpu_emulate", REPO / "kernels" / "gpu" / "_emulate.py")
+    _spec = importlib.util.spec_from_file_location("hitcnn_gpu_emulate", REPO / "tests" / "gpu_emulate.py")
     _emu = importlib.util.module_from_spec(_spec)
     _spec.loader.exec_module(_emu)
     _emu.install()
@@ -179,17 +179,18 @@ class TinyData:
 
 
 def _cfg(**kw):
-    from engine.train import TrainConfig
+    from engine.config import TrainConfig
 
     base = dict(model="cnn2_mono", epochs=2, batch_size=6, device="gpu", progress=False, checkpoint_every=0, seed=1)
     base.update(kw)
     return TrainConfig(**base)
 
 
-def _fit(out, quiet=True, resume=False, **kw):
+def _fit(out, quiet=True, resume=False, max_steps=None, **kw):
     from engine.train import fit
 
-    return fit(TinyData(), _cfg(**kw), out, resume=resume, log=(lambda *a: None) if quiet else print)
+    return fit(TinyData(), _cfg(**kw), out, resume=resume, log=(lambda *a: None) if quiet else print,
+               max_steps=max_steps)
 
 
 def _npz(path):
@@ -379,9 +380,9 @@ def test_fit_on_gpu_matches_cpu_without_dropout(cp, tmp_path):
 @pytest.mark.skipif(not EMULATED, reason="counts host reads by patching the emulated array class")
 def test_fit_on_gpu_reads_the_host_once_per_step(cp, tmp_path, monkeypatch):
     """Per step exactly one device->host read (the loss); correct predictions are read once per epoch."""
-    import engine.train as T
+    import engine.session as T
 
-    reads = {"get": 0, "int": 0, "to_numpy": 0}
+    reads = {"get": 0, "int": 0}
     real_get = cp.ndarray.get
 
     def get(self):
@@ -392,20 +393,14 @@ def test_fit_on_gpu_reads_the_host_once_per_step(cp, tmp_path, monkeypatch):
         reads["int"] += 1
         return int(np.asarray(self).item())
 
-    def to_numpy(a):
-        reads["to_numpy"] += 1
-        return np.asarray(a)
-
     monkeypatch.setattr(cp.ndarray, "get", get)
     monkeypatch.setattr(cp.ndarray, "__int__", as_int, raising=False)
-    monkeypatch.setattr(T, "to_numpy", to_numpy)
-    monkeypatch.setattr(T, "save_state", lambda *a, **k: None)
     monkeypatch.setattr(T, "evaluate_split", lambda *a, **k: (1.0, np.zeros(1, np.int64), np.zeros(1, np.int64),
                                                                np.zeros((1, 3), np.float32)))
     res = _fit(tmp_path / "r", epochs=1, checkpoint_every=0)
     steps = res["global_step"]
     assert steps == 4
-    assert reads == {"get": steps, "int": 1, "to_numpy": 0}, reads
+    assert reads == {"get": steps, "int": 1}, reads
     acc = res["history"][0]["train_acc"]
     assert 0.0 <= acc <= 1.0 and acc * 20 == round(acc * 20)  # a count of the 20 train images
 

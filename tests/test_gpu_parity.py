@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-#: HITCNN_GPU_EMULATE=1: run these tests without a GPU on kernels/gpu/_emulate.py's CuPy stand-in
+#: HITCNN_GPU_EMULATE=1: run these tests without a GPU on tests/gpu_emulate.py's CuPy stand-in
 #: (the same CUDA sources compiled for the host); tests/test_gpu_compile.py does so in CI.
 EMULATED = bool(os.environ.get("HITCNN_GPU_EMULATE"))
 if EMULATED:
     _spec = importlib.util.spec_from_file_location(
-        "hitcnn_gpu_emulate", Path(__file__).resolve().parents[1] / "kernels" / "gpu" / "_emulate.py")
+        "hitcnn_gpu_emulate", Path(__file__).resolve().parent / "gpu_emulate.py")
     _emu = importlib.util.module_from_spec(_spec)
     _spec.loader.exec_module(_emu)
     _emu.install()
@@ -162,7 +162,7 @@ def test_twenty_gpu_steps_are_bit_identical():
 # ----------------------------------------------------------------------------- prefetch
 def test_prefetcher_delivers_every_batch_in_order():
     """Slot bookkeeping (emulated: synchronous streams); the asynchronous overlap needs a GPU."""
-    from kernels.gpu.prefetch import PinnedPrefetcher, device_batches
+    from kernels.gpu.device import PinnedPrefetcher, device_batches
 
     rng = np.random.default_rng(14)
     host = [(rng.random((b, 3, 5, 7)).astype(np.float32), rng.integers(0, 3, b).astype(np.int64))

@@ -16,9 +16,8 @@ CPU, GPU, CUDA = REPO / "kernels" / "cpu", REPO / "kernels" / "gpu", REPO / "ker
 
 #: Modules of a backend that are not ops: the CPU's BLAS binding and the conv2d algorithms it composes.
 HELPERS = {"blas", "im2col", "winograd"}
-#: Ops one backend has and the other does not yet: the GPU's batch prefetch (device policy) is being moved
-#: into place (issue 11); a new gap is an error.
-KNOWN_GAPS = {"prefetch"}
+#: Ops one backend has and the other does not (none: a new gap is an error).
+KNOWN_GAPS: set = set()
 #: Entry points a backend may lack (the caller probes for them): one launch for every Adam tensor; the STFT's
 #: host helpers (window, frame count, framing: the CPU's, the GPU uses its window) and the GPU-only
 #: spectrogram image on the device.
@@ -39,8 +38,9 @@ PREFIXES = {"fused": ("bn_relu_pool_",), "augment": ("augment_", "mixup_"), "uti
 #: CUDA sources whose kernels are not renamed yet (none left).
 UNPREFIXED: set = set()
 #: Ops without a float64 module in engine/reference/: the STFT is checked against librosa and a direct
-#: float64 DFT of the frames (tests/test_stft.py), its GPU twin against the CPU (tests/test_gpu_parity.py).
-NO_REFERENCE_OPS = {"stft"}
+#: float64 DFT of the frames (tests/test_stft.py), its GPU twin against the CPU (tests/test_gpu_parity.py);
+#: ``device`` is the backend's device policy (feeding, host copies, counting), no arithmetic to refer to.
+NO_REFERENCE_OPS = {"stft", "device"}
 
 
 def _module(path):

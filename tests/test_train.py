@@ -219,6 +219,7 @@ def test_default_demo_end_to_end(tmp_path):
 
 
 def test_fit_rejects_invalid_config_before_writing(tiny_data, tmp_path):
+    from engine import config as ec
     from engine import train as tr
     from pipeline.dataset import Dataset
 
@@ -226,11 +227,11 @@ def test_fit_rejects_invalid_config_before_writing(tiny_data, tmp_path):
     for bad, field in ((dict(epochs=0), "epochs = 0"), (dict(batch_size=0), "batch_size = 0"),
                        (dict(lr=float("inf")), "lr = inf"), (dict(dropout=1.0), "dropout = 1.0"),
                        (dict(patience=0), "patience = 0"), (dict(weight_decay=-1.0), "weight_decay = -1.0")):
-        cfg = tr.TrainConfig(model="cnn2_mono", progress=False, **bad)
+        cfg = ec.TrainConfig(model="cnn2_mono", progress=False, **bad)
         with pytest.raises(ValueError, match=field):
             tr.fit(ds, cfg, tmp_path / "run")
         assert not (tmp_path / "run").exists()
-    assert tr.config_problems(tr.TrainConfig()) == []
+    assert ec.config_problems(ec.TrainConfig()) == []
 
 
 def test_exploding_loss_warns_but_trains_on(tiny_data, tmp_path, capsys):
@@ -336,6 +337,7 @@ def test_training_cuts_a_new_window_each_epoch(tiny_data, tmp_path, monkeypatch,
     """--crops random: epoch e's training batches use Windows('random', seed, e); fixed: one window for the run;
     validation averages eval_crops evenly spaced windows."""
     from engine import train as tr
+    from engine.config import TrainConfig
     from pipeline.dataset import Dataset
 
     seen = []
@@ -347,7 +349,7 @@ def test_training_cuts_a_new_window_each_epoch(tiny_data, tmp_path, monkeypatch,
 
     monkeypatch.setattr(Dataset, "levels", spy)
     ds = Dataset(tiny_data)
-    cfg = tr.TrainConfig(model="cnn2_mono", epochs=2, batch_size=16, seed=3, progress=False, crops=crops,
+    cfg = TrainConfig(model="cnn2_mono", epochs=2, batch_size=16, seed=3, progress=False, crops=crops,
                          eval_crops=2, checkpoint_every=0)
     tr.fit(ds, cfg, tmp_path / "run", log=lambda m: None)
     train_w = {w for w in seen if w.rule != "even"}

@@ -1,7 +1,8 @@
 """CPU backend of hitcnn: Numba kernels (plus NumPy's BLAS for the GEMMs).
 
 One submodule per op (``conv2d``, ``batchnorm``, ``relu``, ``maxpool``,
-``dropout``, ``linear``, ``softmax_xent``, ``adam``), each exporting the entry
+``dropout``, ``linear``, ``softmax_xent``, ``adam``, ``fused``, ``augment``, ``stft``, and ``device``: the
+device policy the training loop uses), each exporting the entry
 points listed in DESIGN.md with the same signatures as ``kernels.gpu``.
 ``xp`` is this backend's array module (NumPy).
 
@@ -14,7 +15,8 @@ import importlib
 
 import numpy as xp  # noqa: F401  (the backend's array module, read as kernels.cpu.xp)
 
-OPS = ("conv2d", "batchnorm", "relu", "maxpool", "dropout", "linear", "softmax_xent", "adam", "fused", "augment")
+OPS = ("conv2d", "batchnorm", "relu", "maxpool", "dropout", "linear", "softmax_xent", "adam", "fused", "augment",
+       "stft", "device")
 
 
 def __getattr__(name):

@@ -17,7 +17,7 @@ import importlib
 import cupy as xp  # noqa: F401  (raises ImportError without CuPy: caught by kernels.get_backend)
 
 OPS = ("conv2d", "batchnorm", "relu", "maxpool", "dropout", "linear", "softmax_xent", "adam", "fused", "augment",
-       "stft", "prefetch")
+       "stft", "device")
 
 
 def __getattr__(name):
