@@ -32,6 +32,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from pipeline import sources
+
 __all__ = ["problems", "writable_problem", "pool_problem"]
 
 #: pipeline.synth.generate refuses fewer clips (every class needs val / test clips)
@@ -145,14 +147,6 @@ def _data_problems(args, models_used) -> list:
     return out
 
 
-def _cache_root(args):
-    if getattr(args, "cache_dir", None):
-        return Path(args.cache_dir).expanduser()
-    from pipeline.synth import default_cache_dir
-
-    return default_cache_dir()
-
-
 def problems(args, command: str) -> list:
     """Every problem of the flags of ``command`` (a cli.py subcommand) as one-line messages; [] when all is well."""
     out = []
@@ -169,7 +163,7 @@ def problems(args, command: str) -> list:
             if bad:
                 out.append(bad)
         if not getattr(args, "data", None) and not (command == "preprocess" and args.out and _data_flags_given(args)):
-            bad = writable_problem("--cache-dir", _cache_root(args))
+            bad = writable_problem("--cache-dir", sources.cache_root(args))
             if bad:
                 out.append(bad)
     elif command == "models":

@@ -26,13 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _np(a):
-    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
+import kernels
 
 
 def _stats(out, kind):
-    o = _np(out).astype(np.float64)
+    o = kernels.to_host(out).astype(np.float64)
     rec = dict(act_mean=float(o.mean()), act_std=float(o.std()), dead_frac=None, zero_frac=None)
     if kind == "ReLU":
         rec["dead_frac"] = float((o <= 0).all(axis=0).mean())
@@ -85,16 +83,16 @@ def inspect_batch(model, opt, x, y):
         ps = getattr(layer, "params", {}) or {}
         gs = getattr(layer, "grads", {}) or {}
         if ps:
-            g2 = sum(float((_np(g).astype(np.float64) ** 2).sum()) for g in gs.values())
-            w2 = sum(float((_np(p).astype(np.float64) ** 2).sum()) for p in ps.values())
+            g2 = sum(float((kernels.to_host(g).astype(np.float64) ** 2).sum()) for g in gs.values())
+            w2 = sum(float((kernels.to_host(p).astype(np.float64) ** 2).sum()) for p in ps.values())
             rows[i].update(grad_norm=g2 ** 0.5, param_norm=w2 ** 0.5)
-            before.append((i, {k: _np(p).astype(np.float64).copy() for k, p in ps.items()}))
+            before.append((i, {k: kernels.to_host(p).astype(np.float64).copy() for k, p in ps.items()}))
         else:
             rows[i].update(grad_norm=None, param_norm=None, update_ratio=None)
     opt.step()
     for i, saved in before:
         ps = model.layers[i].params
-        d2 = sum(float(((_np(ps[k]).astype(np.float64) - v) ** 2).sum()) for k, v in saved.items())
+        d2 = sum(float(((kernels.to_host(ps[k]).astype(np.float64) - v) ** 2).sum()) for k, v in saved.items())
         w2 = sum(float((v ** 2).sum()) for v in saved.values())
         rows[i]["update_ratio"] = (d2 ** 0.5) / max(w2 ** 0.5, 1e-30)
     rows[0]["loss"] = loss
@@ -123,7 +121,6 @@ def inspect_run(run_dir, cfg, dataset, model, split="train", batch_size=16, chec
     Returns the rows of :func:`inspect_batch`; writes ``inspect.json``,
     ``inspect.md`` and ``inspect.png`` into ``run_dir``.
     """
-    import kernels
     from engine import plots
     from engine.batches import first_batch
     from engine.config import make_optimizer, model_mode

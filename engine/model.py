@@ -15,7 +15,7 @@ import numpy as np
 
 import kernels
 
-from .layers import BatchNorm2d, Dropout, Layer, MaxPool2d, ReLU, _to_numpy
+from .layers import BatchNorm2d, Dropout, Layer, MaxPool2d, ReLU
 
 __all__ = ["Sequential", "FusedBNReLUPool"]
 
@@ -234,7 +234,7 @@ class Sequential:
         for i, layer in enumerate(self.layers):
             for d in (layer.params, layer.buffers):
                 for k, a in d.items():
-                    sd[f"{i}.{k}"] = np.array(_to_numpy(a), copy=True)
+                    sd[f"{i}.{k}"] = np.array(kernels.to_host(a), copy=True)
         return sd
 
     def load_state_dict(self, state):
@@ -255,12 +255,12 @@ class Sequential:
         if missing or extra:
             raise ValueError(f"load_state_dict: missing keys {missing}, unexpected keys {extra}")
         for name, (d, k, a) in want.items():
-            v = np.asarray(_to_numpy(state[name]))
+            v = np.asarray(kernels.to_host(state[name]))
             if tuple(v.shape) != tuple(a.shape):
                 raise ValueError(f"load_state_dict: {name} has shape {tuple(v.shape)}, the model expects {tuple(a.shape)}")
         for name, (d, k, a) in want.items():
             xp = kernels.backend_for(a).xp
-            a[...] = xp.asarray(np.asarray(_to_numpy(state[name]), dtype=a.dtype))
+            a[...] = xp.asarray(np.asarray(kernels.to_host(state[name]), dtype=a.dtype))
 
     def rng_states(self):
         """``{"<i>": state}`` of every Dropout layer's generator (JSON-serialisable)."""

@@ -27,8 +27,6 @@ import kernels
 __all__ = ["Adam"]
 
 
-def _to_numpy(a):
-    return a.get() if not isinstance(a, np.ndarray) and hasattr(a, "get") else np.asarray(a)
 
 
 class Adam:
@@ -112,8 +110,8 @@ class Adam:
         return {
             "step": self.step_count, "lr": self.lr, "betas": list(self.betas), "eps": self.eps,
             "weight_decay": self.weight_decay,
-            "m": {n: np.array(_to_numpy(a), copy=True) for n, a in self.m.items()},
-            "v": {n: np.array(_to_numpy(a), copy=True) for n, a in self.v.items()},
+            "m": {n: np.array(kernels.to_host(a), copy=True) for n, a in self.m.items()},
+            "v": {n: np.array(kernels.to_host(a), copy=True) for n, a in self.v.items()},
         }
 
     def load_state_dict(self, state):
@@ -136,7 +134,7 @@ class Adam:
         for key, dst in (("m", self.m), ("v", self.v)):
             for n, a in state[key].items():
                 xp = kernels.backend_for(dst[n]).xp
-                dst[n][...] = xp.asarray(np.asarray(_to_numpy(a), dtype=dst[n].dtype))
+                dst[n][...] = xp.asarray(np.asarray(kernels.to_host(a), dtype=dst[n].dtype))
         self.step_count = int(state["step"])
         self.lr = float(state.get("lr", self.lr))
         self.betas = tuple(float(b) for b in state.get("betas", self.betas))

@@ -67,6 +67,11 @@ def backend_for(a):
     return get_backend("gpu" if is_gpu_array(a) else "cpu")
 
 
+def to_host(a):
+    """``a`` as a NumPy array wherever it lives: the owning backend's ``device.to_host`` (one copy for CuPy)."""
+    return backend_for(a).device.to_host(a)
+
+
 def device_of(a) -> str:
     """``'gpu'`` for a CuPy array, else ``'cpu'``."""
     return "gpu" if is_gpu_array(a) else "cpu"

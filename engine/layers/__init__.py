@@ -28,7 +28,7 @@ public, documented attribute of the layer (``saved_input``, ``save_mean``,
 before the first forward. They are references to the layer's (reused)
 buffers or to the caller's input, not copies: read them, do not keep them.
 """
-from .base import Layer, _as_rng, _to_numpy, cached_buffer, workspace_for  # noqa: F401
+from .base import Layer, _as_rng, cached_buffer, workspace_for  # noqa: F401
 from .batchnorm import BatchNorm2d
 from .conv2d import Conv2d
 from .dropout import Dropout

@@ -32,8 +32,6 @@ def _as_rng(rng):
     return np.random.default_rng(rng)
 
 
-def _to_numpy(a):
-    return a.get() if not isinstance(a, np.ndarray) and hasattr(a, "get") else np.asarray(a)
 
 
 def cached_buffer(cache, name, shape, dtype, xp):
@@ -149,7 +147,7 @@ class Layer:
         """Move parameters, gradients and buffers to ``device`` ('cpu' or 'gpu'); returns self."""
         xp = kernels.get_backend(device).xp
         if device == "cpu":
-            self._map_arrays(lambda a: np.ascontiguousarray(_to_numpy(a)))
+            self._map_arrays(lambda a: np.ascontiguousarray(kernels.to_host(a)))
         else:
             self._map_arrays(lambda a: xp.ascontiguousarray(xp.asarray(a)))
         return self
