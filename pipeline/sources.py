@@ -57,7 +57,8 @@ def spectrogram_config(args, mode: str):
     return SpectrogramConfig(sr=args.sr, crop_seconds=args.crop_seconds, n_fft=args.n_fft,
                              hop_length=args.hop_length, spectrogram=args.spectrogram, n_mels=args.n_mels,
                              mode=mode, height=args.height, width=args.width, colormap=args.colormap,
-                             clip_seconds=getattr(args, "clip_seconds", None))
+                             clip_seconds=getattr(args, "clip_seconds", None),
+                             norm=getattr(args, "image_norm", None) or "minmax")
 
 
 def data_source(args) -> dict:

@@ -71,10 +71,15 @@ from .spectral import resize, sparse_mel_filterbank
 from .stft import stft
 
 __all__ = ["SpectrogramConfig", "spectrogram_db", "mono_image", "quantize", "model_input", "to_image",
-           "colormap_lut", "MODES", "SPECTROGRAMS"]
+           "colormap_lut", "MODES", "SPECTROGRAMS", "NORMS", "FLOOR_PERCENTILE"]
 
 MODES = ("mono", "rgb")
 SPECTROGRAMS = ("stft", "mel")
+#: how the resized dB image becomes [0, 1] (:func:`mono_image`): 'minmax' (the paper's), or 'floor'
+#: (each frequency row's noise floor, its FLOOR_PERCENTILE-th percentile over the clip, subtracted first)
+NORMS = ("minmax", "floor")
+#: the percentile of a row's values over the clip's columns taken as that frequency's noise floor ('floor')
+FLOOR_PERCENTILE = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +115,14 @@ class SpectrogramConfig:
         the ``crop_seconds`` windows are cut at batch time): the centred
         ``clip_seconds`` of a longer file. None: 3 x ``crop_seconds`` (30 s
         at the paper's settings, an FMA clip's length).
+    norm : {'minmax', 'floor'}
+        How the resized dB image of the clip becomes [0, 1] (:func:`mono_image`):
+        'minmax' (the paper's) scales it by its minimum and maximum; 'floor'
+        first subtracts each frequency row's noise floor (its
+        :data:`FLOOR_PERCENTILE`-th percentile over the clip's columns),
+        clipped at 0, then scales by the maximum: a stationary background and
+        a fixed per-frequency colouring (microphone, room, speaker level)
+        become the image floor, the level the padding and the masks use.
     """
 
     sr: int = 22050
@@ -125,6 +138,7 @@ class SpectrogramConfig:
     top_db: float = 80.0
     pad_mode: str = "constant"
     clip_seconds: float | None = None
+    norm: str = "minmax"
 
     def __post_init__(self):
         for name in ("sr", "n_fft", "hop_length", "n_mels", "height", "width"):
@@ -138,6 +152,8 @@ class SpectrogramConfig:
                 f"SpectrogramConfig.spectrogram must be one of {SPECTROGRAMS}, got {self.spectrogram!r}")
         if self.mode not in MODES:
             raise PipelineError(f"SpectrogramConfig.mode must be one of {MODES}, got {self.mode!r}")
+        if self.norm not in NORMS:
+            raise PipelineError(f"SpectrogramConfig.norm must be one of {NORMS}, got {self.norm!r}")
         if not (self.top_db is None or self.top_db >= 0):
             raise PipelineError(f"SpectrogramConfig.top_db must be None or >= 0, got {self.top_db!r}")
         if self.n_fft < 2:  # one STFT frame needs two samples (pipeline.stft): refuse before any decoding
@@ -275,8 +291,8 @@ def mono_image(S_db, config: SpectrogramConfig, width: int | None = None) -> np.
     S_db : np.ndarray [shape=(n_bins, n_frames), real]
         dB spectrogram (row 0 lowest frequency).
     config : SpectrogramConfig
-        ``height`` and ``width`` are used (``mode`` and ``colormap`` are not:
-        they belong to the read-time half, :func:`model_input`).
+        ``height``, ``width`` and ``norm`` are used (``mode`` and ``colormap``
+        are not: they belong to the read-time half, :func:`model_input`).
     width : int or None
         Columns of the result (None: ``config.width``); a whole clip uses
         ``config.columns(n_samples)``.
@@ -284,7 +300,11 @@ def mono_image(S_db, config: SpectrogramConfig, width: int | None = None) -> np.
     Returns
     -------
     np.ndarray [shape=(height, width), dtype=float32] in [0, 1]
-        Resized dB, min-max scaled over the whole image; a constant input gives zeros.
+        Resized dB, min-max scaled over the whole image ('minmax'); or
+        ('floor') ``max(img - floor_r, 0)`` with ``floor_r`` row ``r``'s
+        :data:`FLOOR_PERCENTILE`-th percentile (linear interpolation, numpy's
+        default) over the columns, divided by its maximum. A constant input
+        (or, for 'floor', one with no value above its rows' floors) gives zeros.
 
     Raises
     ------
@@ -298,7 +318,12 @@ def mono_image(S_db, config: SpectrogramConfig, width: int | None = None) -> np.
         raise PipelineError("spectrogram contains NaN or inf values; refusing to make an image")
     img = resize(S_db, config.height, config.width if width is None else int(width))
     lo, hi = float(img.min()), float(img.max())
-    if hi - lo <= 1e-5 * max(1.0, abs(lo), abs(hi)):
+    scale = max(1.0, abs(lo), abs(hi))  # of the dB values: what "constant" is measured against
+    if config.norm == "floor":
+        floor = np.percentile(img, FLOOR_PERCENTILE, axis=1, keepdims=True).astype(np.float32)
+        img = np.maximum(img - floor, np.float32(0.0))
+        lo, hi = 0.0, float(img.max())
+    if hi - lo <= 1e-5 * scale:
         return np.zeros_like(img)
     img = (img - np.float32(lo)) * np.float32(1.0 / (hi - lo))
     np.clip(img, 0.0, 1.0, out=img)

@@ -110,6 +110,34 @@ def test_cached_row_is_the_mono_image_of_the_chain(tmp_path, mode):
     assert np.ptp(ds.images) > 200  # real images, not a constant
 
 
+def test_floor_norm_cache_row_batch_and_chain_agree(tmp_path):
+    """norm='floor' (each row's noise floor subtracted) is in the cached half: a row is track_clip's image to
+    1/255, a batch of it the same bytes as the whole chain (track_images), and the cache hash names it."""
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(6):
+        n = int(8000 * (0.5 + 0.25 * i))  # 0.5 .. 1.75 s: padded and longer than the 1 s window
+        t = np.arange(n) / 8000
+        y = 0.3 * np.sin(2 * np.pi * (300 + 100 * i + 400 * t) * t) + 0.02 * rng.standard_normal(n)
+        p = write_wav(tmp_path / f"c{i}.wav", y.astype(np.float32), 8000)
+        items.append({"path": str(p), "key": i, "label": i % 2, "split": ("train", "val", "test")[i % 3],
+                      "id": f"c{i}"})
+    cfg = SpectrogramConfig(**{**CFG.to_dict(), "norm": "floor", "mode": "rgb"})
+    assert C.cache_hash(items, cfg, ["a", "b"]) != C.cache_hash(items, SpectrogramConfig(
+        **{**CFG.to_dict(), "mode": "rgb"}), ["a", "b"])
+    C.build_cache(tmp_path / "ds", items, cfg, ["a", "b"], workers=0, progress=False)
+    ds = Dataset(tmp_path / "ds")
+    assert ds.config.norm == "floor"
+    x = ds.decode(np.arange(len(ds)), windows=Windows("even", n=3))
+    for i, it in enumerate(items):
+        mono, _ = track_clip(it["path"], cfg)
+        w = mono.shape[1]
+        assert ds.widths[i] == w and np.abs(ds.images[i, :, :w] / 255.0 - mono).max() <= 0.5 / 255 + 1e-6
+        assert ((mono == 0).mean(axis=1) >= 0.1 - 1e-9).all()  # each row's floor is level 0
+        img, _ = track_images(it["path"], cfg, n_crops=3)
+        np.testing.assert_array_equal(img, x[3 * i:3 * i + 3])
+
+
 def test_old_format_cache_is_never_reused(tmp_path, capsys):
     """A format-1 cache (the red-channel bug) is refused by Dataset and rebuilt by prepare_folder, saying so."""
     audio = tmp_path / "audio"

@@ -163,8 +163,64 @@ def test_mel_config_image():
     assert S.to_image(db, cfg).shape == (1, 102, 159)
 
 
+def _floor_reference(S_db, height, width):
+    """float64 reference of mono_image(norm='floor'): resize, subtract each row's 10th percentile, clip, / max."""
+    x = (Sp.resize_matrix(S_db.shape[0], height).astype(np.float64) @ np.asarray(S_db, np.float64)
+         @ Sp.resize_matrix(S_db.shape[1], width).astype(np.float64).T)
+    d = np.maximum(x - np.percentile(x, S.FLOOR_PERCENTILE, axis=1, keepdims=True), 0.0)
+    return d / d.max()
+
+
+def test_floor_norm_equals_float64_reference():
+    rng = np.random.default_rng(0)
+    db = (rng.standard_normal((129, 90)) * 10 - 40).astype(np.float32)
+    cfg = S.SpectrogramConfig(norm="floor", height=102, width=60)
+    img = S.mono_image(db, cfg, width=60)
+    assert img.dtype == np.float32 and img.shape == (102, 60) and img.min() == 0.0
+    assert img.max() == pytest.approx(1.0, abs=1e-6)
+    np.testing.assert_allclose(img, _floor_reference(db, 102, 60), atol=2e-6)
+    # each row's floor is level 0: at least 10 % of every row's columns are the floor
+    assert ((img == 0).mean(axis=1) >= 0.1 - 1e-9).all()
+    assert S.SpectrogramConfig().norm == "minmax"  # the paper's scaling stays the default of the config
+
+
+def test_floor_norm_removes_a_fixed_colouring_and_a_stationary_background():
+    """A per-frequency gain (microphone, room) does not change the 'floor' image; 'minmax' changes; a
+    clip whose every row is constant (stationary noise, silence) is all floor."""
+    rng = np.random.default_rng(1)
+    db = (rng.standard_normal((129, 120)) * 8 - 50).astype(np.float32)
+    tilt = np.linspace(-30, 10, 129, dtype=np.float32)[:, None]  # a smooth channel colouring, in dB
+    cfg = S.SpectrogramConfig(norm="floor", height=129, width=120)  # no resize: rows are bins
+    np.testing.assert_allclose(S.mono_image(db + tilt, cfg, 120), S.mono_image(db, cfg, 120), atol=1e-5)
+    mm = S.SpectrogramConfig(height=129, width=120)
+    assert np.abs(S.mono_image(db + tilt, mm, 120) - S.mono_image(db, mm, 120)).max() > 0.1
+    flat = np.repeat(np.linspace(-80, -20, 129, dtype=np.float32)[:, None], 120, axis=1)
+    assert not S.mono_image(flat, cfg, 120).any()
+    assert not S.to_image(np.full((129, 31), -100.0, np.float32), S.SpectrogramConfig(norm="floor")).any()
+
+
+def test_floor_norm_through_the_clip_chain(tmp_path):
+    """track_clip / track_images with norm='floor': the cached half's floor is over the clip's columns, and
+    the windows are slices of it (padding = level 0 = the floor)."""
+    y = (sine(0.5, 8000, 700.0) + 0.01 * np.random.default_rng(2).standard_normal(4000)).astype(np.float32)
+    path = write_wav(tmp_path / "a.wav", y, 8000)
+    cfg = S.SpectrogramConfig(sr=8000, crop_seconds=1.0, n_fft=256, hop_length=64, norm="floor")
+    img, info = Cl.track_clip(path, cfg)
+    assert info["status"] == "padded" and img.shape[1] < cfg.width
+    yy, _ = Cl.clip(path, cfg)
+    ref = _floor_reference(S.spectrogram_db(yy, cfg), cfg.height, img.shape[1])
+    np.testing.assert_allclose(img, ref, atol=2e-6)
+    x, _ = Cl.track_images(path, cfg, n_crops=1)
+    s0 = (img.shape[1] - cfg.width) // 2
+    q = S.quantize(img)
+    expect = np.zeros((cfg.height, cfg.width), np.uint8)
+    expect[:, -s0:-s0 + img.shape[1]] = q
+    np.testing.assert_array_equal(x[0, 0], expect.astype(np.float32) * np.float32(1 / 255))
+
+
 @pytest.mark.parametrize("field,value", [("mode", "grey"), ("spectrogram", "cqt"), ("sr", 0),
-                                         ("crop_seconds", -1.0), ("height", 0), ("n_fft", 2.5)])
+                                         ("crop_seconds", -1.0), ("height", 0), ("n_fft", 2.5),
+                                         ("norm", "zscore")])
 def test_config_validation(field, value):
     with pytest.raises(PipelineError, match=field):
         S.SpectrogramConfig(**{field: value})
