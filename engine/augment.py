@@ -17,6 +17,13 @@ augmentation:
   ``beta`` times as long; columns read from outside are the floor;
   :func:`engine.reference.augment.stretch_columns`). With the warp it is speed
   perturbation (Ko et al. 2015) done on the image: both axes scaled;
+* random stationary noise (``noise_db``), first, on the clip as cached (a
+  property of the recording): with probability 1/2 a noise floor
+  ``u ~ U[noise_db, top_db]`` dB below the image's peak, white in the image's
+  rows and spread like a noise periodogram, is power-summed into every column
+  of the clip (the padding of a short clip stays the floor;
+  :func:`engine.reference.augment.noise_levels`): trained on clean speakers, a
+  model sees their voices in a noisy room too;
 * random time shift inside the window, up to ``time_shift`` x ``W`` columns
   either way (columns shifted in are the image's floor, level 0);
 * random gain: up to ``gain_db`` dB either way, applied as the equivalent
@@ -32,7 +39,7 @@ augmentation:
 
 Determinism: the parameters of a batch are drawn on the host with NumPy from
 ``SeedSequence([seed, epoch, step, kind])``, one independent stream per kind
-(shift, gain, masks, mixup, warp, stretch), so turning one augmentation off leaves the
+(shift, gain, masks, mixup, warp, stretch, noise), so turning one augmentation off leaves the
 others' draws unchanged, the same ``(seed, epoch, step)`` gives the same
 batch on the CPU and the GPU (the kernels are bit-identical for the same
 parameters), and a resumed run draws exactly what an uninterrupted one did.
@@ -42,14 +49,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
 
 import numpy as np
 
 import kernels
 
-__all__ = ["AugmentConfig", "DEFAULT", "OFF", "draw_params", "draw_warp", "draw_stretch", "augment_batch", "config_problems"]
+__all__ = ["AugmentConfig", "DEFAULT", "OFF", "draw_params", "draw_warp", "draw_stretch", "draw_noise",
+           "noise_tables", "augment_batch", "config_problems"]
 
-_KIND_SHIFT, _KIND_GAIN, _KIND_MASKS, _KIND_MIXUP, _KIND_WARP, _KIND_STRETCH = 1, 2, 3, 4, 5, 6
+_KIND_SHIFT, _KIND_GAIN, _KIND_MASKS, _KIND_MIXUP, _KIND_WARP, _KIND_STRETCH, _KIND_NOISE = 1, 2, 3, 4, 5, 6, 7
+#: the share of a batch's images that get noise when ``noise_db > 0`` (the others stay clean)
+NOISE_SHARE = 0.5
 #: VTLP: the warp bends at this fraction of the top row (Jaitly and Hinton's F_hi; engine.reference.augment's).
 VTLP_BOUNDARY = 0.8
 
@@ -77,6 +88,10 @@ class AugmentConfig:
         ``alpha ~ U[1 - freq_warp, 1 + freq_warp]`` (0: off; Jaitly and Hinton use 0.1).
     time_stretch : float in [0, 0.5]
         Largest time stretch either way, ``beta ~ U[1 - time_stretch, 1 + time_stretch]`` (0: off).
+    noise_db : float >= 0
+        Additive stationary noise: on :data:`NOISE_SHARE` of the images a noise
+        floor ``u ~ U[noise_db, top_db]`` dB below the image's peak (the loudest
+        noise ``noise_db`` dB down; 0: off).
     """
 
     freq_mask: int = 0
@@ -87,6 +102,7 @@ class AugmentConfig:
     mixup: float = 0.0
     freq_warp: float = 0.0
     time_stretch: float = 0.0
+    noise_db: float = 0.0
 
     @property
     def masks_on(self) -> bool:
@@ -96,7 +112,7 @@ class AugmentConfig:
     def image_on(self) -> bool:
         """Any augmentation of the image itself (warp, stretch, shift, gain or masks)."""
         return (self.masks_on or self.gain_db > 0 or self.time_shift > 0 or self.freq_warp > 0
-                or self.time_stretch > 0)
+                or self.time_stretch > 0 or self.noise_db > 0)
 
     @property
     def enabled(self) -> bool:
@@ -132,7 +148,7 @@ def config_problems(cfg: AugmentConfig) -> list:
         v = getattr(cfg, name)
         if not is_int(v) or v < 0:
             bad.append((name, v, "an integer >= 0"))
-    for name in ("gain_db", "mixup"):
+    for name in ("gain_db", "mixup", "noise_db"):
         v = getattr(cfg, name)
         if not is_num(v) or v < 0:
             bad.append((name, v, "a finite number >= 0 (0: off)"))
@@ -231,6 +247,50 @@ def draw_stretch(cfg: AugmentConfig, seed: int, epoch: int, step: int, n: int, w
     return np.rint(256.0 * u).astype(np.int32), beta
 
 
+def noise_tables(top_db: float = 80.0):
+    """``(dither, add)`` int32 ``(256,)``: the noise's per-pixel spread and the power-sum table, in levels.
+
+    The same arithmetic as :func:`engine.reference.augment.noise_tables` (which
+    defines them; kept here so the product does not import the reference), cached per ``top_db``.
+    """
+    return _noise_tables(float(top_db))
+
+
+@lru_cache(maxsize=4)
+def _noise_tables(top_db):
+    from scipy.stats import gamma
+
+    lv = 255.0 / top_db
+    g = gamma.ppf((np.arange(256) + 0.5) / 256.0, a=2.0, scale=0.5)
+    dither = np.rint(lv * 10.0 * np.log10(g)).astype(np.int32)
+    k = np.arange(256, dtype=np.float64)
+    add = np.rint(lv * 10.0 * np.log10(1.0 + 10.0 ** (-k / (10.0 * lv)))).astype(np.int32)
+    dither.setflags(write=False)
+    add.setflags(write=False)
+    return dither, add
+
+
+def draw_noise(cfg: AugmentConfig, seed: int, epoch: int, step: int, n: int, top_db: float = 80.0):
+    """The noise of batch ``step`` of ``epoch``: int32 ``(n, 2)`` rows ``(floor level, hash seed)``, or None when off.
+
+    From ``SeedSequence([seed, epoch, step, 7])``: each image is noisy with
+    probability :data:`NOISE_SHARE`; its floor ``u ~ U[min(noise_db, top_db), top_db]``
+    dB below the peak is the level ``rint(255 (1 - u / top_db))`` (-1 for a clean image); the
+    seed ``~ U{0 .. 2^31 - 1}`` keys the per-pixel spread.
+    """
+    if not cfg.noise_db > 0:
+        return None
+    r = _rng(seed, epoch, step, _KIND_NOISE)
+    top = float(top_db)
+    on = r.random(n) < NOISE_SHARE
+    u = r.uniform(min(float(cfg.noise_db), top), top, n)
+    seeds = r.integers(0, 2 ** 31, n)
+    out = np.empty((n, 2), np.int32)
+    out[:, 0] = np.where(on, np.rint(255.0 * (1.0 - u / top)), -1).astype(np.int32)
+    out[:, 1] = seeds
+    return out
+
+
 def augment_batch(q, y, cfg: AugmentConfig, seed: int, epoch: int, step: int, n_classes: int, lut=None,
                   top_db: float = 80.0, bufs=None, dtype=np.float32):
     """Augment and decode one training batch on the backend that holds ``q`` (``kernels.backend_for``).
@@ -281,6 +341,13 @@ def augment_batch(q, y, cfg: AugmentConfig, seed: int, epoch: int, step: int, n_
 
         return cached_buffer(bufs, name, shape, dt, xp)
 
+    noise = draw_noise(cfg, seed, epoch, step, n, top_db)
+    if noise is not None:  # first, on the cached levels (a property of the recording)
+        dither, add = noise_tables(top_db)
+        qn = buf("q_noise", (n, h, w), np.uint8)
+        kb.augment.add_noise(qn, q, _to_backend(noise, xp, bufs, "noise"), _to_backend(dither, xp, bufs, "dither"),
+                             _to_backend(add, xp, bufs, "add"))
+        q = qn
     params, perm, lam = draw_params(cfg, seed, epoch, step, n, h, w, top_db)
     params_d = _to_backend(params, xp, bufs, "params")
     warp, _ = draw_warp(cfg, seed, epoch, step, n, h)

@@ -37,6 +37,19 @@ The result is decoded as ``Dataset.decode`` does: mono ``q / 255`` (computed
 as ``q * float32(1/255)``), RGB ``lut[q]`` (the 256-entry colormap
 table). With all parameters 0 it is exactly the un-augmented batch.
 
+``noise_levels`` (before step 0, on the cached levels: a property of the
+recording): additive stationary noise, the power sum of the image and a noise
+image, in levels. Per sample ``n`` with ``noise[n] = (floor, seed)``
+(``floor < 0``: none), every pixel of a column that is not all level 0 (a
+column of the clip; the padding of a short clip stays the floor) becomes
+``min(255, max(a, b) + add[|a - b|])``, ``a`` the level, ``b = clip(floor +
+dither[hash(seed, r, c) & 255], 0, 255)`` the noise's level there
+(:func:`noise_hash`; ``dither`` the noise periodogram's spread in levels,
+:func:`noise_tables`), ``add[k] = rint(L 10 log10(1 + 10^(-k / (10 L))))``
+with ``L = 255 / top_db`` levels per dB: ``10 log10(10^(A/10) + 10^(B/10))``
+in levels. Integer arithmetic and two host tables: bit-identical on both
+backends.
+
 ``mixup_batch`` (Zhang et al. 2018, "mixup: beyond empirical risk
 minimization"): ``x' = lam x + (1 - lam) x[perm]``, soft targets
 ``t = lam onehot(y) + (1 - lam) onehot(y[perm])``.
@@ -46,7 +59,8 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["P_SHIFT", "P_LEVEL", "WARP_ONE", "VTLP_BOUNDARY", "n_params", "vtlp_rows", "warp_table",
-           "stretch_columns", "stretch_table", "resample_levels", "augment_levels", "augment_batch", "mixup_batch"]
+           "stretch_columns", "stretch_table", "resample_levels", "augment_levels", "augment_batch", "mixup_batch",
+           "noise_hash", "noise_tables", "noise_levels"]
 
 #: Column of the time shift (in image columns) and of the brightness shift (in levels) in a params row.
 P_SHIFT, P_LEVEL = 0, 1
@@ -269,3 +283,77 @@ def mixup_batch(x, y, perm, lam, n_classes):
         raise ValueError(f"lam must be in [0, 1], got {lam}")
     eye = np.eye(n_classes)
     return lam * x + (1.0 - lam) * x[perm], lam * eye[y] + (1.0 - lam) * eye[y[perm]]
+
+
+_M32 = 0xFFFFFFFF
+
+
+def noise_hash(seed, r, c):
+    """The noise's per-pixel index in ``[0, 255]``: a 32-bit integer hash of ``(seed, row, column)``.
+
+    ``x = (seed 0x9E3779B1 + r 0x85EBCA77 + c 0xC2B2AE3D) mod 2^32`` (each product
+    taken mod 2^32 first), then ``x ^= x >> 16; x = x 0x7FEB352D mod 2^32;
+    x ^= x >> 15; x = x 0x68E31DA5 mod 2^32; x ^= x >> 16``; the low 8 bits.
+    Works elementwise on integer arrays (int64; ``seed`` in ``[0, 2^31)``).
+    """
+    seed, r, c = (np.asarray(v, dtype=np.int64) for v in (seed, r, c))
+    x = (((seed * 0x9E3779B1) & _M32) + ((r * 0x85EBCA77) & _M32) + ((c * 0xC2B2AE3D) & _M32)) & _M32
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & _M32
+    x ^= x >> 15
+    x = (x * 0x68E31DA5) & _M32
+    x ^= x >> 16
+    return x & 255
+
+
+def noise_tables(top_db: float = 80.0):
+    """``(dither, add)``: int32 ``(256,)`` tables of :func:`noise_levels` for an image spanning ``top_db`` dB.
+
+    ``dither[j] = rint(L 10 log10(g_j))``, ``g_j`` the ``(j + 0.5) / 256``
+    quantile of a Gamma(2, 1/2) variable (unit mean: the power of white noise
+    in one image pixel, about two STFT cells averaged by the resize), so the
+    noise's mean power is its ``floor`` level; ``add[k] = rint(L 10 log10(1 +
+    10^(-k / (10 L))))``, the power sum of two levels ``k`` apart above the
+    louder; ``L = 255 / top_db``.
+    """
+    from scipy.stats import gamma
+
+    lv = 255.0 / float(top_db)
+    g = gamma.ppf((np.arange(256) + 0.5) / 256.0, a=2.0, scale=0.5)
+    dither = np.rint(lv * 10.0 * np.log10(g)).astype(np.int32)
+    k = np.arange(256, dtype=np.float64)
+    add = np.rint(lv * 10.0 * np.log10(1.0 + 10.0 ** (-k / (10.0 * lv)))).astype(np.int32)
+    return dither, add
+
+
+def noise_levels(q, noise, dither, add):
+    """Reference of ``kernels.*.augment.add_noise``: uint8 ``(N, H, W)``, the levels with the noise added.
+
+    Parameters
+    ----------
+    q : np.ndarray [shape=(N, H, W), dtype=uint8]
+    noise : np.ndarray [shape=(N, 2), integer]
+        Per sample ``(floor level, hash seed)``; ``floor < 0``: this sample is unchanged.
+    dither, add : np.ndarray [shape=(256,), integer]
+        :func:`noise_tables`.
+    """
+    q = np.asarray(q)
+    if q.ndim != 3 or q.dtype != np.uint8:
+        raise ValueError(f"q must be uint8 (N, H, W), got {q.dtype} shape {q.shape}")
+    noise = np.asarray(noise, dtype=np.int64)
+    n, h, w = q.shape
+    if noise.shape != (n, 2):
+        raise ValueError(f"noise must be ({n}, 2) integers, got shape {noise.shape}")
+    dither, add = np.asarray(dither, np.int64), np.asarray(add, np.int64)
+    out = q.copy()
+    rr, cc = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    for i in range(n):
+        floor, seed = int(noise[i, 0]), int(noise[i, 1])
+        if floor < 0:
+            continue
+        a = q[i].astype(np.int64)
+        b = np.clip(floor + dither[noise_hash(seed, rr, cc)], 0, 255)
+        v = np.minimum(255, np.maximum(a, b) + add[np.abs(a - b)])
+        cols = q[i].any(axis=0)  # columns of the clip (a padding column is all level 0)
+        out[i][:, cols] = v[:, cols].astype(np.uint8)
+    return out

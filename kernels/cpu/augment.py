@@ -16,6 +16,10 @@ Entry points (outputs first, preallocated by the caller and reused):
   ``C = 1``), ``warp (N, H)`` int32 the fixed-point source row of each output
   row (VTLP; None: no warp), ``stretch (N, W)`` int32 the fixed-point source
   column of each output column (time stretch; None: none).
+* ``add_noise(out, q, noise, dither, add)``: ``out``, ``q`` uint8 ``(N, H, W)``
+  (``out`` may be ``q``), ``noise (N, 2)`` int32 (floor level, hash seed),
+  ``dither``, ``add`` int32 ``(256,)``: additive stationary noise on the
+  levels (``engine.reference.augment.noise_levels``).
 * ``mixup_batch(out, targets, x, y, perm, lam)``: ``out`` like ``x``
   ``(N, ...)`` (must not be ``x``), ``targets (N, K)`` soft labels of
   ``out``'s dtype, ``y (N,)`` int64, ``perm (N,)`` int64, ``lam`` a float.
@@ -27,7 +31,7 @@ from numba import njit, prange
 
 from ._threads import run as _run
 
-__all__ = ["augment_batch", "mixup_batch", "MONO_SCALE"]
+__all__ = ["augment_batch", "mixup_batch", "add_noise", "MONO_SCALE"]
 
 #: Mono decode factor: ``float32(1/255)`` (``Dataset.decode``'s), applied to a level exactly in float64.
 MONO_SCALE = float(np.float32(1.0 / 255.0))
@@ -216,3 +220,75 @@ def mixup_batch(out, targets, x, y, perm, lam):
         raise ValueError(f"mixup lam must be in [0, 1], got {lam}")
     t = x.dtype.type
     _run(out.size, _mixup, out.reshape(n, -1), targets, x.reshape(n, -1), y, perm, t(lam), t(1.0 - float(lam)))
+
+
+_M32 = 0xFFFFFFFF
+
+
+@njit(cache=True, inline="always")
+def _noise_hash(seed, r, c):
+    x = (((seed * 0x9E3779B1) & _M32) + ((r * 0x85EBCA77) & _M32) + ((c * 0xC2B2AE3D) & _M32)) & _M32
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & _M32
+    x ^= x >> 15
+    x = (x * 0x68E31DA5) & _M32
+    x ^= x >> 16
+    return x & 255
+
+
+@njit(parallel=True, cache=True)
+def _add_noise(out, q, noise, dither, add):
+    n, h, w = q.shape
+    for i in prange(n):
+        floor = np.int64(noise[i, 0])
+        seed = np.int64(noise[i, 1])
+        for c in range(w):
+            clip_col = False
+            for r in range(h):
+                if q[i, r, c] != 0:
+                    clip_col = True
+                    break
+            for r in range(h):
+                a = np.int64(q[i, r, c])
+                if floor >= 0 and clip_col:
+                    b = floor + np.int64(dither[_noise_hash(seed, np.int64(r), np.int64(c))])
+                    b = min(max(b, 0), 255)
+                    hi = max(a, b)
+                    a = min(hi + np.int64(add[abs(a - b)]), 255)
+                out[i, r, c] = np.uint8(a)
+
+
+def add_noise(out, q, noise, dither, add):
+    """Additive stationary noise on uint8 levels (``engine.reference.augment.noise_levels``), into ``out``.
+
+    Parameters
+    ----------
+    out : np.ndarray [shape=(N, H, W), dtype=uint8], C-contiguous (may be ``q``)
+    q : np.ndarray [shape=(N, H, W), dtype=uint8], C-contiguous
+    noise : np.ndarray [shape=(N, 2), dtype=int32]
+        Per sample ``(floor level, hash seed >= 0)``; ``floor < 0``: copied unchanged.
+    dither, add : np.ndarray [shape=(256,), dtype=int32]
+        ``engine.augment.noise_tables``: the noise's per-pixel spread and the power-sum table, in levels.
+
+    Raises
+    ------
+    ValueError
+        On a wrong shape, dtype or layout, or a negative seed.
+    """
+    for name, a in (("q", q), ("out", out)):
+        if not isinstance(a, np.ndarray) or a.ndim != 3 or a.dtype != np.uint8 or not a.flags.c_contiguous:
+            raise ValueError(f"{name} must be a C-contiguous uint8 (N, H, W) array, got "
+                             f"{getattr(a, 'dtype', type(a))} shape {getattr(a, 'shape', None)}")
+    if out.shape != q.shape:
+        raise ValueError(f"out {out.shape} and q {q.shape} differ")
+    n = q.shape[0]
+    if not isinstance(noise, np.ndarray) or noise.shape != (n, 2) or noise.dtype != np.int32:
+        raise ValueError(f"noise must be int32 ({n}, 2), got {getattr(noise, 'dtype', type(noise))} "
+                         f"{getattr(noise, 'shape', None)}")
+    if n and int(noise[:, 1].min()) < 0:
+        raise ValueError("noise seeds must be >= 0")
+    for name, t in (("dither", dither), ("add", add)):
+        if not isinstance(t, np.ndarray) or t.shape != (256,) or t.dtype != np.int32:
+            raise ValueError(f"{name} must be int32 (256,), got {getattr(t, 'dtype', type(t))} "
+                             f"{getattr(t, 'shape', None)}")
+    _run(q.size, _add_noise, out, q, np.ascontiguousarray(noise), dither, add)

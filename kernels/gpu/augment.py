@@ -17,7 +17,7 @@ import numpy as np
 
 from . import _launch as L
 
-__all__ = ["augment_batch", "mixup_batch"]
+__all__ = ["augment_batch", "mixup_batch", "add_noise"]
 
 
 def augment_batch(out, q, params, lut=None, warp=None, stretch=None):
@@ -107,3 +107,35 @@ def mixup_batch(out, targets, x, y, perm, lam):
         L.flat_grid(max(out.size, targets.size)), (L.THREADS,),
         (out, targets, L.contig(x), y, perm, L.real(dt, lam), L.real(dt, 1.0 - float(lam)), L.i32(n), L.i64(e),
          L.i32(targets.shape[1])))
+
+
+def add_noise(out, q, noise, dither, add):
+    """Additive stationary noise on uint8 levels, one thread per column (see :func:`kernels.cpu.augment.add_noise`).
+
+    Parameters
+    ----------
+    out : cupy.ndarray [shape=(N, H, W), dtype=uint8], C-contiguous (may be ``q``: each thread reads its
+        column before writing it, and no other thread touches it)
+    q : cupy.ndarray [shape=(N, H, W), dtype=uint8]
+    noise : cupy.ndarray [shape=(N, 2), dtype=int32]
+        Per sample ``(floor level, hash seed >= 0)`` (not range-checked on the device; the CPU twin checks).
+    dither, add : cupy.ndarray [shape=(256,), dtype=int32]
+
+    Raises
+    ------
+    ValueError
+        On a wrong shape, dtype or layout.
+    """
+    if not isinstance(q, cp.ndarray) or q.ndim != 3 or q.dtype != np.uint8:
+        raise ValueError(f"q must be a uint8 (N, H, W) CuPy array, got {getattr(q, 'dtype', type(q))} "
+                         f"shape {getattr(q, 'shape', None)}")
+    n, h, w = q.shape
+    if not isinstance(out, cp.ndarray) or out.shape != q.shape or out.dtype != np.uint8 \
+            or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous uint8 {q.shape} CuPy array, got "
+                         f"{getattr(out, 'dtype', type(out))} {getattr(out, 'shape', None)}")
+    noise = L.check("noise", noise, (n, 2), np.int32)
+    dither = L.check("dither", dither, (256,), np.int32)
+    add = L.check("add", add, (256,), np.int32)
+    L.kernel("augment.cu", "add_noise", np.float32)(
+        L.flat_grid(n * w), (L.THREADS,), (out, L.contig(q), noise, dither, add, L.i32(n), L.i32(h), L.i32(w)))

@@ -12,6 +12,11 @@
 // the CPU for the same params. params row n (P = 2 + 4M ints): shift, level,
 // M x (f0, f_height), M x (t0, t_width).
 //
+// add_noise: one thread per column (n, c): additive stationary noise on the levels
+// (engine/reference/augment.py noise_levels): in a column that is not all level 0,
+// v = min(255, max(a, b) + add[|a - b|]) with b = clamp(floor + dither[hash(seed, r, c)], 0, 255);
+// 64-bit unsigned arithmetic masked to 32 bits, as the CPU's int64 (bit-identical).
+//
 // mixup_batch: out = lam * x + mlam * x[perm] per element (no contraction:
 // --fmad=false, the CPU's float expression), targets = mixed one-hot labels.
 #include "common.cuh"
@@ -68,6 +73,45 @@ extern "C" __global__ void augment_batch(real* out, const unsigned char* q, cons
             out[o + 2 * plane] = lut[3 * v + 2];
         } else {
             out[o] = (real)((double)v * mono_scale);
+        }
+    }
+}
+
+__device__ __forceinline__ int noise_hash(unsigned long long seed, unsigned long long r, unsigned long long c) {
+    const unsigned long long M32 = 0xFFFFFFFFull;
+    unsigned long long x = (((seed * 0x9E3779B1ull) & M32) + ((r * 0x85EBCA77ull) & M32)
+                            + ((c * 0xC2B2AE3Dull) & M32)) & M32;
+    x ^= x >> 16;
+    x = (x * 0x7FEB352Dull) & M32;
+    x ^= x >> 15;
+    x = (x * 0x68E31DA5ull) & M32;
+    x ^= x >> 16;
+    return (int)(x & 255ull);
+}
+
+extern "C" __global__ void add_noise(unsigned char* out, const unsigned char* q, const int* noise,
+                                     const int* dither, const int* add, int N, int H, int W) {
+    const i64 total = (i64)N * W, plane = (i64)H * W;
+    for (i64 idx = gtid(); idx < total; idx += gstride()) {
+        const int n = (int)(idx / W), c = (int)(idx - (i64)n * W);
+        const unsigned char* qn = q + (i64)n * plane;
+        unsigned char* on = out + (i64)n * plane;
+        const int fl = noise[2 * n], seed = noise[2 * n + 1];
+        int clip_col = 0;
+        for (int r = 0; r < H; ++r) {
+            if (qn[(i64)r * W + c] != 0) { clip_col = 1; break; }
+        }
+        for (int r = 0; r < H; ++r) {
+            int a = (int)qn[(i64)r * W + c];
+            if (fl >= 0 && clip_col) {
+                int b = fl + dither[noise_hash((unsigned long long)seed, (unsigned long long)r,
+                                                  (unsigned long long)c)];
+                b = b < 0 ? 0 : (b > 255 ? 255 : b);
+                const int hi = a > b ? a : b, d = a > b ? a - b : b - a;
+                a = hi + add[d];
+                a = a > 255 ? 255 : a;
+            }
+            on[(i64)r * W + c] = (unsigned char)a;
         }
     }
 }
