@@ -113,6 +113,9 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     s.add_argument("--height", type=int, default=102, help="image height = frequency rows (default: 102)")
     s.add_argument("--width", type=int, default=159, help="image width = time columns (default: 159)")
     s.add_argument("--colormap", default="viridis", help="matplotlib colormap for the rgb models (default: viridis)")
+    s.add_argument("--image-norm", choices=("minmax", "floor"), default="minmax",
+                   help="dB image -> [0, 1]: min-max (the paper's), or 'floor': each frequency row's noise floor "
+                        "(10th percentile over the clip) subtracted first (default: minmax)")
     d = p.add_argument_group("embedded demo dataset (used when no data flag is given)")
     d.add_argument("--demo-tracks", type=int, default=360,
                    help="number of synthetic clips (default: 360)")
@@ -170,7 +173,8 @@ def add_augment_args(p: argparse.ArgumentParser, default: str = "default") -> No
                    help=f"starting point of the flags below: 'default' = --freq-mask {DEFAULT.freq_mask} "
                         f"--time-mask {DEFAULT.time_mask} --n-masks {DEFAULT.n_masks} --gain-db {DEFAULT.gain_db:g} "
                         f"--time-shift {DEFAULT.time_shift:g} --mixup {DEFAULT.mixup:g} "
-                        f"--freq-warp {DEFAULT.freq_warp:g} --time-stretch {DEFAULT.time_stretch:g}; 'off' = all 0 "
+                        f"--freq-warp {DEFAULT.freq_warp:g} --time-stretch {DEFAULT.time_stretch:g} "
+                        f"--noise-db {DEFAULT.noise_db:g}; 'off' = all 0 "
                         f"(default here: {default})")
     a.add_argument("--freq-mask", type=int, default=None, metavar="F",
                    help="SpecAugment: largest frequency-mask height in image rows (0: none; default: from --augment)")
@@ -189,6 +193,9 @@ def add_augment_args(p: argparse.ArgumentParser, default: str = "default") -> No
                         "(0: none; default: from --augment)")
     a.add_argument("--time-stretch", type=float, default=None, metavar="S",
                    help="stretch the time axis about the window's centre by a random factor in [1 - S, 1 + S] "
+                        "(0: none; default: from --augment)")
+    a.add_argument("--noise-db", type=float, default=None, metavar="D",
+                   help="add stationary noise to half the images, its floor U[D, top_db] dB below the image's peak "
                         "(0: none; default: from --augment)")
 
 

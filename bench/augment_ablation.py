@@ -61,6 +61,13 @@ AUG = {
     "mel-warp": ["--spectrogram", "mel", "--n-mels", "128", "--freq-warp", "0.1"],
     "mel64-warp": ["--spectrogram", "mel", "--n-mels", "64", "--height", "64", "--freq-warp", "0.1"],
     "fft512-warp": ["--n-fft", "512", "--hop-length", "64", "--freq-warp", "0.1"],
+    # image normalisation (pipeline.spectrogram.NORMS): each frequency row's noise floor subtracted
+    "floor": ["--image-norm", "floor"],
+    "minmax": ["--image-norm", "minmax"],
+    # additive stationary noise (engine.augment noise_db): the loudest noise D dB below the image's peak
+    "noise30": ["--noise-db", "30"],
+    "noise20": ["--noise-db", "20"],
+    "noise40": ["--noise-db", "40"],
 }
 ORDER = ["speaker-default", "speaker-off", "random-default", "random-off", "speaker-no-mixup", "speaker-no-masks",
          "speaker-no-gain", "speaker-no-shift", "demo-default", "demo-off", "random-no-mixup", "random-no-masks",

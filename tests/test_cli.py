@@ -409,7 +409,8 @@ DIGIT_FLAGS = ["--label-regex", r"^(\d)_", "--sr", "8000", "--crop-seconds", "1"
 @pytest.fixture(scope="module")
 def digit_runs(tmp_path_factory):
     """A tiny labelled wav folder (two tone classes, clips of 0.6 to 2.5 s around the 1 s crop: short ones
-    padded inside the window, long ones with distinct windows) and a 1-epoch run of a mono and an rgb model."""
+    padded inside the window, long ones with distinct windows) and a 1-epoch run of a mono and an rgb model
+    (the rgb one with ``--image-norm floor``, so that predict / evaluate agreement covers both image norms)."""
     from audio_fixtures import write_wav
 
     base = tmp_path_factory.mktemp("digits")
@@ -427,7 +428,8 @@ def digit_runs(tmp_path_factory):
     for model in ("cnn2_mono", "cnn4_rgb"):
         out = base / model
         rc = cli.main(["train", "--audio-dir", str(audio), "--cache-dir", str(base / "cache"), "--out", str(out),
-                       "--model", model, "--epochs", "1", "--batch-size", "8"] + DIGIT_FLAGS)
+                       "--model", model, "--epochs", "1", "--batch-size", "8"] + DIGIT_FLAGS
+                      + (["--image-norm", "floor"] if model == "cnn4_rgb" else []))
         assert rc == 0
         runs[model] = out
     return audio, runs
@@ -444,6 +446,7 @@ def test_predict_logits_equal_evaluate_on_the_cached_window(digit_runs, model, c
     audio, runs = digit_runs
     conf, cfg, net, _ = cli._load_run(runs[model])
     ds = cli._run_dataset(runs[model], conf)
+    assert conf["spectrogram"]["norm"] == ds.config.norm == ("floor" if model == "cnn4_rgb" else "minmax")
     test_rows = ds.indices("test")
     assert len(test_rows) >= 4
     files = [str(audio / ds.ids[r]) for r in test_rows]
