@@ -68,6 +68,7 @@ AUG = {
     "noise30": ["--noise-db", "30"],
     "noise20": ["--noise-db", "20"],
     "noise40": ["--noise-db", "40"],
+    "warp-noise30": ["--freq-warp", "0.1", "--noise-db", "30"],
 }
 ORDER = ["speaker-default", "speaker-off", "random-default", "random-off", "speaker-no-mixup", "speaker-no-masks",
          "speaker-no-gain", "speaker-no-shift", "demo-default", "demo-off", "random-no-mixup", "random-no-masks",
