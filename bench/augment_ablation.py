@@ -156,14 +156,15 @@ def main(argv=None):
 
 
 def cell_result(out):
-    """(report, config, summed epoch seconds) of a finished run directory, or None."""
+    """(report, config, summed epoch seconds, last epoch's train accuracy) of a finished run directory, or None."""
     rp = out / "report.json"
     if not rp.is_file():
         return None
     rep = json.loads(rp.read_text())
     conf = json.loads((out / "config.json").read_text())
     hist = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines() if s.strip()]
-    return rep, conf, sum(h.get("seconds") or 0 for h in hist)
+    last = hist[-1].get("train_acc") if hist else None
+    return rep, conf, sum(h.get("seconds") or 0 for h in hist), float("nan") if last is None else float(last)
 
 
 def _order(name):
@@ -174,6 +175,22 @@ def _order(name):
 #: Measurements of earlier code, kept in the results file (their run directories are gone).
 HISTORY = """\
 ## Earlier code (kept; not regenerated)
+
+Format-3 cache (whole clips, per-epoch crops), main at d5e65de, 2026-12-02, `--runs runs/ablation` (same
+transform and augmentation as the cells above; speaker-default measured 0.630 there, 0.608 here: the spread of
+reruns of one cell across code revisions):
+
+| cell | flags beyond the data's | crops | best val acc (epoch) | test acc | macro-F1 | train s |
+| --- | --- | --- | --- | --- | --- | --- |
+| speaker-default | `(none)` | random | 0.900 (10) | **0.630** | 0.606 | 539 |
+| random-default | `(none)` | random | 0.996 (6) | **0.984** | 0.984 | 609 |
+| demo-default | `(none)` | random | 1.000 (3) | **1.000** | 1.000 | 61 |
+| demo-fixed | `--crops fixed` | fixed | 1.000 (3) | **1.000** | 1.000 | 59 |
+| demo-speed | `--freq-warp 0.1 --time-stretch 0.2` | random | 1.000 (3) | **1.000** | 1.000 | 62 |
+| speaker-fixed | `--crops fixed` | fixed | 0.882 (10) | **0.610** | 0.572 | 186 |
+| speaker-mel40 | `--spectrogram mel --n-mels 40` | random | 0.820 (10) | **0.594** | 0.556 | 334 |
+| speaker-speed | `--freq-warp 0.1 --time-stretch 0.2` | random | 0.854 (10) | **0.572** | 0.541 | 1154 |
+| speaker-warp | `--freq-warp 0.1` | random | 0.864 (5) | **0.640** | 0.610 | 547 |
 
 Before the transform fix (main at 0ac67e7, 2026-11-29: the cache stored red(viridis(x)) for RGB runs, so
 training saw the colormap applied twice; no augmentation; one fixed crop per track; README's FSDD flags):
@@ -206,7 +223,7 @@ After the transform fix, with the format-2 cache (one seeded crop per track cach
 def write_table(runs, table):
     """The results file: every finished cell under ``runs`` (sorted by the script's order), LOSO folds, history."""
     rows = ["| cell | flags beyond the data's | augmentation (config.json) | crops | best val acc (epoch) | test acc "
-            "| macro-F1 | train s |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+            "| macro-F1 | train acc (last epoch) | train s |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     loso = {}
     dirs = sorted((d for d in runs.iterdir() if d.is_dir()), key=lambda d: _order(d.name)) if runs.is_dir() else []
     for out in dirs:
@@ -214,7 +231,7 @@ def write_table(runs, table):
         res = cell_result(out)
         if res is None or "-" not in c:
             continue
-        rep, conf, secs = res
+        rep, conf, secs, train_acc = res
         data, aug = c.split("-", 1)
         if data == "speaker":
             loso.setdefault(aug, {})["nicolas"] = (rep, conf)
@@ -225,10 +242,12 @@ def write_table(runs, table):
             continue
         au = conf["train"].get("augment") or {}
         on = ", ".join(f"{k}={v:g}" for k, v in au.items() if v) or "off"
+        if (conf.get("spectrogram") or {}).get("norm", "minmax") != "minmax":
+            on += f"; image norm {conf['spectrogram']['norm']}"
         flags = " ".join(AUG[aug]) or "(none)"
         rows.append(f"| {c} | `{flags}` | {on} | {conf['train'].get('crops')} | "
                     f"{rep.get('val_accuracy', float('nan')):.3f} ({rep.get('best_epoch')}) | "
-                    f"**{rep['accuracy']:.3f}** | {rep.get('macro_f1', float('nan')):.3f} | {secs:.0f} |")
+                    f"**{rep['accuracy']:.3f}** | {rep.get('macro_f1', float('nan')):.3f} | {train_acc:.3f} | {secs:.0f} |")
     lo = ["| configuration | " + " | ".join(f"test {s}" for s in SPEAKERS) + " | mean | range |",
           "| --- | " + " | ".join("---" for _ in SPEAKERS) + " | --- | --- |"]
     for aug, folds in sorted(loso.items(), key=lambda kv: list(AUG).index(kv[0]) if kv[0] in AUG else 99):
