@@ -136,8 +136,12 @@ class Session:
                 dist.check_resume(extra, self.last_path)
             self.state = RunState.from_checkpoint(extra)
             st = self.state
-            log(f"resumed from {self.last_path}: epoch {st.epoch + 1}, "
-                f"{st.step_in_epoch} batches of it already done, step {st.global_step}")
+            if st.epoch >= cfg.epochs:  # a finished run: say so rather than name an epoch that never runs
+                log(f"resumed from {self.last_path}: the run is already complete ({st.epoch} of {cfg.epochs} "
+                    f"epochs, step {st.global_step}); nothing to train (raise --epochs to train further)")
+            else:
+                log(f"resumed from {self.last_path}: epoch {st.epoch + 1}, "
+                    f"{st.step_in_epoch} batches of it already done, step {st.global_step}")
             # keep the finished epochs
             self.history = read_history(self.metrics_path, st.epoch + 1) if self.writer else []
         else:

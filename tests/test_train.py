@@ -254,6 +254,11 @@ def test_resume_reports_time_of_all_sessions(tiny_data, tmp_path, capsys):
     total = sum(r["seconds"] for r in metrics_lines(run))
     assert "training done: 2 epochs (reached --epochs 2)" in out
     assert f" s in this session, {total:.1f} s of training over all sessions" in out
+    # resuming the finished run says it is complete (no "epoch 3" that never runs) and trains nothing
+    assert cli.main(["train", "--resume", "--out", str(run), "--epochs", "2", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "the run is already complete (2 of 2 epochs" in out and "epoch 3" not in out
+    assert [r["epoch"] for r in metrics_lines(run)] == [1, 2]
 
 
 def test_resume_without_checkpoint_starts_over(tiny_data, tmp_path, capsys):
@@ -308,7 +313,7 @@ def test_resume_with_augmentation_is_bit_exact(tiny_data, tmp_path):
         np.testing.assert_array_equal(wr[k], wk[k], err_msg=k)
     conf = json.loads((ref / "config.json").read_text())
     assert conf["train"]["augment"] == dict(freq_mask=6, time_mask=8, n_masks=2, gain_db=6.0, time_shift=0.2,
-                                            mixup=0.4, freq_warp=0.1, time_stretch=0.2)
+                                            mixup=0.4, freq_warp=0.1, time_stretch=0.2, noise_db=0.0)
     assert cli.main(train_args(tiny_data, off, "--epochs", "2", "--batch-size", "4", "--seed", "3",
                                "--augment", "off")) == 0
     off_aug = json.loads((off / "config.json").read_text())["train"]["augment"]
