@@ -22,7 +22,7 @@ augmentation:
   ``u ~ U[noise_db, top_db]`` dB below the image's peak, white in the image's
   rows and spread like a noise periodogram, is power-summed into every column
   of the clip (the padding of a short clip stays the floor;
-  :func:`engine.reference.augment.noise_levels`): trained on clean speakers, a
+  :func:`engine.reference.augment.augment_noise`): trained on clean speakers, a
   model sees their voices in a noisy room too;
 * random time shift inside the window, up to ``time_shift`` x ``W`` columns
   either way (columns shifted in are the image's floor, level 0);
@@ -345,7 +345,7 @@ def augment_batch(q, y, cfg: AugmentConfig, seed: int, epoch: int, step: int, n_
     if noise is not None:  # first, on the cached levels (a property of the recording)
         dither, add = noise_tables(top_db)
         qn = buf("q_noise", (n, h, w), np.uint8)
-        kb.augment.add_noise(qn, q, _to_backend(noise, xp, bufs, "noise"), _to_backend(dither, xp, bufs, "dither"),
+        kb.augment.augment_noise(qn, q, _to_backend(noise, xp, bufs, "noise"), _to_backend(dither, xp, bufs, "dither"),
                              _to_backend(add, xp, bufs, "add"))
         q = qn
     params, perm, lam = draw_params(cfg, seed, epoch, step, n, h, w, top_db)

@@ -35,7 +35,7 @@ __all__ = ["DATA_FLAGS", "DataSourceError", "PrepInterrupted", "spectrogram_conf
 DATA_FLAGS = ("data", "audio_dir", "metadata", "labels", "label_regex", "group_regex", "target", "bucket_edges",
               "subset", "split", "split_seed", "cache_dir", "workers", "quiet", "sr", "crop_seconds",
               "clip_seconds", "n_fft", "hop_length", "spectrogram", "n_mels", "height", "width", "colormap",
-              "demo_tracks", "demo_seconds")
+              "image_norm", "demo_tracks", "demo_seconds")
 
 
 class DataSourceError(PipelineError):

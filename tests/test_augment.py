@@ -508,7 +508,7 @@ def noise_rows(n, seed=0):
 
 
 def test_reference_noise_is_a_power_sum_on_the_clip_columns_only():
-    """noise_levels by hand: the padding columns (all level 0) and a clean image are unchanged; elsewhere the
+    """augment_noise by hand: the padding columns (all level 0) and a clean image are unchanged; elsewhere the
     level is the power sum of the image and the noise (at least the louder, at most 3 dB above it)."""
     q = levels(3, 16, 20, seed=4)
     q[:, :, 14:] = 0  # a short clip: its padding
@@ -516,7 +516,7 @@ def test_reference_noise_is_a_power_sum_on_the_clip_columns_only():
     dither, add = RA.noise_tables(80.0)
     assert add[0] == round(255 / 80 * 10 * np.log10(2)) and add[255] == 0 and (np.diff(add) <= 0).all()
     assert dither[0] < 0 < dither[-1] and (np.diff(dither) >= 0).all()
-    out = RA.noise_levels(q, noise, dither, add)
+    out = RA.augment_noise(q, noise, dither, add)
     assert np.array_equal(out[0], q[0]) and not out[:, :, 14:].any()
     rr, cc = np.meshgrid(np.arange(16), np.arange(14), indexing="ij")
     b = np.clip(120 + dither[RA.noise_hash(7, rr, cc)], 0, 255)
@@ -534,15 +534,15 @@ def test_cpu_add_noise_equals_reference_bitwise(n, h, w):
     dither, add = A.noise_tables(80.0)
     assert np.array_equal(dither, RA.noise_tables(80.0)[0]) and np.array_equal(add, RA.noise_tables(80.0)[1])
     out = np.empty_like(q)
-    cpu().augment.add_noise(out, q, noise, dither, add)
-    assert np.array_equal(out, RA.noise_levels(q, noise, dither, add))
+    cpu().augment.augment_noise(out, q, noise, dither, add)
+    assert np.array_equal(out, RA.augment_noise(q, noise, dither, add))
     q2 = q.copy()
-    cpu().augment.add_noise(q2, q2, noise, dither, add)  # in place
+    cpu().augment.augment_noise(q2, q2, noise, dither, add)  # in place
     assert np.array_equal(q2, out)
     with pytest.raises(ValueError, match="noise"):
-        cpu().augment.add_noise(out, q, noise[:, :1].copy(), dither, add)
+        cpu().augment.augment_noise(out, q, noise[:, :1].copy(), dither, add)
     with pytest.raises(ValueError, match="dither"):
-        cpu().augment.add_noise(out, q, noise, dither[:10].copy(), add)
+        cpu().augment.augment_noise(out, q, noise, dither[:10].copy(), add)
 
 
 def test_draw_noise_seeded_share_and_range():
@@ -571,7 +571,7 @@ def test_augment_batch_with_noise_is_noise_then_the_rest():
     x, _ = A.augment_batch(q, y, cfg, 5, 1, 2, 3)
     noise = A.draw_noise(cfg, 5, 1, 2, 6, 80.0)
     assert (noise[:, 0] >= 0).any() and (noise[:, 0] < 0).any()
-    qn = RA.noise_levels(q, noise, *RA.noise_tables(80.0))
+    qn = RA.augment_noise(q, noise, *RA.noise_tables(80.0))
     p, _, _ = A.draw_params(cfg, 5, 1, 2, 6, 20, 24)
     assert np.array_equal(x, RA.augment_batch(qn, p).astype(np.float32))
     x0, _ = A.augment_batch(q, y, A.AugmentConfig(**{**cfg.to_dict(), "noise_db": 0.0}), 5, 1, 2, 3)
@@ -669,11 +669,11 @@ def test_gpu_add_noise_equals_cpu_bitwise(G, n, h, w):
     noise = noise_rows(n, seed=w)
     dither, add = A.noise_tables(80.0)
     oc = np.empty_like(q)
-    cpu().augment.add_noise(oc, q, noise, dither, add)
+    cpu().augment.augment_noise(oc, q, noise, dither, add)
     og = cp.empty(q.shape, np.uint8)
-    G.augment.add_noise(og, cp.asarray(q), cp.asarray(noise), cp.asarray(dither), cp.asarray(add))
+    G.augment.augment_noise(og, cp.asarray(q), cp.asarray(noise), cp.asarray(dither), cp.asarray(add))
     assert np.array_equal(og.get(), oc)
-    assert np.array_equal(oc, RA.noise_levels(q, noise, dither, add))
+    assert np.array_equal(oc, RA.augment_noise(q, noise, dither, add))
 
 
 @pytest.mark.gpu

@@ -37,7 +37,7 @@ The result is decoded as ``Dataset.decode`` does: mono ``q / 255`` (computed
 as ``q * float32(1/255)``), RGB ``lut[q]`` (the 256-entry colormap
 table). With all parameters 0 it is exactly the un-augmented batch.
 
-``noise_levels`` (before step 0, on the cached levels: a property of the
+``augment_noise`` (before step 0, on the cached levels: a property of the
 recording): additive stationary noise, the power sum of the image and a noise
 image, in levels. Per sample ``n`` with ``noise[n] = (floor, seed)``
 (``floor < 0``: none), every pixel of a column that is not all level 0 (a
@@ -60,7 +60,7 @@ import numpy as np
 
 __all__ = ["P_SHIFT", "P_LEVEL", "WARP_ONE", "VTLP_BOUNDARY", "n_params", "vtlp_rows", "warp_table",
            "stretch_columns", "stretch_table", "resample_levels", "augment_levels", "augment_batch", "mixup_batch",
-           "noise_hash", "noise_tables", "noise_levels"]
+           "noise_hash", "noise_tables", "augment_noise"]
 
 #: Column of the time shift (in image columns) and of the brightness shift (in levels) in a params row.
 P_SHIFT, P_LEVEL = 0, 1
@@ -307,7 +307,7 @@ def noise_hash(seed, r, c):
 
 
 def noise_tables(top_db: float = 80.0):
-    """``(dither, add)``: int32 ``(256,)`` tables of :func:`noise_levels` for an image spanning ``top_db`` dB.
+    """``(dither, add)``: int32 ``(256,)`` tables of :func:`augment_noise` for an image spanning ``top_db`` dB.
 
     ``dither[j] = rint(L 10 log10(g_j))``, ``g_j`` the ``(j + 0.5) / 256``
     quantile of a Gamma(2, 1/2) variable (unit mean: the power of white noise
@@ -326,8 +326,8 @@ def noise_tables(top_db: float = 80.0):
     return dither, add
 
 
-def noise_levels(q, noise, dither, add):
-    """Reference of ``kernels.*.augment.add_noise``: uint8 ``(N, H, W)``, the levels with the noise added.
+def augment_noise(q, noise, dither, add):
+    """Reference of ``kernels.*.augment.augment_noise``: uint8 ``(N, H, W)``, the levels with the noise added.
 
     Parameters
     ----------

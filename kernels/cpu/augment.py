@@ -16,10 +16,10 @@ Entry points (outputs first, preallocated by the caller and reused):
   ``C = 1``), ``warp (N, H)`` int32 the fixed-point source row of each output
   row (VTLP; None: no warp), ``stretch (N, W)`` int32 the fixed-point source
   column of each output column (time stretch; None: none).
-* ``add_noise(out, q, noise, dither, add)``: ``out``, ``q`` uint8 ``(N, H, W)``
+* ``augment_noise(out, q, noise, dither, add)``: ``out``, ``q`` uint8 ``(N, H, W)``
   (``out`` may be ``q``), ``noise (N, 2)`` int32 (floor level, hash seed),
   ``dither``, ``add`` int32 ``(256,)``: additive stationary noise on the
-  levels (``engine.reference.augment.noise_levels``).
+  levels (``engine.reference.augment.augment_noise``).
 * ``mixup_batch(out, targets, x, y, perm, lam)``: ``out`` like ``x``
   ``(N, ...)`` (must not be ``x``), ``targets (N, K)`` soft labels of
   ``out``'s dtype, ``y (N,)`` int64, ``perm (N,)`` int64, ``lam`` a float.
@@ -31,7 +31,7 @@ from numba import njit, prange
 
 from ._threads import run as _run
 
-__all__ = ["augment_batch", "mixup_batch", "add_noise", "MONO_SCALE"]
+__all__ = ["augment_batch", "mixup_batch", "augment_noise", "MONO_SCALE"]
 
 #: Mono decode factor: ``float32(1/255)`` (``Dataset.decode``'s), applied to a level exactly in float64.
 MONO_SCALE = float(np.float32(1.0 / 255.0))
@@ -237,7 +237,7 @@ def _noise_hash(seed, r, c):
 
 
 @njit(parallel=True, cache=True)
-def _add_noise(out, q, noise, dither, add):
+def _augment_noise(out, q, noise, dither, add):
     n, h, w = q.shape
     for i in prange(n):
         floor = np.int64(noise[i, 0])
@@ -258,8 +258,8 @@ def _add_noise(out, q, noise, dither, add):
                 out[i, r, c] = np.uint8(a)
 
 
-def add_noise(out, q, noise, dither, add):
-    """Additive stationary noise on uint8 levels (``engine.reference.augment.noise_levels``), into ``out``.
+def augment_noise(out, q, noise, dither, add):
+    """Additive stationary noise on uint8 levels (``engine.reference.augment.augment_noise``), into ``out``.
 
     Parameters
     ----------
@@ -291,4 +291,4 @@ def add_noise(out, q, noise, dither, add):
         if not isinstance(t, np.ndarray) or t.shape != (256,) or t.dtype != np.int32:
             raise ValueError(f"{name} must be int32 (256,), got {getattr(t, 'dtype', type(t))} "
                              f"{getattr(t, 'shape', None)}")
-    _run(q.size, _add_noise, out, q, np.ascontiguousarray(noise), dither, add)
+    _run(q.size, _augment_noise, out, q, np.ascontiguousarray(noise), dither, add)

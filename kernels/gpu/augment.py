@@ -17,7 +17,7 @@ import numpy as np
 
 from . import _launch as L
 
-__all__ = ["augment_batch", "mixup_batch", "add_noise"]
+__all__ = ["augment_batch", "mixup_batch", "augment_noise"]
 
 
 def augment_batch(out, q, params, lut=None, warp=None, stretch=None):
@@ -109,8 +109,8 @@ def mixup_batch(out, targets, x, y, perm, lam):
          L.i32(targets.shape[1])))
 
 
-def add_noise(out, q, noise, dither, add):
-    """Additive stationary noise on uint8 levels, one thread per column (see :func:`kernels.cpu.augment.add_noise`).
+def augment_noise(out, q, noise, dither, add):
+    """Additive stationary noise on uint8 levels, one thread per column (see :func:`kernels.cpu.augment.augment_noise`).
 
     Parameters
     ----------
@@ -137,5 +137,5 @@ def add_noise(out, q, noise, dither, add):
     noise = L.check("noise", noise, (n, 2), np.int32)
     dither = L.check("dither", dither, (256,), np.int32)
     add = L.check("add", add, (256,), np.int32)
-    L.kernel("augment.cu", "add_noise", np.float32)(
+    L.kernel("augment.cu", "augment_noise", np.float32)(
         L.flat_grid(n * w), (L.THREADS,), (out, L.contig(q), noise, dither, add, L.i32(n), L.i32(h), L.i32(w)))

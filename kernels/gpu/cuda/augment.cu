@@ -12,8 +12,8 @@
 // the CPU for the same params. params row n (P = 2 + 4M ints): shift, level,
 // M x (f0, f_height), M x (t0, t_width).
 //
-// add_noise: one thread per column (n, c): additive stationary noise on the levels
-// (engine/reference/augment.py noise_levels): in a column that is not all level 0,
+// augment_noise: one thread per column (n, c): additive stationary noise on the levels
+// (engine/reference/augment.py augment_noise): in a column that is not all level 0,
 // v = min(255, max(a, b) + add[|a - b|]) with b = clamp(floor + dither[hash(seed, r, c)], 0, 255);
 // 64-bit unsigned arithmetic masked to 32 bits, as the CPU's int64 (bit-identical).
 //
@@ -89,7 +89,7 @@ __device__ __forceinline__ int noise_hash(unsigned long long seed, unsigned long
     return (int)(x & 255ull);
 }
 
-extern "C" __global__ void add_noise(unsigned char* out, const unsigned char* q, const int* noise,
+extern "C" __global__ void augment_noise(unsigned char* out, const unsigned char* q, const int* noise,
                                      const int* dither, const int* add, int N, int H, int W) {
     const i64 total = (i64)N * W, plane = (i64)H * W;
     for (i64 idx = gtid(); idx < total; idx += gstride()) {
