@@ -87,6 +87,10 @@ def worker(model_name, batch, steps, distributed):
 
 
 def run(cmd, threads):
+    """Run worker command ``cmd`` (list of str) with ``threads`` Numba / BLAS threads; its last JSON line as a dict.
+
+    Raises ``subprocess.CalledProcessError`` when the worker fails.
+    """
     env = dict(os.environ, NUMBA_NUM_THREADS=str(threads), PYTHONPATH=str(REPO), OMP_NUM_THREADS="1",
                OPENBLAS_NUM_THREADS=str(threads))
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
@@ -94,10 +98,16 @@ def run(cmd, threads):
 
 
 def ring_allreduce_s(k, nbytes, gbit, alpha=5e-6):
+    """Modelled seconds of a ring Allreduce of ``nbytes`` over ``k`` ranks on a ``gbit`` Gbit/s link.
+
+    ``2 (k-1)/k * nbytes / bandwidth + 2 (k-1) * alpha`` (bandwidth term and per-hop latency ``alpha`` in
+    seconds; Patarasuk and Yuan 2009, the cost model NCCL's ring follows).
+    """
     return 2 * (k - 1) / k * nbytes / (gbit * 1e9 / 8) + 2 * (k - 1) * alpha
 
 
 def main():
+    """Measure one-process and 2-rank MPI training steps, model larger jobs, write the Markdown table (--out)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "distributed_scaling.md"))

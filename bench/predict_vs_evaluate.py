@@ -51,6 +51,7 @@ def compare(run: Path) -> dict:
 
 
 def main(argv=None):
+    """For each run directory in ``argv``: predict vs evaluate on its test files, printed (and --out) as Markdown."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+")
     ap.add_argument("--out", default=None, help="also write the markdown table here")
