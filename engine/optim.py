@@ -101,9 +101,11 @@ class Adam:
                                                     self.eps, self.weight_decay)
 
     def zero_grad(self):
-        """Zero every parameter gradient."""
+        """Zero every parameter gradient (large CPU arrays over Numba's threads)."""
+        from engine.layers.base import _zero
+
         for _, _, g in self.params:
-            g.fill(0)
+            _zero(g)
 
     def state_dict(self):
         """``{"step": int, "lr", "betas", "eps", "weight_decay", "m": {name: array}, "v": {name: array}}`` (NumPy copies)."""

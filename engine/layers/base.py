@@ -48,6 +48,16 @@ def cached_buffer(cache, name, shape, dtype, xp):
     return b
 
 
+
+def _zero(g):
+    """``g.fill(0)``; a large NumPy array is zeroed by :func:`kernels.cpu._threads.fill_zero` (parallel)."""
+    if isinstance(g, np.ndarray) and g.size >= (1 << 20):
+        from kernels.cpu._threads import fill_zero
+
+        fill_zero(g)
+    else:
+        g.fill(0)
+
 class Layer:
     """Base class: parameter/grad/buffer bookkeeping, train/eval, cached buffers, dtype and device moves."""
 
@@ -69,9 +79,9 @@ class Layer:
         return self.train(False)
 
     def zero_grad(self):
-        """Set every parameter gradient to zero (in place)."""
+        """Set every parameter gradient to zero (in place; large CPU arrays over Numba's threads)."""
         for g in self.grads.values():
-            g.fill(0)
+            _zero(g)
 
     def __call__(self, x):
         return self.forward(x)

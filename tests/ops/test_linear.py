@@ -111,3 +111,63 @@ GRADCHECK_LAYERS = [
 @pytest.mark.parametrize("name,make,shape", GRADCHECK_LAYERS, ids=[n for n, _, _ in GRADCHECK_LAYERS])
 def test_linear_layer_gradcheck(name, make, shape):
     layer_gradcheck(name, make, shape)
+
+
+def _linear_passes(x, wt, b, g):
+    out = np.full((x.shape[0], wt.shape[0]), np.nan, x.dtype)
+    L.linear_forward(out, x, wt, b)
+    dx = np.full(x.shape, np.nan, x.dtype)
+    L.linear_backward_input(dx, g, wt)
+    dw = np.ones(wt.shape, x.dtype)  # accumulates onto 1
+    db = np.ones(wt.shape[0], x.dtype)
+    L.linear_backward_weight(dw, db, g, x)
+    return out, dx, dw, db
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("n,i,o", [(3, 1000, 37), (5, 77, 130), (1, 16, 1), (16, 2051, 512)])
+def test_linear_parallel_blocks(monkeypatch, n, i, o, dt):
+    """Large weights run as PARALLEL_TASKS column-block GEMMs: the reference's values, the single
+    GEMM's bits in float32 (to 1e-12 in float64), and the same bits on one thread and on all of them."""
+    import numba
+
+    rng = np.random.default_rng(n * i + o)
+    x = rng.standard_normal((n, i)).astype(dt)
+    wt = rng.standard_normal((o, i)).astype(dt)
+    b = rng.standard_normal(o).astype(dt)
+    g = rng.standard_normal((n, o)).astype(dt)
+    monkeypatch.setattr(L, "PARALLEL_MIN_WEIGHT", 1 << 62)
+    single = _linear_passes(x, wt, b, g)
+    monkeypatch.setattr(L, "PARALLEL_MIN_WEIGHT", 1)  # every shape takes the blocked path
+    blocked = _linear_passes(x, wt, b, g)
+    tol = TOL[dt] if dt == np.float64 else dict(rtol=1e-4, atol=1e-4)
+    want = [ref.linear_forward(x, wt, b), ref.linear_backward_input(g, wt)]
+    want += [1 + w for w in ref.linear_backward_weight(g, x)]
+    for got, w, s in zip(blocked, want, single):
+        np.testing.assert_allclose(got, w, **tol)
+        if dt == np.float32:  # sgemm: the same bits (what training runs in)
+            assert np.array_equal(got, s)
+        else:  # dgemm's edge kernels may round a column block differently
+            np.testing.assert_allclose(got, s, rtol=1e-12, atol=0)
+    nt = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        one_thread = _linear_passes(x, wt, b, g)
+    finally:
+        numba.set_num_threads(nt)
+    for a, c in zip(one_thread, blocked):
+        assert np.array_equal(a, c)
+
+
+def test_fill_zero():
+    """kernels.cpu._threads.fill_zero: zeroes large contiguous arrays in parallel blocks (the last one
+    partial), and small or non-contiguous ones through NumPy."""
+    from kernels.cpu._threads import FILL_PARALLEL_MIN, fill_zero
+
+    for shape in [(FILL_PARALLEL_MIN + 12345,), (1031, 1023), (3, 5)]:
+        a = np.ones(shape, np.float32)
+        fill_zero(a)
+        assert not a.any()
+    a = np.ones((2048, 1024), np.float64)
+    fill_zero(a[:, ::2])
+    assert not a[:, ::2].any() and a[:, 1::2].all()
