@@ -12,9 +12,12 @@ elementwise or reduce each channel on one thread in a fixed order).
 """
 import numba
 
-#: Arrays with fewer elements than this run single-threaded (the first block's
-#: activations at batch 16, 16*32*102*159 = 8.3M, stay parallel).
-PARALLEL_MIN = 1 << 22
+#: Arrays with fewer elements than this run single-threaded. 1 << 22 (tuned on a
+#: loaded 2-core AMD box) kept the second block's BN-ReLU-pool at batch 16
+#: (16*64*51*79 = 4.1M) on one thread; on a quiet 2-core Xeon (AVX-512) 1 << 16
+#: measured cnn4_rgb 156 -> 176 img/s and cnn6_rgb 223 -> 253 img/s at batch 16
+#: (bench/train_throughput.py --no-torch, medians of 7 rounds; 1 << 18: 168 / 241).
+PARALLEL_MIN = 1 << 16
 
 
 def run(size, kernel, *args):
