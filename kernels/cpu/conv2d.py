@@ -33,7 +33,10 @@ blocks are indexed by ``numba.get_thread_id()``:
   each group accumulates ``cols @ dout_chunk.T`` into its own ``(K, F)``
   buffer (GEMM with beta = 1; this orientation measured 25 % faster than
   ``(F, K)`` for F = 32); the partials are then summed in group order into
-  ``dweight`` (``+=``). ``dbias`` is summed in float64.
+  ``dweight`` (``+=``). ``dbias`` is summed in float64 per chunk inside the
+  same task, while the chunk's ``dout`` is in cache (no extra pass over
+  ``dout``; 1.3 ms saved on the first layer at batch 16), then over the chunks
+  in order.
 
 3x3 stride-1 layers with at least :data:`WINOGRAD_MIN_CHANNELS` input and
 output channels and :data:`WINOGRAD_MIN_PIXELS` output pixels per image run
@@ -224,14 +227,31 @@ def _backward_input(dx, d3, w2, kh, kw, s, pad, oh, ow, r, cpi, dcols, dbuf):
             _col2im_rows(dx, dc, g0, g1, kh, kw, s, pad, oh, ow)
 
 
+@njit(cache=True, fastmath={"reassoc"})
+def _sum8(src):
+    """float64 sum of a 1-D float32/float64 array, vectorised (LLVM reassociates into lanes).
+
+    The lane split is fixed when the function is compiled, so the result
+    depends only on the values and the machine's vector width, never on the
+    thread count (the float32 first layer at batch 16: 0.3 ms per 8.3 M values
+    instead of 2.3 ms for the strict sequential sum).
+    """
+    acc = 0.0
+    for p in range(src.size):
+        acc += np.float64(src[p])
+    return acc
+
+
 @njit(cache=True, parallel=True)
-def _backward_weight(dwt, d3, x, kh, kw, s, pad, oh, ow, r, cpi, cols, dbuf):
+def _backward_weight(dwt, dbp, d3, x, kh, kw, s, pad, oh, ow, r, cpi, cols, dbuf):
     n_, f_, pp = d3.shape
     ng, k, _ = dwt.shape
     nc = n_ * cpi if cpi > 0 else -(-n_ * oh // r)
     dflat = d3.reshape(-1)
+    with_bias = dbp.shape[0] == nc
     # ng partial sums, each over a fixed range of chunks: the result does not depend on
-    # which thread runs which group, nor on the thread count.
+    # which thread runs which group, nor on the thread count. The bias gradient is summed
+    # per chunk (dbp[q, f], float64) while the chunk's dout is in cache.
     for grp in prange(ng):
         tid = numba.get_thread_id()
         acc = dwt[grp].reshape(-1)
@@ -244,10 +264,28 @@ def _backward_weight(dwt, d3, x, kh, kw, s, pad, oh, ow, r, cpi, cols, dbuf):
             _im2col_rows(cb, x, g0, g1, kh, kw, s, pad, oh, ow, False)
             if cpi > 0:
                 n = g0 // oh
-                gemm(acc, 0, f_, cb, 0, ll, False, dflat, n * f_ * pp + (g0 - n * oh) * ow, pp, True, k, f_, ll, 1.0)
+                o0 = n * f_ * pp + (g0 - n * oh) * ow
+                gemm(acc, 0, f_, cb, 0, ll, False, dflat, o0, pp, True, k, f_, ll, 1.0)
+                if with_bias:
+                    for f in range(f_):
+                        dbp[q, f] = _sum8(dflat[o0 + f * pp:o0 + f * pp + ll])
             else:
                 _gather_dout(db, d3, g0, g1, oh, ow)
                 gemm(acc, 0, f_, cb, 0, ll, False, db, 0, ll, True, k, f_, ll, 1.0)
+                if with_bias:
+                    for f in range(f_):
+                        dbp[q, f] = _sum8(db[f * ll:(f + 1) * ll])
+
+
+@njit(cache=True)
+def _dbias_from_partials(dbias, dbp):
+    """dbias[f] += sum_q dbp[q, f], chunks in order (float64)."""
+    nc, f_ = dbp.shape
+    for f in range(f_):
+        acc = 0.0
+        for q in range(nc):
+            acc += dbp[q, f]
+        dbias[f] += acc
 
 
 @njit(cache=True, parallel=True)
@@ -272,27 +310,16 @@ def _sum_partials_acc(dw, dwt):
 
 @njit(cache=True, parallel=True)
 def _dbias_acc(dbias, dout):
-    """dbias[f] += sum_{n,p} dout[n, f, p], in float64 and a fixed order.
+    """dbias[f] += sum_{n,p} dout[n, f, p] in float64: per plane by :func:`_sum8`, planes in order.
 
-    Eight float64 lanes (p mod 8) over blocks indexed from 0, so LLVM
-    vectorises without reassociating (measured 14 ms -> 3.7 ms for
-    16 x 32 x 102 x 159, one thread); lanes combine in a fixed order.
+    Used by the Winograd layers (the im2col path sums the bias gradient inside
+    its weight-gradient tasks).
     """
     n_, f_, p_ = dout.shape
-    nb = p_ // 8
     for f in prange(f_):
-        lanes = np.zeros(8)
         acc = 0.0
         for n in range(n_):
-            src = dout[n, f]
-            lanes[:] = 0.0
-            for b in range(nb):
-                blk = src[b * 8:b * 8 + 8]
-                for e in range(8):
-                    lanes[e] += blk[e]
-            for p in range(nb * 8, p_):
-                lanes[0] += src[p]
-            acc += ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
+            acc += _sum8(dout[n, f])
         dbias[f] += acc
 
 
@@ -493,9 +520,9 @@ def conv2d_backward_weight(dweight, dbias, dout, x, stride, padding, ws):
     dout = _contig(dout, ws, "conv_dout")
     k = c * kh * kw
     d3 = dout.reshape(n, f, oh * ow)
-    if dbias is not None:
-        _dbias_acc(dbias, d3)
     if use_winograd(c, f, kh, kw, s, p, oh, ow):
+        if dbias is not None:
+            _dbias_acc(dbias, d3)
         r, cpi, nc, v, m, rb = _wino_scratch(ws, n, oh, ow, c, f, dt)
         dut = ws.get("wino_dut", (min(N_PARTIALS, nc), 16, f, c), dt)
         with numba.parallel_chunksize(1):
@@ -506,6 +533,9 @@ def conv2d_backward_weight(dweight, dbias, dout, x, stride, padding, ws):
     cols = ws.get("conv_cols", (nt, (k + 1) * lmax), dt)
     dbuf = ws.get("conv_dbuf", (nt, f * lmax if cpi == 0 else 1), dt)
     dwt = ws.get("conv_dwt", (min(N_PARTIALS, nc), k, f), dt)
+    dbp = ws.get("conv_dbp", (nc if dbias is not None else 0, f), np.float64)
     with numba.parallel_chunksize(1):
-        _backward_weight(dwt, d3, x, kh, kw, s, p, oh, ow, r, cpi, cols, dbuf)
+        _backward_weight(dwt, dbp, d3, x, kh, kw, s, p, oh, ow, r, cpi, cols, dbuf)
     _sum_partials_acc(dweight.reshape(f, k), dwt)
+    if dbias is not None:
+        _dbias_from_partials(dbias, dbp)
