@@ -93,7 +93,7 @@ class FusedBNReLUPool:
             return dx
         self.module_for(x).bn_relu_pool_backward(dx, bn.grads["weight"], bn.grads["bias"], dy, self.argmax, x,
                                                  self.save_mean, self.save_invstd, bn.params["weight"],
-                                                 bn.params["bias"], self.pool.kernel_size)
+                                                 bn.params["bias"], self.pool.kernel_size, out=self.output)
         return dx
 
 

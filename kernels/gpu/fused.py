@@ -91,7 +91,8 @@ def bn_relu_pool_forward_eval(out, argmax, x, gamma, beta, running_mean, running
     _pool(out, argmax, x, coef, int(kernel_size))
 
 
-def bn_relu_pool_backward(dx, dgamma, dbeta, dout, argmax, x, save_mean, save_invstd, gamma, beta, kernel_size):
+def bn_relu_pool_backward(dx, dgamma, dbeta, dout, argmax, x, save_mean, save_invstd, gamma, beta, kernel_size,
+                           out=None):
     """Backward of :func:`bn_relu_pool_forward_train` (overwrites ``dx``; ``dgamma``, ``dbeta`` ``+=``).
 
     Parameters
@@ -104,6 +105,10 @@ def bn_relu_pool_backward(dx, dgamma, dbeta, dout, argmax, x, save_mean, save_in
     save_mean, save_invstd : cupy.ndarray [shape=(C,), dtype=float64]
     gamma, beta : cupy.ndarray [shape=(C,)]
     kernel_size : int
+    out : cupy.ndarray or None
+        The forward's pooled output; accepted for the CPU signature and not
+        used here (the GPU reduction reads ``x`` at the argmaxes, one thread
+        block per channel, where the gather costs no more than a stream).
 
     Raises
     ------

@@ -51,6 +51,12 @@ def test_fused_bn_relu_pool_equals_unfused(shape, k, dtype):
     np.testing.assert_allclose(fdx, dx, **tol)
     np.testing.assert_allclose(fdg, dg, **tol)
     np.testing.assert_allclose(fdb, db, **tol)
+    # the pooled-output route of the sums (what engine.model passes in training)
+    odx, odg, odb = np.empty_like(x), np.zeros(c, dtype), np.zeros(c, dtype)
+    fused.bn_relu_pool_backward(odx, odg, odb, dy, fa, x, fm, fi, g, b, k, out=fo)
+    np.testing.assert_allclose(odx, dx, **tol)
+    np.testing.assert_allclose(odg, dg, **tol)
+    np.testing.assert_allclose(odb, db, **tol)
     # eval
     eo, ea = np.empty_like(fo), np.empty_like(fa)
     fused.bn_relu_pool_forward_eval(eo, ea, x, g, b, rm, rv, 1e-5, k)
@@ -91,6 +97,41 @@ def test_fused_matches_reference(dtype):
     eo_r, ea_r = R.bn_relu_pool_forward_eval(x, g, b, rm, rv, 1e-5, k)
     np.testing.assert_allclose(eo, eo_r, **TOL[dtype])
     assert np.array_equal(ea, ea_r)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_backward_out_route(dtype):
+    """The sums streamed from the pooled output equal the gathered ones; channels it must not take fall back.
+
+    Channel 0: ordinary (beta small against gamma), streamed. Channel 1: |beta| > 4|gamma|
+    (the streamed form would cancel), channel 2: gamma = 0: both take the gather route, so their
+    dx and dgamma equal the gather route's bit for bit. Channel 0 agrees to float64 rounding
+    (float64) / 1e-6 (float32).
+    """
+    shape, k = (3, 3, 12, 14), 2
+    c = shape[1]
+    x = rnd(shape, dtype, 51)
+    g = np.array([0.9, 0.05, 0.0], dtype)
+    b = np.array([-0.2, 1.5, 0.3], dtype)
+    rm, rv = np.zeros(c, dtype), np.ones(c, dtype)
+    po_shape = (shape[0], c, shape[2] // k, shape[3] // k)
+    fo, fa, fm, fi = np.empty(po_shape, dtype), np.empty(po_shape, np.int32), np.empty(c), np.empty(c)
+    fused.bn_relu_pool_forward_train(fo, fa, fm, fi, x, g, b, rm, rv, 0.1, 1e-5, k)
+    dy = rnd(po_shape, dtype, 52)
+    res = {}
+    for route, out in (("gather", None), ("out", fo)):
+        dx, dg, db = np.empty_like(x), np.zeros(c, dtype), np.zeros(c, dtype)
+        fused.bn_relu_pool_backward(dx, dg, db, dy, fa, x, fm, fi, g, b, k, out=out)
+        res[route] = dx, dg, db
+    (gdx, gdg, gdb), (odx, odg, odb) = res["gather"], res["out"]
+    assert np.array_equal(odx[:, 1:], gdx[:, 1:]) and np.array_equal(odg[1:], gdg[1:])
+    tol = dict(rtol=1e-12, atol=1e-14) if dtype == np.float64 else dict(rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(odg, gdg, **tol)
+    np.testing.assert_allclose(odb, gdb, **tol)  # same terms, summed in another order
+    np.testing.assert_allclose(odx, gdx, **tol)
+    assert not np.array_equal(odx[:, 0], np.zeros_like(odx[:, 0]))
+    with pytest.raises(ValueError, match="pooled output"):
+        fused.bn_relu_pool_backward(odx, odg, odb, dy, fa, x, fm, fi, g, b, k, out=fo[:, :2].copy())
 
 
 # ----------------------------------------------------------------------------- GPU
