@@ -69,8 +69,9 @@ def _run(x, wt, b, g, s, p, ws):
 
 # Code paths: default plan; one-row chunks inside an image (the large-layer path); the im2row
 # forward on every case (by default only from 16 channels on); im2row with one-row chunks.
-VARIANTS = {"default": {}, "row-chunks": {"CHUNK_BYTES": 64}, "im2row": {"ROWS_MIN_CHANNELS": 1},
-            "im2row-row-chunks": {"ROWS_MIN_CHANNELS": 1, "CHUNK_BYTES": 64}}
+VARIANTS = {"default": {}, "row-chunks": {"CHUNK_BYTES": 64, "SMALL_C_CHUNK_BYTES": 64},
+            "im2row": {"ROWS_MIN_CHANNELS": 1},
+            "im2row-row-chunks": {"ROWS_MIN_CHANNELS": 1, "CHUNK_BYTES": 64, "SMALL_C_CHUNK_BYTES": 64}}
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
