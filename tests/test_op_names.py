@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 CPU, GPU, CUDA = REPO / "kernels" / "cpu", REPO / "kernels" / "gpu", REPO / "kernels" / "gpu" / "cuda"
 
 #: Modules of a backend that are not ops: the CPU's BLAS binding and the conv2d algorithms it composes.
-HELPERS = {"blas", "im2col", "winograd"}
+HELPERS = {"blas", "conv2d_gemm", "im2col", "winograd"}
 #: Ops one backend has and the other does not (none: a new gap is an error).
 KNOWN_GAPS: set = set()
 #: Entry points a backend may lack (the caller probes for them): one launch for every Adam tensor; the STFT's

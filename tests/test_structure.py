@@ -26,8 +26,6 @@ LIMIT = 450
 KNOWN_LONG = {
     "cli.py": (620, "the nine thin cmd_* (flag checks, then one call into engine/ or pipeline/), the exit-code "
                     "mapping and MPI start-up; the parser is cli_args.py, the checks cli_checks.py"),
-    "kernels/cpu/conv2d.py": (511, "the op's three entry points and their algorithm choice, plus the first "
-                                   "layer's direct kernels; the algorithms are im2col.py and winograd.py"),
     "pipeline/cache.py": (452, "build_cache (hashing, resumable chunks, the per-track status manifest)"),
 }
 
