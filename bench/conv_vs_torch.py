@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import sys
 import time
 
@@ -49,8 +50,18 @@ SHAPES = [
 ]
 
 
-def machine_info(torch):
-    """One-paragraph description of the machine, threads and versions."""
+def omp_runtimes():
+    """Paths of the OpenMP runtimes mapped into this process (torch here shares Numba's process)."""
+    try:
+        with open("/proc/self/maps") as fh:
+            libs = {line.split()[-1] for line in fh if re.match(r"lib(g|i)?omp[.0-9]*\.so", line.rsplit("/", 1)[-1])}
+    except OSError:
+        return "unknown"
+    return ", ".join(sorted(libs)) or "none"
+
+
+def machine_info(torch, start_load):
+    """One-paragraph description of the machine, threads and versions; ``start_load`` is taken before the runs."""
     cpu = cpu_model()
     blas = "unknown"
     try:
@@ -66,10 +77,11 @@ def machine_info(torch):
         f"(threading layer {numba.threading_layer()}, {numba.get_num_threads()} threads)",
         f"BLAS: {blas}",
         f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '<unset>')} OPENBLAS_L2_SIZE={os.environ.get('OPENBLAS_L2_SIZE', '<unset>')}",
-        load_line("start"),
+        start_load,
     ]
     if torch is not None:
-        lines.append(f"torch {torch.__version__}, {torch.get_num_threads()} threads, mkldnn={torch.backends.mkldnn.is_available()}")
+        lines.append(f"torch {torch.__version__}, {torch.get_num_threads()} threads, mkldnn={torch.backends.mkldnn.is_available()}, "
+                     f"in this process (one OpenMP runtime for both: {omp_runtimes()})")
     return "\n".join(lines)
 
 
@@ -84,10 +96,15 @@ def main(argv=None):
     ap.add_argument("--threads", "-t", type=int, default=os.cpu_count(), help="threads for Numba and torch (default: all cores)")
     ap.add_argument("--no-reexec", action="store_true", help="do not re-execute with glibc's caching thresholds")
     args = ap.parse_args(argv)
+    for flag, v, lo, hi in (("--batch", args.batch, 1, None), ("--repeats", args.repeats, 1, None),
+                            ("--threads", args.threads, 1, numba.config.NUMBA_NUM_THREADS)):
+        if v < lo or (hi is not None and v > hi):
+            ap.error(f"{flag} {v}: must be at least {lo}" + (f" and at most {hi} (this machine's CPUs)" if hi else ""))
+    start_load = load_line("start")
     if not args.no_reexec and any(os.environ.get(k) != v for k, v in GLIBC_CACHE.items()):
         env = dict(os.environ, **GLIBC_CACHE)
         os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *(argv if argv is not None else sys.argv[1:])], env)
-    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(args.threads)
     try:
         import torch
 
@@ -143,7 +160,7 @@ def main(argv=None):
     peak1 = sgemm_gflops(args.threads)
     peak = max(peak0.values())
 
-    print(machine_info(torch))
+    print(machine_info(torch, start_load))
     print(f"sgemm peak (2048^3, {args.threads} threads) before: "
           f"{', '.join(f'{k} {v:.0f}' for k, v in peak0.items())}; after: "
           f"{', '.join(f'{k} {v:.0f}' for k, v in peak1.items())} GFLOP/s; % of peak uses {peak:.0f}")

@@ -15,7 +15,7 @@ median images/s of each, the ratio hitcnn / **best** peer, the achieved
 GFLOP/s of both (nominal training FLOPs = 3 x the forward FLOPs of the convs
 and Linears, per image) and their fraction of the sgemm peak measured in the
 same run with the same threads (the best of NumPy's and torch's sgemm,
-2048^3, before and after the race). Also the peak resident memory of a
+2048^3, measured just before the race; the value after it is printed too). Also the peak resident memory of a
 hitcnn cnn6_rgb training run at batch 16, measured in a fresh subprocess as
 its ``VmHWM`` (target: < 1 GiB; ``resource.getrusage`` is not used because
 Linux carries ``ru_maxrss`` over fork+exec).
@@ -270,6 +270,16 @@ def main(argv=None):
         return worker(a.worker[0], a.worker[1], int(a.worker[2]), int(a.worker[3]))
     if a.rss_child:
         return rss_child(a.rss_child[0], int(a.rss_child[1]), int(a.rss_child[2]))
+    unknown = [m for m in a.models if m not in models.MODELS]
+    if unknown:
+        ap.error(f"--models: unknown {', '.join(unknown)} (choose from {', '.join(models.MODELS)})")
+    for flag, vals, lo in (("--batch", a.batch, 1), ("--rounds", [a.rounds], 1), ("--per-round", [a.per_round], 1),
+                           ("--warmup", [a.warmup], 0)):
+        bad = [v for v in vals if v < lo]
+        if bad:
+            ap.error(f"{flag} {bad[0]}: must be at least {lo}")
+    if a.threads is not None and not 1 <= a.threads <= numba.config.NUMBA_NUM_THREADS:
+        ap.error(f"--threads {a.threads}: must be between 1 and {numba.config.NUMBA_NUM_THREADS} (this machine's CPUs)")
     if a.threads:
         numba.set_num_threads(a.threads)
     threads = numba.get_num_threads()
@@ -291,7 +301,8 @@ def main(argv=None):
         f"timing: median over {a.rounds}x{a.per_round} steps per runner after {a.warmup} warm-up steps, "
         "runners alternated per round (start rotated); 102x159 inputs",
         "GFLOP/s: nominal training FLOPs = 3 x forward FLOPs of the convs and Linears per image; "
-        "% of peak = of the best sgemm (2048^3) measured in this run with the same threads",
+        "% of peak = of the best sgemm (2048^3) measured just before the race with the same threads "
+        "(the value after the race is printed at the end)",
         load_line("start"),
     ]
     if peers:
@@ -340,6 +351,7 @@ def main(argv=None):
     if peers:
         lines.append("")
         lines.append("every peer, img/s (ratio hitcnn / peer):")
+        print("\nevery peer, img/s (ratio hitcnn / peer):", flush=True)
         for name, n, ours, ips in per_peer:
             row = f"{name:<10} {n:>5} " + "; ".join(f"{k} {v:.1f} ({ours / v:.2f})" for k, v in ips.items())
             lines.append(row)
