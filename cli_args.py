@@ -211,10 +211,18 @@ def augment_config(args) -> dict:
     return base
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's default-showing formatter, except where the help already states its default."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        return text if "(default" in text else super()._get_help_string(action)
+
+
 def build_parser(commands: dict) -> argparse.ArgumentParser:
     """The argparse parser with every subcommand; ``commands`` maps each subcommand's name to its function
     (``args.func``, called as ``func(args, argv)``)."""
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _DefaultsFormatter
     p = argparse.ArgumentParser(
         prog="python cli.py",
         description="hitcnn: train CNNs from scratch (no deep-learning framework) on audio spectrograms. "

@@ -50,6 +50,11 @@ def test_every_flag_has_help_and_default(capsys):
             if a.option_strings and not isinstance(a.default, bool):
                 assert "default" in a.help or p.formatter_class is not cli_args.argparse.RawDescriptionHelpFormatter, \
                     f"{name} {a.option_strings}: help does not state the default"
+        fmt = p._get_formatter()
+        for a in p._actions:
+            if a.option_strings and a.help and a.help != "==SUPPRESS==":
+                shown = fmt._get_help_string(a)  # what the help prints, before %(default)s is filled in
+                assert shown.count("(default") - shown.count("%(default)") <= 1, f"{name} {a.option_strings}: the default is printed twice: {shown}"
     train = sub.choices["train"].parse_args([])
     assert (train.model, train.batch_size, train.lr, train.dropout, train.weight_decay, train.patience,
             train.device, train.epochs) == ("cnn6_rgb", 16, 5e-4, 0.4, 0.0, None, "cpu", None)
