@@ -196,6 +196,12 @@ def cmd_train(args, argv) -> int:
         if not cf.is_file():
             raise UsageError(f"--resume: {cf} not found; is {out} a run directory?")
         _check_flags(args, "train")
+        import cli_checks
+
+        ignored = cli_checks.resume_ignored(argv, build_parser())
+        if ignored:
+            print(f"warning: --resume continues {out} with its saved configuration; ignored: {', '.join(ignored)} "
+                  "(only --epochs and --patience change on resume)", file=sys.stderr)
         conf, cfg = _run_config(out)
         cfg.progress = not args.quiet
         if args.epochs is not None:
@@ -205,10 +211,8 @@ def cmd_train(args, argv) -> int:
         if args.sync_bn and not cfg.sync_bn:
             raise UsageError(f"--resume {out}: the run was started without --sync-bn; resume it the same way")
         _check_train_config(cfg, f"--resume {out}: ")
-        from pipeline.dataset import Dataset
-
         _device_check(cfg.device)
-        ds = Dataset(conf["data"]["dataset_dir"])
+        ds = _rank0_first(lambda: _run_dataset(out, conf))  # rebuilt with the run's settings when deleted
         if not (out / "checkpoints" / "last.npz").is_file():
             # no checkpoint on disk (killed before the first one, or every write failed): start over
             print(f"{out} has no checkpoint yet ({no_checkpoint_reason(out)}): nothing can be resumed, "
@@ -273,7 +277,10 @@ def _load_run(run_dir, which="best"):
     except (KeyError, TypeError, ValueError) as exc:
         raise UsageError(f"{cf}: no usable image_shape / classes ({exc})") from exc
     _device_check(cfg.device)
-    model = build_model(cfg, in_shape, len(classes))
+    try:
+        model = build_model(cfg, in_shape, len(classes))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UsageError(f"{cf}: cannot build the run's model {cfg.model!r} for input {in_shape} ({exc})") from exc
     extra = load_state(ck, model, None)
     return conf, cfg, model, extra
 
@@ -294,19 +301,7 @@ def cmd_evaluate(args, argv) -> int:
     from engine.config import model_mode
     from engine.evaluate import evaluate_split
 
-    if args.audio_dir is None and (args.label_regex or args.labels):
-        raise UsageError("--label-regex / --labels need --audio-dir (the folder of new labelled audio)")
-    if args.audio_dir is not None:
-        if not Path(args.audio_dir).is_dir():
-            raise UsageError(f"--audio-dir {args.audio_dir}: no such directory")
-        if bool(args.label_regex) == bool(args.labels):
-            raise UsageError("--audio-dir needs exactly one of --label-regex or --labels")
-        if args.labels and not Path(args.labels).is_file():
-            raise UsageError(f"--labels {args.labels}: no such file")
-    if args.workers is not None and args.workers < 0:
-        raise UsageError(f"--workers {args.workers}: expected an integer >= 0")
-    if args.crops is not None and args.crops < 1:
-        raise UsageError(f"--crops {args.crops}: expected an integer >= 1")
+    _check_flags(args, "evaluate")
     conf, cfg, model, extra = _load_run(args.run_dir, args.checkpoint)
     crops = cfg.eval_crops if args.crops is None else args.crops
     classes = [str(c) for c in conf["classes"]]
@@ -353,8 +348,7 @@ def cmd_predict(args, argv) -> int:
     from pipeline.errors import PipelineError
     from pipeline.spectrogram import SpectrogramConfig
 
-    if args.crops is not None and args.crops < 1:
-        raise UsageError(f"--crops {args.crops}: expected an integer >= 1")
+    _check_flags(args, "predict")
     conf, cfg, model, _ = _load_run(args.run_dir, args.checkpoint)  # the run directory alone, no cache
     spec = conf.get("spectrogram")
     if not spec:
@@ -596,6 +590,15 @@ def _main(args, argv) -> int:
     except FileNotFoundError as exc:
         msg = f"{exc.filename}: {exc.strerror or 'no such file or directory'}" if exc.filename else str(exc)
         print(f"error: {msg}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # NotADirectoryError, IsADirectoryError, PermissionError, ... on a named path
+        if not exc.filename:
+            raise
+        print(f"error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except MemoryError as exc:
+        print(f"error: out of memory ({exc or 'MemoryError'}); try a smaller --batch-size or fewer --crops",
+              file=sys.stderr)
         return 2
     except sources.PrepInterrupted:
         print("\ninterrupted while building the dataset cache; run the same command again to resume; "

@@ -198,4 +198,51 @@ def problems(args, command: str) -> list:
         bad = _int_at_least("--batch-size", args.batch_size, 1)
         if bad:
             out.append(bad)
+    elif command in ("evaluate", "predict"):
+        out += _eval_problems(args, command)
     return out
+
+
+def _eval_problems(args, command: str) -> list:
+    """The flags of ``evaluate`` / ``predict``: --crops K in 1..MAX_EVAL_CROPS, --workers >= 0, and for
+    ``evaluate --audio-dir`` the folder, exactly one of --label-regex / --labels, and a usable cache folder."""
+    from engine.config import MAX_EVAL_CROPS
+
+    out = []
+    if args.crops is not None and not 1 <= args.crops <= MAX_EVAL_CROPS:
+        out.append(f"--crops {args.crops}: expected an integer from 1 to {MAX_EVAL_CROPS} (evenly spaced windows "
+                   "per clip; more only repeat windows)")
+    if getattr(args, "workers", None) is not None and args.workers < 0:
+        out.append(f"--workers {args.workers}: expected an integer >= 0")
+    if command == "predict":
+        return out
+    if args.audio_dir is None:
+        if args.label_regex or args.labels:
+            out.append("--label-regex / --labels need --audio-dir (the folder of new labelled audio)")
+        return out
+    if not Path(args.audio_dir).is_dir():
+        out.append(f"--audio-dir {args.audio_dir}: no such directory")
+    if bool(args.label_regex) == bool(args.labels):
+        out.append("--audio-dir needs exactly one of --label-regex or --labels")
+    elif args.labels and not Path(args.labels).is_file():
+        out.append(f"--labels {args.labels}: no such file")
+    bad = writable_problem("--cache-dir" if args.cache_dir else "the cache folder ($HITCNN_CACHE)",
+                           sources.cache_root(args))
+    if bad:
+        out.append(bad)
+    return out
+
+
+#: train flags that --resume applies (the rest of the configuration is the run's saved one)
+RESUME_APPLIES = {"resume", "out", "epochs", "patience", "quiet", "sync_bn", "max_steps", "step_delay", "distributed",
+                  "workers", "help"}
+
+
+def resume_ignored(argv, parser) -> list:
+    """The option strings in ``argv`` (a ``train --resume`` command line, parsed by ``parser``) that --resume
+    does not apply."""
+    sub = next(a for a in parser._actions if a.dest == "command").choices["train"]
+    dest = {o: a.dest for a in sub._actions for o in a.option_strings}
+    given = [tok.split("=", 1)[0] for tok in argv if tok.startswith("-") and tok.split("=", 1)[0] in dest]
+    return [o for i, o in enumerate(given) if dest[o] not in RESUME_APPLIES and o not in given[:i]]
+

@@ -13,7 +13,12 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 __all__ = ["TrainConfig", "config_problems", "check_config", "config_dict", "model_mode", "build_model",
-           "make_optimizer", "input_shape", "split_size"]
+           "make_optimizer", "input_shape", "split_size", "MAX_EVAL_CROPS"]
+
+#: Most evaluation windows per clip (``eval_crops``, ``--crops K``): a 30 s clip at the paper's settings has
+#: about 477 columns and a window 159, so past this count the windows only repeat (and K images per clip
+#: must fit in memory at once).
+MAX_EVAL_CROPS = 64
 
 
 @dataclass
@@ -118,8 +123,8 @@ def config_problems(cfg: TrainConfig) -> list:
         bad.append(("checkpoint_every", cfg.checkpoint_every, "an integer >= 0 (0: only at epoch ends)"))
     if cfg.crops not in ("random", "fixed"):
         bad.append(("crops", cfg.crops, "'random' or 'fixed'"))
-    if not is_int(cfg.eval_crops) or cfg.eval_crops < 1:
-        bad.append(("eval_crops", cfg.eval_crops, "an integer >= 1"))
+    if not is_int(cfg.eval_crops) or not 1 <= cfg.eval_crops <= MAX_EVAL_CROPS:
+        bad.append(("eval_crops", cfg.eval_crops, f"an integer from 1 to {MAX_EVAL_CROPS}"))
     from engine import augment as aug_mod
 
     if not isinstance(cfg.augment, dict):

@@ -113,9 +113,9 @@ def _note_outdated(out: Path, progress=True) -> list:
 def _cache_params(items, config: SpectrogramConfig, classes, seed):
     cfg = {k: v for k, v in config.to_dict().items() if k not in _READ_TIME_FIELDS}
     rows = [[str(it["path"]), int(it["key"]), int(it["label"]), str(it["split"])] for it in items]
-    items_hash = hashlib.sha256(json.dumps(rows).encode()).hexdigest()
-    return {"format_version": FORMAT_VERSION, "config": cfg, "seed": int(seed),
-            "classes": [str(c) for c in classes], "items_sha256": items_hash, "n_items": len(rows)}
+    rows = [r + [it["stat"]] if "stat" in it else r for r, it in zip(rows, items)]  # stat: evaluate --audio-dir
+    return {"format_version": FORMAT_VERSION, "config": cfg, "seed": int(seed), "classes": [str(c) for c in classes],
+            "items_sha256": hashlib.sha256(json.dumps(rows).encode()).hexdigest(), "n_items": len(rows)}
 
 
 def cache_hash(items, config: SpectrogramConfig, classes, seed=0) -> str:
@@ -123,7 +123,7 @@ def cache_hash(items, config: SpectrogramConfig, classes, seed=0) -> str:
 
     Covers every :class:`SpectrogramConfig` field except ``mode`` and
     ``colormap`` (applied at read time), the seed, the class names and every
-    item's path, crop key, label and split.
+    item's path, crop key, label and split (and ``stat``, [size, mtime_ns], for evaluate --audio-dir).
     """
     blob = json.dumps(_cache_params(items, config, classes, seed), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()

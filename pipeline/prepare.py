@@ -124,6 +124,15 @@ def prepare_fma(audio_dir, metadata, out_root, config=None, subset="small", targ
     return out
 
 
+def _file_stat(path):
+    """``[size in bytes, mtime in ns]`` of a file, or None when it cannot be read (the build reports it)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [int(st.st_size), int(st.st_mtime_ns)]
+
+
 def prepare_folder(audio_dir, out_root, config=None, labels_csv=None, label_regex=None, group_regex=None,
                    split="stratified", fractions=(0.8, 0.1, 0.1), seed=0, workers=None, timeout=120.0,
                    files=None, progress=True, name=None, classes=None):
@@ -215,6 +224,9 @@ def prepare_folder(audio_dir, out_root, config=None, labels_csv=None, label_rege
     items = [{"path": os.path.abspath(r["path"]), "key": zlib.crc32(rel(r["path"]).encode()),
               "label": int(c), "split": str(s), "id": rel(r["path"]), "group": r["group"]}
              for r, c, s in zip(rows, codes, sp)]
+    if split == "test":  # new audio to evaluate: a file replaced in place must not reuse the old cache
+        for it in items:
+            it["stat"] = _file_stat(it["path"])
     h = cache_hash(items, config, classes, seed)
     out = Path(out_root) / f"{name or root.resolve().name}-{h[:12]}"
     extra = {"source": {"kind": "folder", "audio_dir": os.path.abspath(audio_dir),

@@ -21,6 +21,7 @@ printed after the message); Ctrl-C while a cache is built raises
 """
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -205,6 +206,7 @@ def folder_dataset(audio_dir, config, classes, cache_dir=None, labels_csv=None, 
     from .dataset import Dataset
 
     root = _cache_root(cache_dir)
+    t0 = time.time()
     try:
         path = prepare.prepare_folder(audio_dir, root / "datasets", config=config, labels_csv=labels_csv,
                                       label_regex=label_regex, split="test", seed=seed, workers=workers,
@@ -212,7 +214,11 @@ def folder_dataset(audio_dir, config, classes, cache_dir=None, labels_csv=None, 
                                       name=f"eval-{Path(audio_dir).resolve().name}")
     except KeyboardInterrupt as exc:
         raise PrepInterrupted() from exc
-    return Dataset(path)
+    ds = Dataset(path)
+    man = Path(path) / "manifest.json"
+    if not (progress and man.is_file() and man.stat().st_mtime >= t0):  # the build has not just listed them
+        status_report(ds, log=lambda m: print(m, file=sys.stderr))
+    return ds
 
 
 def manifest_hash(ds) -> str:

@@ -556,3 +556,67 @@ def test_predict_on_a_long_silent_recording(digit_runs, tmp_path, capsys, monkey
     assert cli.main(["predict", str(runs["cnn2_mono"]), str(long), "--json"]) == 0
     rec = json.loads(capsys.readouterr().out)
     assert rec["reason"] == "digital silence" and rec["duration_s"] == 600.0 and rec["analysed_s"] == 3.0
+
+
+def test_bad_input_of_evaluate_predict_and_resume(digit_runs, tmp_path, capsys):
+    """What a breaking session found: absurd --crops, a file as the cache folder, a replaced audio file,
+    skipped files on a re-run, flags that --resume ignores, a run whose cache was deleted before --resume,
+    a hand-edited config.json: one clean message each (no traceback), nothing reused that is stale."""
+    import os
+    import shutil
+
+    from engine.config import MAX_EVAL_CROPS
+
+    audio, runs = digit_runs
+    run = runs["cnn2_mono"]
+    wav = str(audio / "0_s0_0.wav")
+    capsys.readouterr()
+    for cmd in (["predict", str(run), wav, "--crops", "1000000"], ["evaluate", str(run), "--crops", "100000"]):
+        assert cli.main(cmd) == 2
+        err = capsys.readouterr().err
+        assert f"from 1 to {MAX_EVAL_CROPS}" in err and "Traceback" not in err, err
+    new = tmp_path / "new"
+    new.mkdir()
+    for name in ("0_s0_0.wav", "1_s1_1.wav"):
+        shutil.copy(audio / name, new / name)
+    (new / "0_s2_empty.wav").write_bytes(b"")
+    a_file = tmp_path / "not_a_folder"
+    a_file.write_text("x")
+    ev = ["evaluate", str(run), "--audio-dir", str(new), "--label-regex", r"^(\d)_", "--json", "--quiet",
+          "--workers", "0"]
+    assert cli.main(ev + ["--cache-dir", str(a_file)]) == 2
+    err = capsys.readouterr().err
+    assert str(a_file) in err and "not a folder" in err and "Traceback" not in err, err
+    reports = []
+    for again in range(2):
+        assert cli.main(ev + ["--cache-dir", str(tmp_path / "cache")]) == 0
+        cap = capsys.readouterr()
+        reports.append(json.loads(cap.out))
+        assert "skipped" in cap.err and "0_s2_empty.wav" in cap.err, (again, cap.err)  # listed on the re-run too
+    assert reports[0]["dataset_dir"] == reports[1]["dataset_dir"]  # nothing changed: the cache is reused
+    shutil.copy(audio / "0_s1_10.wav", new / "0_s0_0.wav")  # replaced in place by another recording
+    st = os.stat(new / "0_s0_0.wav")
+    os.utime(new / "0_s0_0.wav", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert cli.main(ev + ["--cache-dir", str(tmp_path / "cache")]) == 0
+    assert json.loads(capsys.readouterr().out)["dataset_dir"] != reports[0]["dataset_dir"]
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    conf = json.loads((copy / "config.json").read_text())
+    shutil.rmtree(conf["data"]["dataset_dir"])
+    assert cli.main(["train", "--resume", "--out", str(copy), "--epochs", "2", "--lr", "0.1", "--batch-size", "4",
+                     "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "ignored: --lr, --batch-size" in err and "--epochs" not in err.split("ignored:")[1].split("(")[0], err
+    assert (Path(conf["data"]["dataset_dir"]) / "manifest.json").is_file()  # rebuilt with the run's settings
+    assert json.loads((copy / "config.json").read_text())["train"]["lr"] == conf["train"]["lr"]
+    for key, value in (("image_shape", [1, 2, 3]), ("model", "nosuch")):  # too small for the pools; unknown
+        bad = json.loads(json.dumps(conf))
+        if key == "model":
+            bad["train"]["model"] = value
+        else:
+            bad[key] = value
+        (copy / "config.json").write_text(json.dumps(bad))
+        assert cli.main(["predict", str(copy), wav]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {copy / 'config.json'}") and "Traceback" not in err, (key, err)
