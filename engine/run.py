@@ -158,15 +158,26 @@ def write_history(path: Path, history: list, log=print) -> bool:
         return False
 
 
-def read_history(path: Path, before_epoch: int) -> list:
-    """Lines of ``metrics.jsonl`` with ``epoch < before_epoch`` (the file is rewritten to them)."""
+def read_history(path: Path, before_epoch: int, log=None) -> list:
+    """Lines of ``metrics.jsonl`` with ``epoch < before_epoch`` (the file is rewritten to them).
+
+    A damaged line (not a JSON object with an integer ``epoch``: a hand edit, a
+    truncated copy) is dropped with a warning naming the file and line (``log``,
+    default standard error); the checkpoint, not this file, holds the run's state.
+    """
     if not path.is_file():
         return []
     hist = []
-    for line in path.read_text().splitlines():
+    for i, line in enumerate(path.read_text().splitlines(), 1):
         if line.strip():
-            rec = json.loads(line)
-            if rec["epoch"] < before_epoch:
+            try:
+                rec = json.loads(line)
+                keep = int(rec["epoch"]) < before_epoch
+            except (ValueError, TypeError, KeyError) as exc:
+                (log or (lambda m: print(m, file=sys.stderr)))(
+                    f"warning: {path} line {i} is damaged ({type(exc).__name__}: {exc}); dropped from the history")
+                continue
+            if keep:
                 hist.append(rec)
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(h) + "\n" for h in hist))

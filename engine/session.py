@@ -143,7 +143,7 @@ class Session:
                 log(f"resumed from {self.last_path}: epoch {st.epoch + 1}, "
                     f"{st.step_in_epoch} batches of it already done, step {st.global_step}")
             # keep the finished epochs
-            self.history = read_history(self.metrics_path, st.epoch + 1) if self.writer else []
+            self.history = read_history(self.metrics_path, st.epoch + 1, log) if self.writer else []
         else:
             if self.writer and self.metrics_path.exists():
                 self.metrics_path.unlink()

@@ -112,3 +112,18 @@ def test_save_checkpoint_replaces_existing_file_atomically(tmp_path):
     with pytest.raises(ValueError, match="JSON"):
         save_checkpoint(path, m, None, {"bad": object()})
     assert sorted(os.listdir(tmp_path)) == ["c.npz"]
+
+
+def test_read_history_keeps_earlier_epochs_and_drops_a_damaged_line(tmp_path):
+    import json
+
+    from engine.run import read_history
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(json.dumps({"epoch": 1, "loss": 1.0}) + "\n" + '{"epoch": 2, "lo\n'
+                    + json.dumps({"epoch": 3, "loss": 0.5}) + "\n" + json.dumps({"epoch": 4}) + "\n")
+    said = []
+    hist = read_history(path, 4, log=said.append)
+    assert [h["epoch"] for h in hist] == [1, 3]
+    assert len(said) == 1 and str(path) in said[0] and "line 2" in said[0]
+    assert [json.loads(x)["epoch"] for x in path.read_text().splitlines()] == [1, 3]  # rewritten to the kept ones
