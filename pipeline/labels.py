@@ -181,7 +181,7 @@ def labels_from_csv(csv_path, audio_dir=None):
     ------
     PipelineError
         Missing file, missing ``path``/``label`` column (named), an empty label,
-        or no rows.
+        a path listed twice (it could fall in two splits), or no rows.
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
@@ -193,14 +193,18 @@ def labels_from_csv(csv_path, audio_dir=None):
         for col in ("path", "label"):
             if col not in fields:
                 raise PipelineError(f"{csv_path}: needed column {col!r} is missing (columns: {fields})")
-        rows = []
+        rows, first = [], {}
         for line, row in enumerate(reader, start=2):
             label = (row.get("label") or "").strip()
             if not label:
                 raise PipelineError(f"{csv_path}:{line}: empty label for path {row.get('path')!r}")
-            p = Path(row["path"].strip())
-            rows.append({"path": os.fspath(p if p.is_absolute() else base / p), "label": label,
-                         "group": (row.get("group") or "").strip() or None})
+            p = Path((row.get("path") or "").strip())
+            path = os.fspath(p if p.is_absolute() else base / p)
+            seen = first.setdefault(os.path.normpath(os.path.abspath(path)), line)
+            if seen != line:  # the same recording twice could land in train and test
+                raise PipelineError(f"{csv_path}:{line}: path {row['path'].strip()!r} is already listed on line "
+                                    f"{seen}; list each file once")
+            rows.append({"path": path, "label": label, "group": (row.get("group") or "").strip() or None})
     if not rows:
         raise PipelineError(f"{csv_path}: no rows")
     return rows

@@ -221,6 +221,9 @@ def test_labels_csv(tmp_path):
     (tmp_path / "bad.csv").write_text("file,label\na.wav,dog\n")
     with pytest.raises(PipelineError, match="'path'"):
         labels.labels_from_csv(tmp_path / "bad.csv")
+    (tmp_path / "dup.csv").write_text("path,label\na.wav,dog\nsub/b.wav,cat\n./a.wav,dog\n")
+    with pytest.raises(PipelineError, match=r"dup.csv:4: path './a.wav' is already listed on line 2"):
+        labels.labels_from_csv(tmp_path / "dup.csv")  # the same file could land in train and test
 
 
 # ------------------------------------------------------------------ splits
