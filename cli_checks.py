@@ -243,6 +243,5 @@ def resume_ignored(argv, parser) -> list:
     does not apply."""
     sub = next(a for a in parser._actions if a.dest == "command").choices["train"]
     dest = {o: a.dest for a in sub._actions for o in a.option_strings}
-    given = [tok.split("=", 1)[0] for tok in argv if tok.startswith("-") and tok.split("=", 1)[0] in dest]
-    return [o for i, o in enumerate(given) if dest[o] not in RESUME_APPLIES and o not in given[:i]]
-
+    given = (tok.split("=", 1)[0] for tok in argv if tok.startswith("-"))
+    return list(dict.fromkeys(o for o in given if o in dest and dest[o] not in RESUME_APPLIES))

@@ -175,10 +175,15 @@ def prepare_data(args, mode: str, out_dir=None, log=print):
         raise PrepInterrupted() from exc
     ds = Dataset(path)
     src["dataset_dir"] = str(Path(path).resolve())
-    # a cache built just now with progress on has already printed its skipped / padded report (pipeline)
-    man = Path(path) / "manifest.json"
-    src["reported"] = bool(progress and man.is_file() and man.stat().st_mtime >= t0)
+    src["reported"] = _reported_by_build(path, progress, t0)
     return ds, src
+
+
+def _reported_by_build(path, progress, t0) -> bool:
+    """Whether the cache at ``path`` was built since ``t0`` with progress on, which printed its skipped / padded
+    report already (pipeline.cache)."""
+    man = Path(path) / "manifest.json"
+    return bool(progress and man.is_file() and man.stat().st_mtime >= t0)
 
 
 def _build(prepare, src, args, out_root, edges, split, kw):
@@ -215,8 +220,7 @@ def folder_dataset(audio_dir, config, classes, cache_dir=None, labels_csv=None, 
     except KeyboardInterrupt as exc:
         raise PrepInterrupted() from exc
     ds = Dataset(path)
-    man = Path(path) / "manifest.json"
-    if not (progress and man.is_file() and man.stat().st_mtime >= t0):  # the build has not just listed them
+    if not _reported_by_build(path, progress, t0):
         status_report(ds, log=lambda m: print(m, file=sys.stderr))
     return ds
 
